@@ -1,0 +1,42 @@
+# make course: set up, run every chapter with the tiny preset into runs/tiny/, and build the book.
+# make test:   set up, run the unit tests and the notebooks under nbval.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CI asks for the CPU build (torch==2.13.0); users get pip's default, which is a CUDA build on Linux.
+TORCH_SPEC ?= torch
+PRESET ?= tiny
+RUNS ?= runs/$(PRESET)
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+
+.PHONY: install test test-fast course book refresh sync clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install  # unit tests only, no notebooks and no slow tests
+	$(PY) -m pytest tests -m "not slow" -p no:nbval -o addopts=-ra
+
+course: install
+	$(PY) -m minimind course --preset $(PRESET) --out $(RUNS)
+
+book: install  # the book from the committed reference notebooks, into _build/html
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+refresh: install  # re-execute every notebook in place: new nbval references (review the diff!)
+	for nb in $(NOTEBOOKS); do $(PY) -m jupytext --sync --execute $$nb || exit 1; done
+
+sync: install  # re-pair .py and .ipynb after editing either (keeps outputs)
+	$(PY) -m jupytext --sync $(NOTEBOOKS)
+
+clean:
+	rm -rf _build runs

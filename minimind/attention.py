@@ -1,0 +1,115 @@
+"""Causal self-attention with grouped-query heads (GQA) and a KV cache.
+
+Two paths compute the same numbers: `explicit_attention`, the matmul/softmax that chapter 03 teaches, and
+PyTorch's fused `F.scaled_dot_product_attention` (SDPA), which training and generation use by default.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rope
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so that decoding one more token costs
+    one token's work instead of re-running the whole prefix."""
+
+    def __init__(self, num_layers: int):
+        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers
+        self.values: list[Optional[torch.Tensor]] = [None] * num_layers
+
+    def __len__(self) -> int:  # tokens cached
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows in `index` (e.g. after some sequences finished)."""
+        self.keys = [k[index] if k is not None else None for k in self.keys]
+        self.values = [v[index] if v is not None else None for v in self.values]
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, d) -> (batch, kv_heads * n_rep, seq, d): each KV head serves n_rep queries."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def explicit_attention(q, k, v, mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                       return_weights: bool = False):
+    """softmax(q k^T / sqrt(d) + mask) v, written out. q: (B, H, Tq, d); k, v: (B, H, Tk, d).
+
+    mask is boolean, True where a query may look (broadcast to (B, H, Tq, Tk)).
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if is_causal:
+        tq, tk = q.shape[-2], k.shape[-2]
+        mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
+    out = weights @ v
+    return (out, weights) if return_weights else out
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.explicit = config.explicit_attention
+        self.dropout = config.dropout
+        h = config.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+
+    def forward(self, x, cos, sin, mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        # no mask and a square score matrix: the plain causal case, which SDPA handles fastest
+        is_causal = mask is None and t == k.shape[2] and t > 1
+        n_rep = self.n_heads // self.n_kv_heads
+        if self.explicit:
+            out = explicit_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, is_causal)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0, enable_gqa=n_rep > 1)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def build_attention_mask(attention_mask: Optional[torch.Tensor], q_len: int, kv_len: int,
+                         device) -> Optional[torch.Tensor]:
+    """Boolean (B, 1, q_len, kv_len) mask: causal over absolute positions and blind to padding.
+
+    Returns None for the common unpadded cases (causal square or a single new token), which SDPA
+    handles without a mask.
+    """
+    if attention_mask is None and (q_len == kv_len or q_len == 1):
+        return None
+    past = kv_len - q_len
+    causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(past)[None, None]
+    if attention_mask is None:
+        return causal
+    mask = causal & attention_mask[:, None, None, :kv_len].bool()
+    # a padded query row would see nothing (and softmax of all -inf is NaN): let it see everything;
+    # its output is never used
+    return mask | ~mask.any(dim=-1, keepdim=True)

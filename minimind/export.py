@@ -1,0 +1,88 @@
+"""Export a MiniMind checkpoint to the ecosystem: a transformers folder that loads without remote code.
+
+Dense models become `LlamaForCausalLM` (the weight names are already Llama's). MoE models become
+`Qwen2MoeForCausalLM`, whose router (softmax, top-k, optional renormalisation) is MiniMind's. Qwen2-MoE
+scales its one shared expert by sigmoid(shared_expert_gate(x)); MiniMind adds its shared experts ungated.
+Setting the gate's weights to zero makes the sigmoid exactly 0.5, and doubling the shared expert's
+down_proj cancels it exactly (both are powers of two), so the logits stay equal. Several shared experts
+are concatenated into one wider expert, which computes the same sum.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .model import MiniMindForCausalLM, atomic_write
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def hf_config(config) -> dict:
+    common = dict(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim,
+        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
+        rope_theta=config.rope_theta, rope_scaling=config.rope_scaling, hidden_act="silu",
+        tie_word_embeddings=config.tie_word_embeddings, bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, attention_dropout=0.0,
+        initializer_range=config.initializer_range, torch_dtype="float32", use_cache=True)
+    if not config.use_moe:
+        return dict(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False,
+                    mlp_bias=False, intermediate_size=config.intermediate_size, **common)
+    return dict(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", qkv_bias=False,
+                intermediate_size=config.intermediate_size, moe_intermediate_size=config.intermediate_size,
+                shared_expert_intermediate_size=config.intermediate_size * max(config.n_shared_experts, 1),
+                num_experts=config.n_routed_experts, num_experts_per_tok=config.num_experts_per_tok,
+                norm_topk_prob=config.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[],
+                use_sliding_window=False, sliding_window=None, router_aux_loss_coef=config.aux_loss_alpha,
+                output_router_logits=False, **common)
+
+
+def hf_state_dict(model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
+    config = model.config
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    if not config.use_moe:
+        return state
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}.mlp."
+        shared = [[state.pop(f"{p}shared_experts.{j}.{name}.weight") for j in range(config.n_shared_experts)]
+                  for name in ("gate_proj", "up_proj", "down_proj")]
+        if config.n_shared_experts == 0:  # a zero expert adds nothing
+            zeros = torch.zeros(config.intermediate_size, config.hidden_size)
+            shared = [[zeros], [zeros], [zeros.T.contiguous()]]
+        state[p + "shared_expert.gate_proj.weight"] = torch.cat(shared[0], dim=0)
+        state[p + "shared_expert.up_proj.weight"] = torch.cat(shared[1], dim=0)
+        state[p + "shared_expert.down_proj.weight"] = torch.cat(shared[2], dim=1) * 2
+        state[p + "shared_expert_gate.weight"] = torch.zeros(1, config.hidden_size)
+    return state
+
+
+def export_hf(model_or_path, out_dir: str | Path) -> Path:
+    """Write config.json, model.safetensors (and the checkpoint's tokenizer files) for transformers."""
+    from safetensors.torch import save_file
+    source = None
+    if isinstance(model_or_path, (str, Path)):
+        source = Path(model_or_path)
+        model = MiniMindForCausalLM.from_pretrained(source)
+    else:
+        model = model_or_path
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = hf_state_dict(model)
+    atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    config = hf_config(model.config)
+    atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
+           "pad_token_id": model.config.pad_token_id}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    if source is not None and source.is_dir():
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copyfile(source / name, out / name)
+    return out

@@ -1,0 +1,254 @@
+"""The model's invariants: causality, attention paths, KV cache, RoPE, GQA, MoE routing, sizes, checkpoints."""
+import math
+
+import pytest
+import torch
+
+from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
+from minimind.attention import explicit_attention, repeat_kv
+from minimind.moe import load_balancing_loss
+from minimind.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_inv_freq
+
+from conftest import random_model, small_config
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_causality(kind, request):
+    model = request.getfixturevalue(kind)
+    x = torch.randint(0, 97, (2, 24))
+    y = x.clone()
+    y[:, 15:] = torch.randint(0, 97, (2, 9))  # change the future only
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :15], b[:, :15], rtol=0, atol=1e-6)
+    assert (a[:, 15:] - b[:, 15:]).abs().max() > 1e-3  # and the future does change
+
+
+def test_explicit_attention_equals_sdpa():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 10, 16) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(explicit_attention(q, k, v, is_causal=True), ref, rtol=1e-5, atol=1e-6)
+    mask = torch.rand(2, 1, 10, 10) > 0.3
+    mask[..., 0] = True
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_explicit_model_equals_sdpa_model():
+    sdpa = random_model(small_config())
+    explicit = random_model(small_config(explicit_attention=True))
+    x = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(explicit(x).logits, sdpa(x).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_kv_cache_equals_recompute(kind, request):
+    model = request.getfixturevalue(kind)
+    x = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :10], use_cache=True)
+        torch.testing.assert_close(out.logits, full[:, :10], rtol=1e-5, atol=1e-5)
+        cache = out.past_key_values
+        for t in range(10, 30):  # one token at a time
+            step = model(x[:, t:t + 1], past_key_values=cache, use_cache=True).logits
+            torch.testing.assert_close(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+        assert len(cache) == 30
+
+
+def test_greedy_generate_matches_argmax_of_full_forward(dense):
+    prompt = torch.randint(0, 97, (1, 5))
+    out = dense.generate(prompt, max_new_tokens=12)
+    assert out.shape == (1, 17)
+    for t in range(5, 17):  # every new token is the argmax of recomputation over its prefix
+        with torch.no_grad():
+            assert dense(out[:, :t]).logits[0, -1].argmax() == out[0, t]
+
+
+def test_left_padded_batch_generates_like_single_rows(dense):
+    a, b = torch.randint(3, 97, (1, 7)), torch.randint(3, 97, (1, 4))
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    batch = torch.cat([a, torch.cat([pad, b], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, :3] = 0
+    out = dense.generate(batch, max_new_tokens=6, attention_mask=mask)
+    assert torch.equal(out[0, 7:], dense.generate(a, max_new_tokens=6)[0, 7:])
+    assert torch.equal(out[1, 7:], dense.generate(b, max_new_tokens=6)[0, 4:])
+
+
+def test_generate_stops_at_eos_and_streams(dense):
+    prompt = torch.randint(0, 97, (1, 4))
+    free = dense.generate(prompt, max_new_tokens=8)
+    eos = int(free[0, 6])  # pretend the third new token is EOS
+    streamed = [int(t) for t in dense.stream_generate(prompt, max_new_tokens=8, eos_token_id=eos)]
+    first = free[0, 4:].tolist().index(eos)
+    assert streamed == free[0, 4:4 + first + 1].tolist()
+
+
+def test_sampling_filters():
+    from minimind.generation import process_logits
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(process_logits(logits, top_k=2)[0, 2:]).all()
+    kept = ~torch.isinf(process_logits(logits, top_p=0.7))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.7, 0.5 + 0.3 covers it
+    pen = process_logits(torch.tensor([[2.0, -2.0, 1.0]]), torch.tensor([[0, 1]]), repetition_penalty=2.0)
+    assert pen.tolist() == [[1.0, -4.0, 1.0]]
+    g = torch.Generator().manual_seed(0)
+    model = random_model(small_config())
+    a = model.generate(torch.ones(1, 3, dtype=torch.long), 10, do_sample=True, temperature=0.8, top_p=0.9,
+                       generator=g)
+    b = model.generate(torch.ones(1, 3, dtype=torch.long), 10, do_sample=True, temperature=0.8, top_p=0.9,
+                       generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+def test_rope_depends_only_on_relative_position():
+    torch.manual_seed(0)
+    inv = rope_inv_freq(16, 10000.0)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(m, n):
+        cq, sq = rope_cos_sin(inv, torch.tensor([[m]]))
+        ck, sk = rope_cos_sin(inv, torch.tensor([[n]]))
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum().item()
+
+    assert score(7, 3) == pytest.approx(score(104, 100), abs=1e-4)
+    assert score(7, 3) == pytest.approx(score(4, 0), abs=1e-4)
+    assert score(7, 3) != pytest.approx(score(8, 3), abs=1e-3)
+    cos, sin = rope_cos_sin(inv, torch.tensor([[5]]))  # a rotation keeps lengths
+    assert apply_rope(q, cos, sin).norm().item() == pytest.approx(q.norm().item(), rel=1e-5)
+
+
+def test_yarn_interpolates_slow_channels_only():
+    base = rope_inv_freq(64, 1e6)
+    inv, attn = yarn_inv_freq(64, 1e6, factor=4.0, original_max_position_embeddings=2048)
+    assert attn == pytest.approx(0.1 * math.log(4) + 1)
+    torch.testing.assert_close(inv[:4], base[:4])          # fast channels untouched
+    torch.testing.assert_close(inv[-4:], base[-4:] / 4)    # slow channels stretched by the factor
+
+
+def test_gqa_with_all_kv_heads_equals_multi_head():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    gqa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(gqa, explicit_attention(q, k, v, is_causal=True), rtol=1e-5, atol=1e-6)
+    # and a model with kv heads == heads is plain multi-head attention: same as repeating a 2-KV model's heads
+    gq = random_model(small_config(num_key_value_heads=2))
+    mha = MiniMindForCausalLM(small_config(num_key_value_heads=4)).eval()
+    state = gq.state_dict()
+    for i in range(2):
+        for name in ("k_proj", "v_proj"):
+            w = state[f"model.layers.{i}.self_attn.{name}.weight"].view(2, 16, 64)
+            state[f"model.layers.{i}.self_attn.{name}.weight"] = w.repeat_interleave(2, 0).reshape(64, 64)
+    mha.load_state_dict(state)
+    x = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(mha(x).logits, gq(x).logits, rtol=1e-5, atol=1e-5)
+    assert repeat_kv(torch.arange(2.0).view(1, 2, 1, 1), 2).flatten().tolist() == [0, 0, 1, 1]
+
+
+def test_moe_routes_each_token_to_exactly_k_experts(moe):
+    x = torch.randint(0, 97, (3, 11))
+    with torch.no_grad():
+        moe(x)
+    for layer in moe.model.layers:
+        idx = layer.mlp.last_topk_idx
+        assert idx.shape == (3, 11, 2)
+        assert (idx[..., 0] != idx[..., 1]).all()  # two distinct experts per token
+        assert ((idx >= 0) & (idx < 4)).all()
+
+
+def test_moe_output_is_weighted_sum_of_chosen_experts(moe):
+    mlp = moe.model.layers[0].mlp
+    x = torch.randn(1, 5, 64)
+    with torch.no_grad():
+        out = mlp(x)
+        probs, weights, idx = mlp.route(x.view(-1, 64))
+        expected = torch.stack([
+            sum(w * mlp.experts[int(e)](x[0, t]) for w, e in zip(weights[t], idx[t])) + mlp.shared_experts[0](x[0, t])
+            for t in range(5)])
+    torch.testing.assert_close(out[0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(5))  # top-k weights renormalised
+
+
+def test_aux_loss_minimal_for_uniform_router():
+    n, k, alpha = 4, 2, 0.01
+    idx = torch.randint(0, n, (2, 16, k))
+    uniform = load_balancing_loss(torch.full((2, 16, n), 1 / n), idx, n, alpha)
+    assert uniform.item() == pytest.approx(alpha)  # whatever the picks, a uniform router costs alpha
+    collapsed_p = torch.zeros(2, 16, n)
+    collapsed_p[..., 0] = 1.0
+    collapsed_idx = torch.stack([torch.zeros(2, 16), torch.ones(2, 16)], -1).long()
+    collapsed = load_balancing_loss(collapsed_p, collapsed_idx, n, alpha)
+    assert collapsed.item() == pytest.approx(alpha * n / k)
+    balanced_idx = torch.arange(16 * k).view(1, 16, k).expand(2, -1, -1) % n
+    for _ in range(20):  # any router with balanced picks costs at least alpha
+        p = torch.softmax(torch.randn(2, 16, n) * 3, -1)
+        assert load_balancing_loss(p, balanced_idx, n, alpha).item() >= alpha - 1e-6
+
+
+def test_moe_loss_includes_aux_in_training_only(moe):
+    x = torch.randint(0, 97, (2, 10))
+    moe.train()
+    out = moe(x, labels=x)
+    moe.eval()
+    with torch.no_grad():
+        plain = moe(x, labels=x)
+    assert out.aux_loss.item() > 0
+    torch.testing.assert_close(out.loss, plain.loss + out.aux_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_shifted_cross_entropy(dense):
+    x = torch.randint(0, 97, (2, 9))
+    labels = x.clone()
+    labels[0, :4] = -100
+    with torch.no_grad():
+        logits = dense(x).logits
+        loss = dense(x, labels=labels).loss
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1),
+                                            ignore_index=-100)
+    torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("name,expected", [("minimind2-small", 25.8), ("minimind2", 104.0),
+                                           ("minimind2-moe", 145.0)])
+def test_preset_parameter_counts(name, expected):
+    with torch.device("meta"):
+        model = MiniMindForCausalLM(MiniMindConfig.from_preset(name))
+    assert round(model.num_parameters() / 1e6, 1) == expected
+
+
+def test_tiny_preset_is_small():
+    with torch.device("meta"):
+        n = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny")).num_parameters()
+    assert 1e6 < n < 5e6
+    assert set(PRESETS) == {"tiny", "minimind2-small", "minimind2", "minimind2-moe"}
+
+
+def test_save_and_load_round_trip(tmp_path, moe):
+    moe.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    again = MiniMindForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    x = torch.randint(0, 97, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, moe(x).logits)
+    assert again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()  # still tied
+
+
+def test_loading_into_another_shape_names_both_shapes(tmp_path, dense):
+    dense.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError) as err:
+        MiniMindForCausalLM.from_pretrained(tmp_path / "ckpt", config=small_config(hidden_size=32))
+    msg = str(err.value)
+    assert "(97, 64)" in msg and "(97, 32)" in msg and "model.embed_tokens.weight" in msg
+
+
+def test_bad_configs_are_explained():
+    with pytest.raises(ValueError, match="num_key_value_heads"):
+        MiniMindConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=3)
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        MiniMindConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        random_model(small_config(max_position_embeddings=8))(torch.zeros(1, 9, dtype=torch.long))

@@ -1,0 +1,87 @@
+"""The notebooks stay honest: paired, listed in the book, holding checked reference outputs that bite.
+
+(nbval itself executes every notebooks/*.ipynb as part of `make test`; see pyproject's addopts.)
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 1
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_pair_in_sync(py):
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} missing: run `make sync` (jupytext --sync) and `make refresh`"
+    assert _cells(jupytext.read(py)) == _cells(nbformat.read(ipynb, as_version=4)), (
+        f"{py.name} and {ipynb.name} differ: run `make sync`, then `make refresh` to re-execute")
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_conventions(py):
+    text = py.read_text()
+    assert 'tags=["parameters"]' in text, "papermill needs a cell tagged parameters"
+    assert "import minimind" in text or "from minimind" in text
+    nb = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    checked = [c for c in nb.cells if c.cell_type == "code" and "NBVAL_CHECK_OUTPUT" in c.source]
+    assert checked, "no cell marked # NBVAL_CHECK_OUTPUT: nbval would compare nothing"
+    for cell in checked:  # nbval skips cells without an execution count: the reference must be executed
+        assert cell.execution_count is not None and cell.outputs, (
+            f"{py.stem}: a checked cell has no executed output; run `make refresh`")
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not any(o.get("output_type") == "error" for o in cell.outputs), f"{py.stem} holds an error"
+
+
+def _toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part.get("chapters", [])]
+    return files
+
+
+def test_every_notebook_is_in_the_book_and_every_page_exists():
+    files = _toc_files()
+    for py in NOTEBOOKS:
+        assert f"notebooks/{py.stem}" in files, f"add notebooks/{py.stem} to _toc.yml"
+    for f in files:
+        assert any((ROOT / f"{f}{ext}").exists() for ext in (".md", ".ipynb")), f"_toc.yml lists missing {f}"
+
+
+def _run_nbval(notebook: Path, cwd: Path):
+    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider",
+                           "-o", "addopts=", "-q", str(notebook)], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_nbval_comparison_bites(tmp_path):
+    """A reference with one checked output changed must fail nbval; the untouched copy passes."""
+    source = ROOT / "notebooks" / "00_setup.ipynb"
+    good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
+    shutil.copy(source, good)
+    nb = json.loads(source.read_text())
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"]))
+    out = next(o for o in cell["outputs"] if "25.8M" in "".join(o.get("text", "")))
+    text = "".join(out["text"])
+    out["text"] = text.replace("25.8M", "25.9M")
+    bad.write_text(json.dumps(nb))
+    assert _run_nbval(good, tmp_path).returncode == 0
+    result = _run_nbval(bad, tmp_path)
+    assert result.returncode != 0 and "25.9M" in result.stdout
