@@ -1,0 +1,413 @@
+"""One training loop for every stage. A stage is a loss (and what it trains and saves); the loop does the
+rest: batches, AdamW, warmup + cosine schedule, gradient accumulation and clipping, mixed precision,
+torch.compile, DDP, logging to metrics.jsonl, atomic checkpoints and exact resumption.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .runtime import pick_device
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages: each is a loss on a batch
+# --------------------------------------------------------------------------------------------------
+class Stage:
+    """Base stage: next-token cross-entropy on `labels` (-100 where nothing is learned)."""
+    name = "pretrain"
+
+    def setup(self, model, device) -> None:
+        """Prepare the model before the optimizer sees it (freeze, wrap, move helpers to device)."""
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
+        out = model(batch["input_ids"], labels=batch["labels"])
+        metrics = {"ce": out.loss.detach()} if out.aux_loss is not None else {}
+        if out.aux_loss is not None:
+            metrics["aux_loss"] = out.aux_loss.detach()
+        return out.loss, metrics
+
+    def state_tensors(self, model) -> dict[str, torch.Tensor]:
+        """What resumption needs of the model (all weights; LoRA keeps only its adapters)."""
+        tensors = dict(model.state_dict())
+        if model.config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)  # the same matrix as the embedding
+        return tensors
+
+    def load_state_tensors(self, model, tensors) -> None:
+        if model.config.tie_word_embeddings and "lm_head.weight" not in tensors:
+            tensors = {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
+        model.load_state_dict(tensors, strict=False)
+
+    def save(self, model, out_dir: Path, tokenizer=None) -> None:
+        model.save_pretrained(out_dir, tokenizer=tokenizer)
+
+
+class PretrainStage(Stage):
+    name = "pretrain"
+
+
+class SFTStage(Stage):
+    """Same loss as pretraining; the labels are masked to the assistant's turns by the dataset."""
+    name = "sft"
+
+
+class ReasonStage(Stage):
+    """SFT on <think>...</think> traces; positions whose label is a tag token can weigh more (MiniMind: 10)."""
+    name = "reason"
+
+    def __init__(self, tag_token_ids=(), tag_weight: float = 1.0):
+        self.tag_ids = torch.tensor(sorted(set(tag_token_ids)), dtype=torch.long)
+        self.tag_weight = tag_weight
+
+    def loss(self, model, batch):
+        if self.tag_weight == 1.0 or not len(self.tag_ids):
+            return super().loss(model, batch)
+        out = model(batch["input_ids"])
+        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.reshape(-1), ignore_index=-100,
+                             reduction="none")
+        weights = (targets.reshape(-1) != -100).float()
+        is_tag = torch.isin(targets.reshape(-1), self.tag_ids.to(targets.device))
+        weights = torch.where(is_tag, weights * self.tag_weight, weights)
+        loss = (ce * weights).sum() / weights.sum().clamp(min=1)
+        if out.aux_loss is not None and model.training:
+            loss = loss + out.aux_loss
+        return loss, {"tag_fraction": is_tag.float().sum().detach() / (targets != -100).sum().clamp(min=1)}
+
+
+class LoRAStage(Stage):
+    """SFT loss through low-rank adapters on a frozen base; saves the adapters alone."""
+    name = "lora"
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0, targets=None, base: Optional[str] = None):
+        from .lora import DEFAULT_TARGETS
+        self.rank, self.alpha, self.targets, self.base = rank, alpha, tuple(targets or DEFAULT_TARGETS), base
+
+    def setup(self, model, device):
+        from .lora import apply_lora
+        apply_lora(model, self.rank, self.alpha, self.targets)
+
+    def state_tensors(self, model):
+        from .lora import lora_state_dict
+        return lora_state_dict(model)
+
+    def save(self, model, out_dir, tokenizer=None):
+        from .lora import save_adapter
+        save_adapter(model, out_dir, base=self.base)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out_dir))
+
+
+class DistillStage(Stage):
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) over labelled (assistant) tokens."""
+    name = "distill"
+
+    def __init__(self, teacher, alpha: float = 0.5, temperature: float = 1.0):
+        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+
+    def setup(self, model, device):
+        if self.teacher.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"teacher vocab {self.teacher.config.vocab_size} != student vocab "
+                             f"{model.config.vocab_size}: distillation needs the same tokenizer")
+        self.teacher.to(device).eval().requires_grad_(False)
+
+    def loss(self, model, batch):
+        from .distill import distillation_loss
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch["input_ids"]).logits
+        out = model(batch["input_ids"])
+        loss, ce, kl = distillation_loss(out.logits, teacher_logits, batch["labels"], self.alpha,
+                                         self.temperature)
+        if out.aux_loss is not None and model.training:
+            loss = loss + out.aux_loss
+        return loss, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class TrainArgs:
+    max_steps: Optional[int] = None    # optimizer steps; None: `epochs` over the data
+    epochs: float = 1.0
+    max_time: Optional[float] = None   # seconds; stop (and save) when exceeded
+    stop_at: Optional[int] = None      # stop (and save) after this step, keeping max_steps' schedule
+    batch_size: int = 16               # per process, per micro-batch
+    grad_accum: int = 1
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1          # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    dtype: str = "auto"                # auto | float32 | bfloat16 | float16 (autocast)
+    compile: bool = False
+    save_every: int = 0                # steps between resumable checkpoints (0: only at the end)
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 20
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    logger: Optional[str] = None       # wandb | swanlab, if installed
+    progress: bool = True
+
+
+def lr_at(step: int, total: int, args: TrainArgs) -> float:
+    """Linear warmup, then cosine from lr down to lr * min_lr_ratio."""
+    if args.warmup_steps and step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, total - args.warmup_steps)
+    floor = args.lr * args.min_lr_ratio
+    return floor + 0.5 * (args.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of indices: a fresh seeded permutation each epoch, each global batch split in
+    contiguous per-rank chunks (so N processes see exactly what one process with N times the batch sees),
+    starting after `consumed` micro-batches (resumption)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, consumed: int = 0):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch == 0:
+            raise ValueError(f"{n} samples cannot fill one batch of {batch_size} x {world} processes; "
+                             "lower --batch-size or add data")
+        self.consumed = consumed
+
+    def __iter__(self):
+        step = self.consumed
+        while True:
+            epoch, b = divmod(step, self.per_epoch)
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            start = (b * self.world + self.rank) * self.batch_size
+            yield perm[start:start + self.batch_size]
+            step += 1
+
+    def __len__(self):
+        return self.per_epoch
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without it."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _autocast_dtype(name: str, device: torch.device):
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return None
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _optimizer(model, args: TrainArgs, device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the stage left no trainable parameter")
+    # no weight decay on norms and other 1-D parameters
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas), fused=device.type == "cuda")
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder (rank 0 only), plus wandb/swanlab when asked for and installed."""
+
+    def __init__(self, run_dir: Optional[Path], enabled: bool, logger: Optional[str], config: dict):
+        self.file = Path(run_dir) / "metrics.jsonl" if run_dir and enabled else None
+        self.backend = None
+        if enabled and logger:
+            try:
+                self.backend = __import__(logger)
+                self.backend.init(project="minimind", config=config)
+            except ImportError:
+                print(f"--logger {logger}: the package is not installed; logging to metrics.jsonl only")
+
+    def write(self, record: dict) -> None:
+        if self.file:
+            with self.file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.backend:
+            self.backend.log(record, step=record.get("step"))
+
+
+def read_metrics(run_dir) -> list[dict]:
+    file = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
+
+
+def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collate_fn=None, val_data=None,
+          tokenizer=None, resume: bool = False, callbacks: tuple[Callable, ...] = ()) -> dict:
+    """Train `model` on `train_data` with `stage`'s loss. Returns a summary dict (also in metrics.jsonl).
+
+    callbacks: functions f(step, model) -> dict called at every eval point (e.g. to draw samples).
+    """
+    if collate_fn is None:
+        from .data import pad_collate as collate_fn
+    rank, world, local_rank = distributed_env()
+    is_main = rank == 0
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+    device = pick_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    out_dir = Path(out_dir) if out_dir else None
+    if out_dir and is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    stage.setup(model, device)
+    model.to(device)
+    optimizer = _optimizer(model, args, device)
+    amp_dtype = _autocast_dtype(args.dtype, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    state = {"step": 0, "consumed": 0, "tokens": 0, "elapsed": 0.0, "stage": stage.name}
+    if resume:
+        found = ckpt.find_resume_state(out_dir) if out_dir else None
+        if found is None:
+            raise FileNotFoundError(f"--resume: no resume state in {out_dir}; start without --resume")
+        model_t, opt_t, rng_t, meta = ckpt.load_resume_state(found)
+        stage.load_state_tensors(model, {k: v.to(device) for k, v in model_t.items()})
+        ckpt.optimizer_from_tensors(optimizer, opt_t, meta["optimizer"])
+        if meta["scaler"]:
+            scaler.load_state_dict(meta["scaler"])
+        state.update(meta["trainer"])
+        ckpt.set_rng_state(rng_t, meta["rng"])
+
+    sampler = ResumableBatchSampler(len(train_data), args.batch_size, args.seed, rank, world, state["consumed"])
+    per_step = args.grad_accum
+    total = args.max_steps or max(1, math.ceil(args.epochs * sampler.per_epoch / per_step))
+    loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate_fn,
+                                         num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    batches = iter(loader)
+    net = model
+    if args.compile:
+        net = torch.compile(model)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    log = MetricsLog(out_dir, is_main, args.logger, {**asdict(args), "stage": stage.name})
+
+    def save():
+        if out_dir is None:
+            return
+        if is_main:
+            stage.save(model, out_dir, tokenizer)
+            ckpt.save_resume_state(out_dir, stage.state_tensors(model), optimizer, state, scaler)
+        if world > 1:
+            torch.distributed.barrier()
+
+    bar = None
+    if args.progress and is_main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, initial=state["step"], desc=stage.name, dynamic_ncols=True)
+    model.train()
+    start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
+    loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
+    summary = {}
+    while state["step"] < total:
+        lr = lr_at(state["step"], total, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(per_step):
+            batch = _to(next(batches), device)
+            sync = micro == per_step - 1 or world == 1
+            ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            with ctx, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss, metrics = stage.loss(net, batch)
+            scaler.scale(loss / per_step).backward()
+            loss_sum += loss.detach().float()
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0) + v.float()
+            n_sum += 1
+            state["consumed"] += 1
+            tokens_since += batch["input_ids"].numel() * world
+        if args.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        step = state["step"]
+        state["elapsed"] = time.perf_counter() - start
+        last = (step == total or (args.max_time and state["elapsed"] > args.max_time)
+                or (args.stop_at is not None and step >= args.stop_at))
+        if step % args.log_every == 0 or last:
+            values = torch.stack([loss_sum] + [metric_sums[k] for k in sorted(metric_sums)]) / n_sum
+            if world > 1:  # the mean over all processes, as one process with the whole batch would see
+                torch.distributed.all_reduce(values)
+                values /= world
+            now = time.perf_counter()
+            record = {"step": step, "loss": values[0].item(), "lr": lr,
+                      **{k: values[i + 1].item() for i, k in enumerate(sorted(metric_sums))},
+                      "tokens_per_s": tokens_since / (now - time_since), "elapsed": state["elapsed"]}
+            state["tokens"] += tokens_since
+            tokens_since, time_since = 0, now
+            loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
+            if args.eval_every and (step % args.eval_every == 0 or last):
+                if val_data is not None:
+                    record["val_loss"] = evaluate(model, stage, val_data, args, collate_fn, device, amp_dtype)
+                for callback in callbacks:
+                    record.update(callback(step, model) or {})
+                model.train()
+            log.write(record)
+            summary = record
+            if bar:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+        if bar:
+            bar.update(1)
+        if args.save_every and step % args.save_every == 0 and not last:
+            save()
+        if last:
+            break
+    if bar:
+        bar.close()
+    save()
+    summary = {**summary, "steps": state["step"], "tokens": state["tokens"] + tokens_since,
+               "wall_time": state["elapsed"]}
+    if world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model, stage: Stage, data, args: TrainArgs, collate_fn=None, device=None, amp_dtype=None) -> float:
+    """Mean stage loss over up to args.eval_batches batches of `data`, in order (same every call)."""
+    if collate_fn is None:
+        from .data import pad_collate as collate_fn
+    device = device or next(model.parameters()).device
+    model.eval()
+    losses = []
+    loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate_fn)
+    for i, batch in enumerate(loader):
+        if i >= args.eval_batches:
+            break
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            losses.append(stage.loss(model, _to(batch, device))[0].float())
+    return torch.stack(losses).mean().item() if losses else float("nan")
