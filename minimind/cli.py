@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -59,8 +60,78 @@ def _add_info(sub):
     p.set_defaults(func=run)
 
 
+def _add_train(sub):
+    p = sub.add_parser("train", help="train one stage: pretrain sft lora dpo distill reason ppo grpo spo reward",
+                       description="Train one stage into the run folder --out (a checkpoint: config.json, "
+                                   "model.safetensors, tokenizer, metrics.jsonl, resume/). Works the same "
+                                   "under `torchrun --nproc_per_node N` (DDP).")
+    p.add_argument("stage", help="pretrain | sft | lora | distill | reason | dpo | ppo | grpo | spo | reward")
+    p.add_argument("--preset", default="tiny", help="model preset for a fresh model (ignored with --init)")
+    p.add_argument("--data", required=True, help="training JSONL in MiniMind's format for this stage")
+    p.add_argument("--val-data", default=None, help="validation JSONL (val_loss every --eval-every steps)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the --init checkpoint's)")
+    p.add_argument("--init", default=None, help="checkpoint to start from (e.g. pretrain for sft)")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint (distill)")
+    p.add_argument("--out", required=True, help="run folder to write (the new checkpoint)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from --out's resume/ state")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: --epochs)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-time", type=float, default=None, help="seconds; stop and save when exceeded")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 256)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--eval-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--logger", default=None, help="wandb or swanlab, if installed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("stage options")
+    g.add_argument("--lora-rank", type=int, default=8)
+    g.add_argument("--lora-alpha", type=float, default=16.0)
+    g.add_argument("--lora-targets", nargs="*", default=None, help="module names (default: attention and MLP)")
+    g.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the CE term")
+    g.add_argument("--temperature", type=float, default=1.0, help="distill: softmax temperature")
+    g.add_argument("--tag-weight", type=float, default=1.0, help="reason: loss weight of <think> tag tokens")
+    g.add_argument("--stage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other stage option (e.g. beta=0.1 for dpo); repeatable")
+
+    def run(args):
+        from .pipeline import train_stage
+        stage_kwargs = dict(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
+                            alpha=args.alpha, temperature=args.temperature, tag_weight=args.tag_weight)
+        for item in args.stage_option:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--stage-option {item!r}: write KEY=VALUE")
+            try:
+                stage_kwargs[key] = json.loads(value)
+            except ValueError:
+                stage_kwargs[key] = value
+        train_args = dict(max_steps=args.max_steps, epochs=args.epochs, max_time=args.max_time,
+                          grad_accum=args.grad_accum, dtype=args.dtype, compile=args.compile,
+                          save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every,
+                          seed=args.seed, device=args.device, num_workers=args.num_workers, logger=args.logger,
+                          progress=not args.no_progress)
+        for name in ("batch_size", "lr", "warmup_steps"):
+            if getattr(args, name) is not None:
+                train_args[name] = getattr(args, name)
+        summary = train_stage(args.stage, args.out, data=args.data, tokenizer=args.tokenizer, preset=args.preset,
+                              init=args.init, teacher=args.teacher, val_data=args.val_data, seq_len=args.seq_len,
+                              resume=args.resume, stage_kwargs=stage_kwargs, **train_args)
+        summary.pop("model", None)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
+    p.set_defaults(func=run)
+
+
 # Each command group registers itself here; later chapters add theirs (data, tokenizer, train, ...).
-COMMANDS = [_add_course, _add_export, _add_info]
+COMMANDS = [_add_course, _add_export, _add_info, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:
