@@ -113,3 +113,36 @@ def build_attention_mask(attention_mask: Optional[torch.Tensor], q_len: int, kv_
     # a padded query row would see nothing (and softmax of all -inf is NaN): let it see everything;
     # its output is never used
     return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def attention_weights(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+                      ) -> torch.Tensor:
+    """The softmax weights of every layer and head, (layers, batch, heads, seq, seq), for a heatmap.
+
+    Runs the model once (no cache) and, at each attention layer, recomputes q and k from that layer's
+    own input with `explicit_attention(..., return_weights=True)`; the model's outputs are untouched.
+    """
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    if not layers:
+        raise ValueError("attention_weights needs a model built from minimind.attention.Attention layers")
+    weights: list[torch.Tensor] = []
+
+    def hook(module, args, kwargs, output):
+        x, cos, sin = args[:3]
+        mask = args[3] if len(args) > 3 else kwargs.get("mask")
+        b, t, _ = x.shape
+        q = module.q_proj(x).view(b, t, module.n_heads, module.head_dim).transpose(1, 2)
+        k = module.k_proj(x).view(b, t, module.n_kv_heads, module.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = repeat_kv(k, module.n_heads // module.n_kv_heads)
+        _, w = explicit_attention(q, k, k, mask, is_causal=mask is None and t > 1, return_weights=True)
+        weights.append(w.float())
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in layers]
+    try:
+        model(input_ids, attention_mask=attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(weights)

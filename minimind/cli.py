@@ -31,12 +31,31 @@ def _add_export(sub):
                                    "that loads without remote code")
     hf.add_argument("ckpt", help="MiniMind checkpoint folder (config.json + model.safetensors)")
     hf.add_argument("--out", required=True, help="output folder")
+    hf.add_argument("--merge-lora", action="store_true",
+                    help="CKPT is a LoRA run folder: merge the adapter into the base model it names, export that")
 
     def run(args):
         from .export import export_hf
-        out = export_hf(args.ckpt, args.out)
+        out = export_hf(args.ckpt, args.out, merge_lora=args.merge_lora)
         print(f"wrote {out}: open it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     hf.set_defaults(func=run)
+
+    gg = fmt.add_parser("gguf", help="one .gguf file (llama architecture + BPE tokenizer) for llama.cpp and "
+                                     "ollama; dense models only")
+    gg.add_argument("ckpt", help="MiniMind checkpoint folder with its tokenizer files")
+    gg.add_argument("--out", required=True, help="output file, e.g. minimind.gguf")
+    gg.add_argument("--dtype", choices=["f32", "f16"], default="f32",
+                    help="weight type (default: f32; norms stay f32). Quantise further with llama-quantize")
+    gg.add_argument("--name", default=None, help="model name stored in the file (default: the folder name)")
+    gg.add_argument("--merge-lora", action="store_true",
+                    help="CKPT is a LoRA run folder: merge the adapter into its base model first")
+
+    def run_gguf(args):
+        from .gguf_export import export_gguf
+        out = export_gguf(args.ckpt, args.out, dtype=args.dtype, name=args.name, merge_lora=args.merge_lora)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama-cli -m {out} -cnv, or see "
+              "book/use.md for an ollama Modelfile")
+    gg.set_defaults(func=run_gguf)
 
 
 def _add_info(sub):
@@ -130,8 +149,216 @@ def _add_train(sub):
     p.set_defaults(func=run)
 
 
+def _add_data(sub):
+    p = sub.add_parser("data", help="the course corpus, MiniMind's datasets, and checking a data file")
+    cmd = p.add_subparsers(dest="data_command", required=True)
+
+    c = cmd.add_parser("course", help="generate the course corpus (deterministic: same seed, same bytes)")
+    c.add_argument("--out", default="data/course", help="output folder (default: data/course)")
+    c.add_argument("--seed", type=int, default=0, help="random seed of the world and its texts (default 0)")
+    c.add_argument("--size", default="small", help="mini | small (CPU course, default) | large (GPU runs)")
+    c.add_argument("--tokenizer", action="store_true", help="also train the course tokenizer into OUT/tokenizer")
+    c.add_argument("--vocab-size", type=int, default=6400, help="tokenizer vocabulary (with --tokenizer)")
+
+    def run_course(args):
+        import json
+        import time
+        from .corpus import ensure_course_tokenizer, write_course_corpus
+        start = time.perf_counter()
+        paths = write_course_corpus(args.out, seed=args.seed, size=args.size)
+        lines = json.loads(paths["manifest"].read_text())["lines"]
+        print(f"wrote {len(lines)} files to {args.out} in {time.perf_counter() - start:.1f} s")
+        for name, n in lines.items():
+            print(f"  {paths[name].name:20s} {n:7d} lines")
+        if args.tokenizer:
+            tok = ensure_course_tokenizer(paths, f"{args.out}/tokenizer", vocab_size=args.vocab_size, retrain=True)
+            print(f"tokenizer: {args.out}/tokenizer (vocab {tok.vocab_size})")
+    c.set_defaults(func=run_course)
+
+    d = cmd.add_parser("download", help="fetch one of MiniMind's published datasets from the Hugging Face hub")
+    d.add_argument("name", nargs="?", default=None, help="pretrain_hq, sft_mini_512, sft_512, dpo, r1_mix_1024, "
+                                                         "rlaif-mini, lora_identity or lora_medical")
+    d.add_argument("--out", default="data/minimind", help="output folder (default: data/minimind)")
+    d.add_argument("--repo", default=None, help="dataset repository (default: jingyaogong/minimind_dataset)")
+    d.add_argument("--revision", default=None, help="branch, tag or commit of the repository")
+    d.add_argument("--force", action="store_true", help="fetch again even when the file is there")
+    d.add_argument("--list", action="store_true", help="list the datasets and exit")
+
+    def run_download(args):
+        from .download import DATASETS, REPO_ID, download_dataset
+        if args.list or not args.name:
+            for name, (file, kind, what) in DATASETS.items():
+                print(f"{name:14s} {file:22s} {kind:9s} {what}")
+            if not args.list:
+                raise ValueError("name a dataset to download (listed above)")
+            return
+        path = download_dataset(args.name, args.out, repo_id=args.repo or REPO_ID, revision=args.revision,
+                                force=args.force)
+        print(f"{path}")
+    d.set_defaults(func=run_download)
+
+    k = cmd.add_parser("check", help="validate a JSONL file: every line, with file:line and the fix for a bad one")
+    k.add_argument("file")
+    k.add_argument("--kind", default="auto", help="pretrain | sft | dpo | rl | eval | auto (default)")
+    k.add_argument("--skip-bad", action="store_true", help="count and list bad lines instead of stopping")
+
+    def run_check(args):
+        from .data import check_file
+        summary = check_file(args.file, args.kind, skip_bad=args.skip_bad)
+        for line, problem in summary["bad_lines"]:
+            print(f"{args.file}:{line}: {problem}")
+        print(f"{args.file}: {summary['records']} good {summary['kind']} records, {summary['bad']} bad lines")
+        if summary["bad"]:
+            raise ValueError(f"{summary['bad']} bad line(s) in {args.file}")
+    k.set_defaults(func=run_check)
+
+
+def _add_tokenizer(sub):
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    cmd = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = cmd.add_parser("train", help="train on JSONL files of any MiniMind format or plain text files; report "
+                                     "bytes per token on held-out text")
+    t.add_argument("--data", nargs="+", required=True, help="training files (.jsonl of any format, or text)")
+    t.add_argument("--vocab-size", type=int, default=6400, help="vocabulary size (default 6400, as MiniMind)")
+    t.add_argument("--out", required=True, help="output folder (tokenizer.json, tokenizer_config.json)")
+    t.add_argument("--held-out", nargs="*", default=None,
+                   help="texts to measure bytes per token on (default: every 50th text, kept out of training)")
+    t.add_argument("--max-texts", type=int, default=None, help="train on at most this many texts")
+    t.add_argument("--skip-bad", action="store_true", help="skip bad JSONL lines instead of stopping")
+
+    def run(args):
+        import itertools
+        import time
+        from .data import iter_texts
+        from .tokenizer import bytes_per_token, train_tokenizer
+        held: list = []
+
+        def training_texts():
+            for i, text in enumerate(itertools.islice(iter_texts(args.data, skip_bad=args.skip_bad), args.max_texts)):
+                if args.held_out is None and i % 50 == 49:
+                    if len(held) < 5000:
+                        held.append(text)
+                    continue
+                yield text
+        start = time.perf_counter()
+        tok = train_tokenizer(training_texts(), vocab_size=args.vocab_size)
+        tok.save_pretrained(args.out)
+        print(f"trained a vocabulary of {tok.vocab_size} in {time.perf_counter() - start:.1f} s: {args.out}")
+        if args.held_out:
+            held = list(iter_texts(args.held_out))
+        if held:
+            print(f"bytes per token on {len(held)} held-out texts: {bytes_per_token(tok, held):.3f}")
+    t.set_defaults(func=run)
+
+
+def _add_chat(sub):
+    p = sub.add_parser("chat", help="chat with a checkpoint in the terminal (streaming, multi-turn; /reset, "
+                                    "/think, /exit)")
+    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default: 0.9)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (default: 0, off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1.0 (off)")
+    p.add_argument("--think", choices=["auto", "on", "off"], default="auto",
+                   help="on: the prompt opens <think> (reason first); off: an empty think block; auto: neither")
+    p.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning (toggle with /think)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+
+    def run(args):
+        from .chat import terminal_chat
+        from .model import load_checkpoint
+        from .runtime import pick_device
+        model, tok = load_checkpoint(args.ckpt, device=pick_device(args.device))
+        terminal_chat(model, tok, show_thinking=not args.hide_thinking, system=args.system,
+                      enable_thinking={"auto": None, "on": True, "off": False}[args.think],
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                      top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+    p.set_defaults(func=run)
+
+
+def _add_serve(sub):
+    p = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions, /v1/completions, "
+                                     "/v1/models, /health) with a web chat page at /")
+    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8998, help="port (default: 8998; 0 picks a free one)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: the "
+                                                   "MINIMIND_API_KEY environment variable, else no key)")
+    p.add_argument("--model-name", default="minimind", help="the model id clients ask for (default: minimind)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="do not log requests")
+
+    def run(args):
+        from .serve import serve
+        serve(args.ckpt, host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
+              device=args.device, verbose=not args.quiet)
+    p.set_defaults(func=run)
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="perplexity / bits per byte, multiple-choice accuracy (C-Eval, CMMLU, MMLU, "
+                                    "ARC, the course's eval.jsonl), exact-match accuracy")
+    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base)")
+    p.add_argument("--ppl", nargs="+", default=[], metavar="FILE",
+                   help="perplexity and bits per byte of text files (.txt, or .jsonl of {\"text\"})")
+    p.add_argument("--mc", nargs="+", default=[], metavar="FILE",
+                   help="multiple-choice files: C-Eval / CMMLU / MMLU .csv, ARC .json/.jsonl, course eval.jsonl")
+    p.add_argument("--short", nargs="+", default=[], metavar="FILE",
+                   help="short-answer .jsonl ({\"question\", \"answer\"}, or the course's eval.jsonl): exact match")
+    p.add_argument("--course", default=None, metavar="EVAL_JSONL",
+                   help="the course's held-out questions (eval.jsonl): short answers and multiple choice")
+    p.add_argument("--style", choices=["text", "letter"], default="text",
+                   help="multiple choice: score the option text (default) or its letter")
+    p.add_argument("--chat", choices=["auto", "on", "off"], default="auto",
+                   help="wrap questions in the chat template (auto: on for --short/--course, off for --mc)")
+    p.add_argument("--limit", type=int, default=None, help="at most N questions / documents per file")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="exact match: reply length (default: 48)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results (with per-question rows)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+
+    def run(args):
+        import json
+        from . import eval as ev
+        from .model import load_checkpoint
+        from .runtime import pick_device
+        if not (args.ppl or args.mc or args.short or args.course):
+            raise ValueError("nothing to evaluate: give --ppl FILE, --mc FILE, --short FILE or --course EVAL_JSONL")
+        model, tok = load_checkpoint(args.ckpt, device=pick_device(args.device))
+        chat = {"on": True, "off": False, "auto": None}[args.chat]
+        results = {}
+        for f in args.ppl:
+            r = results[f"ppl:{f}"] = ev.perplexity(model, tok, f, limit=args.limit)
+            print(f"{f}: perplexity {r['perplexity']:.3f}  bits/byte {r['bits_per_byte']:.4f}  "
+                  f"({r['tokens']} tokens, {r['documents']} documents)")
+        for f in args.mc:
+            r = results[f"mc:{f}"] = ev.multiple_choice_accuracy(model, tok, f, chat=bool(chat), style=args.style,
+                                                                 limit=args.limit)
+            print(f"{f}: accuracy {r['accuracy']:.3f}  per-byte {r['accuracy_norm']:.3f}  chance {r['chance']:.3f}"
+                  f"  ({r['n']} questions)")
+        for f in args.short:
+            r = results[f"short:{f}"] = ev.exact_match_accuracy(model, tok, f, chat=chat is not False,
+                                                                max_new_tokens=args.max_new_tokens, limit=args.limit)
+            print(f"{f}: exact match {r['accuracy']:.3f} ({r['n']} questions)"
+                  + "".join(f"  {k} {v:.3f}" for k, v in r.get("by_split", {}).items()))
+        if args.course:
+            r = results["course"] = ev.evaluate_course(model, tok, args.course, chat=chat is not False,
+                                                       limit=args.limit)
+            print(f"course short answers: {r['short']['accuracy']:.3f} ({r['short']['n']})"
+                  + "".join(f"  {k} {v:.3f}" for k, v in r["short"].get("by_split", {}).items()))
+            print(f"course multiple choice: {r['mc']['accuracy']:.3f}  chance {r['mc']['chance']:.3f} "
+                  f"({r['mc']['n']})")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(results, fh, indent=1, ensure_ascii=False)
+            print(f"wrote {args.json}")
+    p.set_defaults(func=run)
+
+
 # Each command group registers itself here; later chapters add theirs (data, tokenizer, train, ...).
-COMMANDS = [_add_course, _add_export, _add_info, _add_train]
+COMMANDS = [_add_course, _add_export, _add_info, _add_train, _add_data, _add_tokenizer,
+            _add_chat, _add_serve, _add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

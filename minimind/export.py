@@ -63,13 +63,35 @@ def hf_state_dict(model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_hf(model_or_path, out_dir: str | Path) -> Path:
-    """Write config.json, model.safetensors (and the checkpoint's tokenizer files) for transformers."""
+def is_lora_run(folder) -> bool:
+    """A LoRA run folder holds the adapter alone (adapter.safetensors + adapter_config.json naming its base)."""
+    from .lora import ADAPTER_CONFIG
+    folder = Path(folder)
+    return (folder / ADAPTER_CONFIG).exists() and not (folder / "model.safetensors").exists()
+
+
+def export_hf(model_or_path, out_dir: str | Path, tokenizer=None, merge_lora: bool = False) -> Path:
+    """Write config.json, model.safetensors and the tokenizer files for transformers.
+
+    model_or_path: a model (pass its tokenizer too, so AutoTokenizer works on the folder) or a checkpoint
+    folder, whose tokenizer files are copied. A LoRA run folder is merged into the base model it names
+    when merge_lora=True (the result is a plain model; the adapter alone is not a transformers model).
+    """
     from safetensors.torch import save_file
     source = None
+    tok_sources = []
     if isinstance(model_or_path, (str, Path)):
         source = Path(model_or_path)
-        model = MiniMindForCausalLM.from_pretrained(source)
+        if is_lora_run(source):
+            if not merge_lora:
+                raise ValueError(f"{source} is a LoRA run (an adapter, not a whole model): pass --merge-lora "
+                                 "(merge_lora=True) to merge it into its base model and export the result")
+            from .model import load_checkpoint, lora_base
+            model = load_checkpoint(source, tokenizer=False)[0]
+            tok_sources = [source, lora_base(source)]
+        else:
+            model = MiniMindForCausalLM.from_pretrained(source)
+            tok_sources = [source]
     else:
         model = model_or_path
     out = Path(out_dir)
@@ -81,8 +103,13 @@ def export_hf(model_or_path, out_dir: str | Path) -> Path:
     gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
            "pad_token_id": model.config.pad_token_id}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    if source is not None and source.is_dir():
-        for name in TOKENIZER_FILES:
-            if (source / name).exists():
-                shutil.copyfile(source / name, out / name)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    else:  # the first folder that has a tokenizer gives all its files
+        for folder in tok_sources:
+            if (folder / "tokenizer.json").exists():
+                for name in TOKENIZER_FILES:
+                    if (folder / name).exists():
+                        shutil.copyfile(folder / name, out / name)
+                break
     return out

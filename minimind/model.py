@@ -211,3 +211,49 @@ def atomic_write(target: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def load_checkpoint(folder: str | Path, device=None, dtype=None, tokenizer: bool = True):
+    """(model, tokenizer) from a run folder: a plain checkpoint, or a LoRA run (adapter.safetensors +
+    adapter_config.json naming its "base"), which is loaded onto its base and merged, so the result is an
+    ordinary model. The tokenizer comes from the folder, else from the LoRA base; tokenizer=False skips
+    it (returns None). The model is in eval mode.
+    """
+    from .lora import ADAPTER_CONFIG, load_adapter, merge_lora
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a checkpoint folder (config.json + model.safetensors, or a "
+                                "LoRA run with adapter.safetensors + adapter_config.json)")
+    tok_dirs = [folder]
+    if (folder / ADAPTER_CONFIG).exists() and not (folder / WEIGHTS_NAME).exists():
+        base = lora_base(folder)
+        model = MiniMindForCausalLM.from_pretrained(base)
+        merge_lora(load_adapter(model, folder))
+        tok_dirs.append(base)
+    else:
+        model = MiniMindForCausalLM.from_pretrained(folder)
+    model = model.to(device=device, dtype=dtype).eval()
+    if not tokenizer:
+        return model, None
+    from .tokenizer import MiniMindTokenizer
+    for d in tok_dirs:
+        if (d / "tokenizer.json").exists():
+            return model, MiniMindTokenizer.from_pretrained(d)
+    raise FileNotFoundError(f"no tokenizer.json in {' or '.join(map(str, tok_dirs))}: save the tokenizer into "
+                            "the checkpoint (model.save_pretrained(folder, tokenizer=tok))")
+
+
+def lora_base(folder: str | Path) -> Path:
+    """The base checkpoint a LoRA run folder names in adapter_config.json, as a folder that exists:
+    the path as written, else relative to the LoRA folder or to its parent."""
+    from .lora import ADAPTER_CONFIG
+    folder = Path(folder)
+    base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base")
+    if not base:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} names no \"base\" checkpoint: add \"base\": \"PATH\" (the "
+                         "folder the adapter was trained on)")
+    for cand in (Path(base), folder / base, folder.parent / base):
+        if (cand / CONFIG_NAME).exists():
+            return cand
+    raise FileNotFoundError(f"the base checkpoint {base!r} named in {folder / ADAPTER_CONFIG} was not found "
+                            "(tried as written, and relative to the LoRA folder): fix \"base\" there")

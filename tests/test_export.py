@@ -52,3 +52,71 @@ def test_cli_export_from_checkpoint_and_generate(tmp_path, dense):
     ours = dense.generate(prompt, max_new_tokens=10)
     theirs = hf.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(ours, theirs)
+
+
+# -- tokenizer files, pipeline, LoRA runs ------------------------------------------------------------------
+def _tiny_ckpt(folder):
+    from tiny_checkpoint import make_checkpoint
+    return make_checkpoint(folder)
+
+
+def test_exported_folder_has_a_working_tokenizer_and_pipeline(tmp_path):
+    from minimind.model import load_checkpoint
+    ckpt = _tiny_ckpt(tmp_path / "ckpt")
+    assert cli(["export", "hf", str(ckpt), "--out", str(tmp_path / "hf")]) == 0
+    model, tok = load_checkpoint(ckpt)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "Mira the baker lives in Tallow. 你好"
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+    msgs = [{"role": "user", "content": "Who is Mira?"}]
+    assert hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == \
+        tok.apply_chat_template(msgs, add_generation_prompt=True)
+    assert hf_tok.eos_token_id == 2 and hf_tok.pad_token_id == 0
+    pipe = transformers.pipeline("text-generation", model=str(tmp_path / "hf"), device="cpu")
+    out = pipe("Mira the baker", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    ids = model.generate(torch.tensor([tok.encode("Mira the baker")]), max_new_tokens=8,
+                         eos_token_id=tok.eos_token_id)[0].tolist()
+    ids = ids[:ids.index(2)] if 2 in ids else ids
+    assert out.startswith("Mira the baker") and len(out) > len("Mira the baker")
+    assert out == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_export_model_object_with_tokenizer(tmp_path):
+    from minimind.model import load_checkpoint
+    model, tok = load_checkpoint(_tiny_ckpt(tmp_path / "ckpt"))
+    export_hf(model, tmp_path / "hf", tokenizer=tok)
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("hi there")["input_ids"] == tok.encode("hi there")
+
+
+def test_lora_run_exports_merged(tmp_path):
+    from minimind.lora import apply_lora, merge_lora, save_adapter
+    from minimind.model import load_checkpoint
+    ckpt = _tiny_ckpt(tmp_path / "base")
+    model, tok = load_checkpoint(ckpt)
+    apply_lora(model, rank=2, alpha=4)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    save_adapter(model, tmp_path / "lora", base=str(ckpt))  # no tokenizer here: the base's is used
+    merge_lora(model)
+    assert cli(["export", "hf", str(tmp_path / "lora"), "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()
+    assert cli(["export", "hf", str(tmp_path / "lora"), "--out", str(tmp_path / "hf"), "--merge-lora"]) == 0
+    hf = _compare(model, tmp_path / "hf", "LlamaForCausalLM")
+    base = MiniMindForCausalLM.from_pretrained(ckpt)
+    x = torch.randint(0, model.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert not torch.allclose(hf(x).logits, base(x).logits, atol=1e-3)  # the adapter changed something
+    assert (tmp_path / "hf" / "tokenizer.json").exists()
+    # a relative "base" resolves against the LoRA folder's parent
+    cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    cfg["base"] = "base"
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(cfg))
+    again, tok2 = load_checkpoint(tmp_path / "lora")
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, model(x).logits)
+    cfg["base"] = "nowhere"
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_checkpoint(tmp_path / "lora")
