@@ -39,6 +39,11 @@ class Stage:
             metrics["aux_loss"] = out.aux_loss.detach()
         return out.loss, metrics
 
+    def extra_modules(self) -> list[torch.nn.Module]:
+        """Modules beside the model that train with it (PPO's critic): the optimizer updates their
+        trainable parameters and gradient clipping covers them; the stage saves them itself."""
+        return []
+
     def state_tensors(self, model) -> dict[str, torch.Tensor]:
         """What resumption needs of the model (all weights; LoRA keeps only its adapters)."""
         tensors = dict(model.state_dict())
@@ -219,8 +224,8 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _optimizer(model, args: TrainArgs, device):
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(model, args: TrainArgs, device, extra_modules=()):
+    params = [p for m in (model, *extra_modules) for p in m.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the stage left no trainable parameter")
     # no weight decay on norms and other 1-D parameters
@@ -281,7 +286,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     np.random.seed(args.seed)
     stage.setup(model, device)
     model.to(device)
-    optimizer = _optimizer(model, args, device)
+    optimizer = _optimizer(model, args, device, stage.extra_modules())
     amp_dtype = _autocast_dtype(args.dtype, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -348,7 +353,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
             tokens_since += batch["input_ids"].numel() * world
         if args.grad_clip:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for m in (model, *stage.extra_modules()) for p in m.parameters()],
+                                           args.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,171 @@
+"""DPO: learn from preference pairs without a reward model or sampling.
+
+For a prompt x with a preferred answer y_w (chosen) and a worse one y_l (rejected), DPO (Rafailov et al.,
+2023) minimises
+
+    -log sigmoid(beta * ((log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))))
+
+where pi is the model being trained and ref a frozen copy of where it started (the SFT model).
+beta * (log pi(y|x) - log ref(y|x)) is the *implicit reward* of an answer: how much more likely the
+policy makes it than the reference did. The loss raises the chosen answer's implicit reward above the
+rejected one's; the reference keeps the policy from drifting anywhere else, since any drift counts in
+both terms. When pi equals ref every implicit reward is 0 and the loss is log 2.
+
+A batch holds the chosen sequences first and the rejected ones after them, so that one forward pass
+scores both halves (`preference_collate`).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from .train import Stage
+
+
+# --------------------------------------------------------------------------------------------------
+# The math, as small functions
+# --------------------------------------------------------------------------------------------------
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each position, (B, T); positions whose target is -100 get 0.
+
+    Cross-entropy is -log softmax(logits)[target]: computing it this way avoids a full-vocabulary
+    log-softmax copy of the logits.
+    """
+    logp = -F.cross_entropy(logits.flatten(0, 1).float(), targets.clamp(min=0).reshape(-1), reduction="none")
+    return logp.view(targets.shape) * (targets != -100)
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """log p(labelled tokens), summed per sequence (B,): the log-probability of the answer.
+
+    labels are aligned with the input ids (-100 on the prompt and padding), as the model's own loss takes
+    them: logits at position t predict labels[t + 1]. average=True divides by the number of labelled
+    tokens (MiniMind's choice, which stops long answers from dominating; the DPO paper sums).
+    """
+    targets = labels[:, 1:]
+    logp = token_logprobs(logits[:, :-1], targets).sum(-1)
+    if average:
+        logp = logp / (targets != -100).sum(-1).clamp(min=1)
+    return logp
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1):
+    """(loss, chosen_rewards, rejected_rewards): the mean DPO loss and each pair's implicit rewards."""
+    chosen_rewards = beta * (policy_chosen - ref_chosen)
+    rejected_rewards = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches: chosen first, rejected after
+# --------------------------------------------------------------------------------------------------
+def _trimmed(ids, labels, pad_id: int):
+    """Drop trailing padding (a dataset may pad every item to max_len; the batch needs only its longest)."""
+    ids, labels = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(labels, dtype=torch.long)
+    real = (ids != pad_id).nonzero()
+    n = int(real[-1]) + 1 if len(real) else 1
+    return ids[:n], labels[:n]
+
+
+def preference_collate(items: list[dict], pad_id: int = 0) -> dict:
+    """Items with chosen_/rejected_ input_ids and labels -> one right-padded batch of 2B rows: the B chosen
+    sequences, then the B rejected ones. attention_mask marks the real tokens."""
+    seqs = [_trimmed(it[f"{side}_input_ids"], it[f"{side}_labels"], pad_id)
+            for side in ("chosen", "rejected") for it in items]
+    width = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(seqs):
+        input_ids[row, :len(ids)], labels[row, :len(ids)], mask[row, :len(ids)] = ids, lab, 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of the model in eval mode with no gradients: the reference policy."""
+    ref = copy.deepcopy(model)
+    return ref.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+class DPOStage(Stage):
+    """Direct preference optimisation against a frozen copy of the starting (SFT) model.
+
+    Batches come from `preference_collate` (the stage's `collate_fn`). The reference is copied from the
+    model in setup(), before any step, so a resumed run must start from the same --init checkpoint.
+    Metrics: the implicit rewards of chosen and rejected answers, their margin, the preference accuracy
+    (how often the chosen answer has the larger reward) and the policy's log-probs of both.
+    """
+    name = "dpo"
+
+    def __init__(self, beta: float = 0.1, reference=None, average_logprobs: bool = False):
+        self.beta, self.reference, self.average_logprobs = beta, reference, average_logprobs
+
+    @staticmethod
+    def collate_fn(items):
+        return preference_collate(items)
+
+    def setup(self, model, device):
+        if self.reference is None:
+            self.reference = frozen_copy(model)
+        self.reference.to(device).eval().requires_grad_(False)
+
+    def loss(self, model, batch):
+        # right padding needs no attention mask: causal attention never looks right, labels skip the pads
+        out = model(batch["input_ids"])
+        logps = sequence_logprobs(out.logits, batch["labels"], self.average_logprobs)
+        with torch.no_grad():
+            ref_logps = sequence_logprobs(self.reference(batch["input_ids"]).logits, batch["labels"],
+                                          self.average_logprobs)
+        policy_chosen, policy_rejected = logps.chunk(2)
+        ref_chosen, ref_rejected = ref_logps.chunk(2)
+        loss, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
+        if out.aux_loss is not None and model.training:
+            loss = loss + out.aux_loss
+        return loss, {"reward_chosen": chosen_r.mean(), "reward_rejected": rejected_r.mean(),
+                      "reward_margin": (chosen_r - rejected_r).mean(),
+                      "reward_accuracy": (chosen_r > rejected_r).float().mean(),
+                      "logp_chosen": policy_chosen.detach().mean(), "logp_rejected": policy_rejected.detach().mean()}
+
+
+@torch.no_grad()
+def preference_accuracy(model, reference, items, beta: float = 0.1, batch_size: int = 16,
+                        average_logprobs: bool = False) -> dict:
+    """Implicit-reward accuracy and mean margin of `model` against `reference` over preference items
+    (held-out pairs, say): the number chapter 10 reports before and after DPO."""
+    device = next(model.parameters()).device
+    model.eval()
+    margins = []
+    for start in range(0, len(items), batch_size):
+        batch = preference_collate(items[start:start + batch_size])
+        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        pc, pr = sequence_logprobs(model(ids).logits, labels, average_logprobs).chunk(2)
+        rc, rr = sequence_logprobs(reference(ids).logits, labels, average_logprobs).chunk(2)
+        margins.append(beta * ((pc - rc) - (pr - rr)))
+    margins = torch.cat(margins)
+    return {"accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(), "pairs": len(margins)}
+
+
+def train_stage(model, stage: Stage, data, out_dir=None, tokenizer=None, **train_args) -> list[dict]:
+    """For notebooks: train with `stage` (its own collate_fn) and return every step's metrics record.
+
+    train_args are TrainArgs fields (max_steps, batch_size, lr, ...); log_every defaults to 1 and the
+    progress bar to off. Without out_dir the run goes to a temporary folder (metrics only).
+    """
+    import tempfile
+    from .train import TrainArgs, read_metrics, train
+    args = TrainArgs(**{"log_every": 1, "progress": False, **train_args})
+    collate = getattr(stage, "collate_fn", None)
+    if out_dir is not None:
+        train(model, stage, data, args, out_dir, collate_fn=collate, tokenizer=tokenizer)
+        return read_metrics(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the record of every step goes to metrics.jsonl; the checkpoint files land here too, then vanish
+        train(model, stage, data, args, tmp, collate_fn=collate, tokenizer=tokenizer)
+        return read_metrics(tmp)
