@@ -1,0 +1,329 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · The model
+#
+# Chapters 03 and 04 built attention and rotary positions. This chapter adds the remaining pieces and
+# assembles MiniMind: **RMSNorm**, the **SwiGLU** feed-forward, the **pre-norm decoder block**, and the
+# whole `MiniMindForCausalLM`. Then we count where its parameters live, run a first forward pass, and
+# prove that it *is* a Llama: exported to transformers, `LlamaForCausalLM` computes the same logits.
+# The model is untrained throughout; what it generates is gibberish, and that is the point.
+
+# %% tags=["parameters"]
+preset = "tiny"        # tiny | minimind2-small | minimind2 | minimind2-moe
+data = "course"        # course (generated, offline) | minimind (MiniMind's published datasets)
+device = "auto"        # auto | cpu | cuda | mps
+out_dir = None         # where this run writes; None means runs/<preset>
+
+# %%
+import math
+import os
+import tempfile
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
+from minimind.anatomy import COMPONENTS, parameter_breakdown, plot_parameter_breakdown, scaled_config
+from minimind.layers import FeedForward, RMSNorm
+from minimind.report import record, runs_dir
+from minimind.rope import rope_cos_sin
+from minimind.runtime import pick_device
+
+run_dir = runs_dir(preset, out_dir)
+dev = pick_device(device)
+cfg = MiniMindConfig.from_preset(preset)
+print(f"preset {preset}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+      f"{cfg.num_attention_heads} heads ({cfg.num_key_value_heads} KV), SwiGLU width {cfg.intermediate_size}, "
+      f"vocab {cfg.vocab_size}; device {dev}")
+
+# %% [markdown]
+# ## RMSNorm
+# Every sub-layer of the model reads a *normalised* copy of its input, so that the scale of the signal
+# stays the same from layer to layer. The classic choice, LayerNorm, centres and rescales each vector:
+#
+# $$\mathrm{LayerNorm}(x) = \frac{x - \mu(x)}{\sqrt{\sigma^2(x) + \epsilon}}\, g + b .$$
+#
+# RMSNorm (Zhang and Sennrich, 2019), used by Llama and MiniMind, drops the centring and the bias and
+# divides by the root mean square only:
+#
+# $$\mathrm{RMSNorm}(x) = \frac{x}{\sqrt{\tfrac{1}{d}\sum_j x_j^2 + \epsilon}}\, g .$$
+#
+# It is cheaper (one reduction instead of two) and trains as well. Below both are computed by hand on
+# token vectors whose mean is far from zero, and compared with `minimind.layers.RMSNorm` and PyTorch's
+# LayerNorm. The difference shows in the outputs: LayerNorm removes the mean, RMSNorm keeps the
+# direction of the vector and only fixes its length (every output has a root mean square of 1).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+d, eps = cfg.hidden_size, cfg.rms_norm_eps
+x = torch.randn(3, d) + 2.0                     # three token vectors, mean about 2
+rms_by_hand = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+ln_by_hand = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+print("RMSNorm by hand equals minimind.layers.RMSNorm:", torch.allclose(rms_by_hand, RMSNorm(d, eps)(x), atol=1e-6))
+print("LayerNorm by hand equals F.layer_norm:         ", torch.allclose(ln_by_hand, F.layer_norm(x, (d,), eps=eps), atol=1e-5))
+for name, y in (("input", x), ("RMSNorm", rms_by_hand), ("LayerNorm", ln_by_hand)):
+    mean, rms = y.mean().item(), y.pow(2).mean().sqrt().item()
+    print(f"{name:10s} mean {round(mean, 2) + 0.0:5.2f}   root mean square {rms:5.2f}")
+print("parameters of one RMSNorm (the gain g):", sum(p.numel() for p in RMSNorm(d).parameters()))
+
+# %% [markdown]
+# ## SwiGLU, the feed-forward network
+# After attention has mixed information *between* tokens, the feed-forward network transforms each
+# token on its own. MiniMind uses SwiGLU (Shazeer, 2020):
+#
+# $$\mathrm{FFN}(x) = W_\text{down}\big(\mathrm{SiLU}(W_\text{gate}\,x) \odot W_\text{up}\,x\big),
+# \qquad \mathrm{SiLU}(z) = z\,\sigma(z).$$
+#
+# The *gate* branch decides, channel by channel, how much of the *up* branch passes: a multiplicative
+# interaction that a plain `ReLU` MLP lacks. SiLU is a smooth ReLU that lets a little negative signal
+# through.
+#
+# **Why 8/3.** A classic transformer MLP has two matrices, $d \times 4d$ and $4d \times d$: $8d^2$
+# parameters. SwiGLU has three, so with the same budget each is $d \times \tfrac{8}{3}d$. MiniMind rounds
+# $\tfrac{8}{3}d$ up to a multiple of 64, a shape the matrix-multiply kernels like.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+ffn = FeedForward(cfg.hidden_size, cfg.intermediate_size)
+x = torch.randn(2, 5, cfg.hidden_size)
+gate = x @ ffn.gate_proj.weight.T
+by_hand = (gate * torch.sigmoid(gate) * (x @ ffn.up_proj.weight.T)) @ ffn.down_proj.weight.T
+print("SwiGLU by hand equals minimind.layers.FeedForward:", torch.allclose(by_hand, ffn(x), atol=1e-6))
+print(f"\n{'preset':16s} {'hidden':>6s} {'8/3 hidden':>10s} {'width':>6s} {'3*d*w / 8d^2':>13s}")
+for name in PRESETS:
+    c = MiniMindConfig.from_preset(name)
+    h, w = c.hidden_size, c.intermediate_size
+    print(f"{name:16s} {h:6d} {h * 8 / 3:10.1f} {w:6d} {3 * h * w / (8 * h * h):13.3f}")
+
+# %%
+z = torch.linspace(-5, 5, 201)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+axes[0].plot(z, F.relu(z), label="ReLU", linestyle="--")
+axes[0].plot(z, F.silu(z), label="SiLU  z·σ(z)")
+axes[0].plot(z, torch.sigmoid(z), label="σ(z)", linestyle=":")
+axes[0].set_title("the activation")
+axes[0].legend()
+up = torch.linspace(-2, 2, 5)  # what the up branch offers; the gate lets a share of it through
+for u in up:
+    axes[1].plot(z, F.silu(z) * u, label=f"up = {u:.0f}")
+axes[1].set_title("SiLU(gate) × up: the gate scales what passes")
+axes[1].set_xlabel("gate pre-activation")
+axes[1].legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(run_dir / "05_swiglu.png", dpi=100)
+plt.show()
+
+# %% [markdown]
+# ## The pre-norm decoder block
+# A block adds two things to the *residual stream* $x$, each computed from a normalised copy:
+#
+# $$x \leftarrow x + \mathrm{Attention}(\mathrm{RMSNorm}(x)), \qquad
+#   x \leftarrow x + \mathrm{FFN}(\mathrm{RMSNorm}(x)).$$
+#
+# Normalising the *input* of each branch (pre-norm, as in GPT-2 and Llama) instead of its output
+# (post-norm, the original transformer) leaves a clean path of additions from the last layer back to
+# the embedding: gradients reach early layers undamped, and deep stacks train without delicate warm-up.
+# The cell builds the model and recomputes its first block by hand from its parts.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+model = MiniMindForCausalLM(cfg).eval()
+block = model.model.layers[0]
+x = torch.randn(2, 10, cfg.hidden_size)
+positions = torch.arange(10).expand(2, 10)
+cos, sin = rope_cos_sin(model.model.inv_freq, positions, model.model.attention_factor)
+with torch.no_grad():
+    h = x + block.self_attn(block.input_layernorm(x), cos, sin)     # attention adds to the stream
+    by_hand = h + block.mlp(block.post_attention_layernorm(h))      # then the feed-forward network
+    print("block by hand equals DecoderLayer:", torch.allclose(by_hand, block(x, cos, sin), atol=1e-5))
+
+# %% [markdown]
+# ## The whole model
+# Token ids become vectors (`embed_tokens`), pass through the stack of blocks, a final RMSNorm, and the
+# output head `lm_head` turns each vector into one score (logit) per vocabulary entry. MiniMind *ties*
+# the head to the embedding: one $V \times d$ matrix reads tokens in and writes them out. Module names
+# follow transformers' Llama exactly (`q_proj`, `gate_proj`, `input_layernorm`, ...); that is what makes
+# the export at the end of this chapter a renaming-free copy.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(model)
+print("lm_head is the embedding matrix:", model.lm_head.weight is model.model.embed_tokens.weight)
+
+# %% [markdown]
+# ## Where the parameters are
+# Per layer, with width $d$, $n_{kv}$ KV heads of size $d_h$ and SwiGLU width $w$:
+#
+# | component | parameters |
+# | --- | --- |
+# | embedding (tied with the head) | $V d$, once |
+# | attention | $2d^2$ for `q_proj`, `o_proj` $+\; 2 d\, n_{kv} d_h$ for `k_proj`, `v_proj` (GQA makes these small) |
+# | MLP | $3 d w$ |
+# | norms | $2d$ per layer $+\; d$ for the final norm |
+#
+# `minimind.anatomy.parameter_breakdown` does not use these formulas: it builds the model on PyTorch's
+# `meta` device (shapes only, no memory, so even the 145M preset costs nothing) and adds up the
+# parameters by name. The unit tests check that both agree; here are the four presets.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+breakdowns = {name: parameter_breakdown(MiniMindConfig.from_preset(name)) for name in PRESETS}
+parts = [c for c in COMPONENTS if any(c in b for b in breakdowns.values())]
+print(f"{'':15s}" + "".join(f"{name:>21s}" for name in PRESETS))
+for part in parts + ["total"]:
+    row = ""
+    for b in breakdowns.values():
+        n, total = (sum(b.values()) if part == "total" else b.get(part, 0)), sum(b.values())
+        row += f"{n:>14,d} ({100 * n / total:3.0f}%)" if n else f"{'-':>21s}"
+    print(f"{part:15s}{row}")
+with torch.device("meta"):
+    print("sums equal num_parameters():",
+          all(sum(b.values()) == MiniMindForCausalLM(MiniMindConfig.from_preset(n)).num_parameters()
+              for n, b in breakdowns.items()))
+
+# %%
+fig = plot_parameter_breakdown(breakdowns)
+fig.savefig(run_dir / "05_parameters.png", dpi=100)
+plt.show()
+
+# %% [markdown]
+# In a small model the vocabulary is expensive: the embedding is the `tiny` model's largest component. The embedding grows like $V d$ while the blocks grow like $L d^2$, so as a model gets wider
+# and deeper the blocks take over, and in the MoE preset the routed experts dominate (chapter 06).
+#
+# **Explore.** Pick a preset and change its width and depth; the right-hand bar is your model, the
+# left-hand one the preset (the SwiGLU width follows the 8/3 rule; head counts are kept where they
+# divide the width). The static picture below doubles the current preset's width and depth.
+
+# %%
+import ipywidgets as widgets
+
+
+def explore(base="tiny", hidden_size=384, num_hidden_layers=8, vocab_size=6400):
+    mine = scaled_config(base, hidden_size, num_hidden_layers, vocab_size)
+    fig = plot_parameter_breakdown({base: parameter_breakdown(MiniMindConfig.from_preset(base)),
+                                    f"d={hidden_size}, L={num_hidden_layers}": parameter_breakdown(mine)})
+    plt.show()
+
+
+explore(preset, 2 * cfg.hidden_size, 2 * cfg.num_hidden_layers, cfg.vocab_size)  # the static picture
+widgets.interact(explore, base=list(PRESETS),
+                 hidden_size=widgets.IntSlider(value=2 * cfg.hidden_size, min=64, max=2048, step=64),
+                 num_hidden_layers=widgets.IntSlider(value=2 * cfg.num_hidden_layers, min=1, max=48),
+                 vocab_size=widgets.Dropdown(options=[6400, 32000, 151936], value=6400));
+
+# %% [markdown]
+# ## A first forward pass
+# Random token ids in, logits out: one score per vocabulary entry at each position. With `labels`, the
+# model also returns the next-token cross-entropy (labels are shifted inside, as in transformers).
+#
+# At initialisation every weight is drawn with standard deviation 0.02, so the logits are all close to
+# zero, the softmax is close to uniform, and the loss is close to $\ln V$: the cost of guessing
+# uniformly among $V$ tokens. A little above it, because the logits are not exactly equal: for logits
+# spread with standard deviation $s$ around the target's, the expected loss is about
+# $\ln V + s^2/2$. A model that starts far above $\ln V$ is confidently wrong and wastes its first
+# steps unlearning that; a good initialisation starts here.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+model = model.to(dev)
+torch.manual_seed(0)
+ids = torch.randint(0, cfg.vocab_size, (4, 64)).to(dev)  # drawn on the CPU: the same ids on every device
+with torch.no_grad():
+    out = model(ids, labels=ids)
+spread = out.logits.float().std().item()
+print("initial weight std", cfg.initializer_range)
+print("logits", tuple(out.logits.shape), " (batch, positions, vocabulary)")
+print(f"loss at init        {out.loss.item():.2f}")
+print(f"ln(vocab)           {math.log(cfg.vocab_size):.2f}")
+print(f"ln(vocab) + s^2/2   {math.log(cfg.vocab_size) + spread ** 2 / 2:.2f}   (s = logit std {spread:.2f})")
+
+# %% [markdown]
+# ## The same model in transformers
+# `minimind.export.export_hf` writes a folder with a Llama `config.json` and the weights under their
+# (already Llama) names. transformers' `AutoModelForCausalLM` opens it without any MiniMind code, as a
+# `LlamaForCausalLM` (the MoE preset becomes a `Qwen2MoeForCausalLM`, see chapter 06), and on the same
+# ids it computes the same logits, up to float rounding. Same numbers, two independent implementations:
+# the strongest test that every piece of this chapter is right.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import transformers
+
+from minimind.export import export_hf
+
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
+with tempfile.TemporaryDirectory() as tmp:
+    export_hf(model, tmp)
+    print("exported:", sorted(os.listdir(tmp)))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp).to(dev).eval()
+with torch.no_grad():
+    diff = (hf(ids).logits - model(ids).logits).abs().max().item()
+hf_class = type(hf).__name__
+print("transformers class:", hf_class)
+print("max |logit difference| < 1e-4:", diff < 1e-4)
+
+# %%
+print(f"max |logit difference| = {diff:.1e}")
+del hf
+
+# %% [markdown]
+# ## Saving and loading
+# A MiniMind checkpoint is a folder: `config.json` (every shape, so nobody has to remember the preset)
+# and `model.safetensors` (the tied matrix stored once). Loading it back gives bit-identical logits.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+with tempfile.TemporaryDirectory() as tmp:
+    model.save_pretrained(tmp)
+    print("files:", sorted(os.listdir(tmp)))
+    again = MiniMindForCausalLM.from_pretrained(tmp, device=dev).eval()
+with torch.no_grad():
+    print("identical logits after the round trip:", torch.equal(again(ids).logits, model(ids).logits))
+print("still tied:", again.lm_head.weight is again.model.embed_tokens.weight)
+
+# %% [markdown]
+# ## Generating from an untrained model
+# `generate` feeds the model its own output one token at a time, with a KV cache (chapter 03). Greedy
+# decoding takes the most likely token every time; sampling draws from the softmax (here with
+# temperature 1 and top-k 50). The model knows nothing yet, so both produce noise: greedy decoding
+# typically locks onto one token and repeats it, sampling wanders at random over the vocabulary. These
+# are token ids; chapter 01's tokenizer would turn them into text, just as meaningless. Chapter 07 turns
+# this noise into language.
+
+# %%
+prompt = torch.tensor([[cfg.bos_token_id, 100, 200, 300]], device=dev)
+greedy = model.generate(prompt, max_new_tokens=20)[0, prompt.shape[1]:].tolist()
+gen = torch.Generator(device=dev).manual_seed(0)
+sampled = model.generate(prompt, max_new_tokens=20, do_sample=True, temperature=1.0, top_k=50,
+                         generator=gen)[0, prompt.shape[1]:].tolist()
+print("greedy: ", greedy, f"({len(set(greedy))} distinct)")
+print("sampled:", sampled, f"({len(set(sampled))} distinct)")
+
+# %% [markdown]
+# ## What this chapter measured
+
+# %%
+total = sum(breakdowns[preset].values())
+record(run_dir, "05_model", params=total, params_embedding_share=round(breakdowns[preset]["embedding"] / total, 3),
+       loss_at_init=round(out.loss.item(), 3), ln_vocab=round(math.log(cfg.vocab_size), 3),
+       hf_class=hf_class,
+       max_logit_diff_vs_transformers=float(f"{diff:.2e}"))
