@@ -118,18 +118,27 @@ def _add_train(sub):
     g.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the CE term")
     g.add_argument("--temperature", type=float, default=1.0, help="distill: softmax temperature")
     g.add_argument("--tag-weight", type=float, default=1.0, help="reason: loss weight of <think> tag tokens")
+    g.add_argument("--beta", type=float, default=None, help="dpo: preference temperature; grpo/spo: KL weight")
+    g.add_argument("--reward", default="rule", help="ppo/grpo/spo: rule | rule+format | a reward-model folder "
+                   "(the course's `train reward` output or a local transformers classifier)")
+    g.add_argument("--group-size", type=int, default=None, help="grpo: samples per prompt")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="ppo/grpo/spo: rollout length")
     g.add_argument("--stage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="any other stage option (e.g. beta=0.1 for dpo); repeatable")
 
     def run(args):
         from .pipeline import train_stage
         stage_kwargs = dict(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-                            alpha=args.alpha, temperature=args.temperature, tag_weight=args.tag_weight)
+                            alpha=args.alpha, temperature=args.temperature, tag_weight=args.tag_weight,
+                            reward=args.reward)
+        for name in ("beta", "group_size", "max_new_tokens"):
+            if getattr(args, name) is not None:
+                stage_kwargs[name] = getattr(args, name)
         for item in args.stage_option:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"--stage-option {item!r}: write KEY=VALUE")
-            try:
+            try:  # numbers, booleans and null as JSON; anything else as a string
                 stage_kwargs[key] = json.loads(value)
             except ValueError:
                 stage_kwargs[key] = value

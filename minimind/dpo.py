@@ -151,21 +151,3 @@ def preference_accuracy(model, reference, items, beta: float = 0.1, batch_size: 
     margins = torch.cat(margins)
     return {"accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(), "pairs": len(margins)}
 
-
-def train_stage(model, stage: Stage, data, out_dir=None, tokenizer=None, **train_args) -> list[dict]:
-    """For notebooks: train with `stage` (its own collate_fn) and return every step's metrics record.
-
-    train_args are TrainArgs fields (max_steps, batch_size, lr, ...); log_every defaults to 1 and the
-    progress bar to off. Without out_dir the run goes to a temporary folder (metrics only).
-    """
-    import tempfile
-    from .train import TrainArgs, read_metrics, train
-    args = TrainArgs(**{"log_every": 1, "progress": False, **train_args})
-    collate = getattr(stage, "collate_fn", None)
-    if out_dir is not None:
-        train(model, stage, data, args, out_dir, collate_fn=collate, tokenizer=tokenizer)
-        return read_metrics(out_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        # the record of every step goes to metrics.jsonl; the checkpoint files land here too, then vanish
-        train(model, stage, data, args, tmp, collate_fn=collate, tokenizer=tokenizer)
-        return read_metrics(tmp)

@@ -266,6 +266,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
 
     callbacks: functions f(step, model) -> dict called at every eval point (e.g. to draw samples).
     """
+    collate_fn = collate_fn or getattr(stage, "collate_fn", None)
     if collate_fn is None:
         from .data import pad_collate as collate_fn
     rank, world, local_rank = distributed_env()
@@ -402,9 +403,26 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     return summary
 
 
+def train_records(model, stage: Stage, data, out_dir=None, tokenizer=None, **train_args) -> list[dict]:
+    """For notebooks and tests: train with `stage` and return every step's metrics record.
+
+    train_args are TrainArgs fields (max_steps, batch_size, lr, ...); log_every defaults to 1 and the
+    progress bar to off. Without out_dir the run goes to a temporary folder (metrics only).
+    """
+    import tempfile
+    args = TrainArgs(**{"log_every": 1, "progress": False, **train_args})
+    if out_dir is not None:
+        train(model, stage, data, args, out_dir, tokenizer=tokenizer)
+        return read_metrics(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:  # the checkpoint files land here too, then vanish
+        train(model, stage, data, args, tmp, tokenizer=tokenizer)
+        return read_metrics(tmp)
+
+
 @torch.no_grad()
 def evaluate(model, stage: Stage, data, args: TrainArgs, collate_fn=None, device=None, amp_dtype=None) -> float:
     """Mean stage loss over up to args.eval_batches batches of `data`, in order (same every call)."""
+    collate_fn = collate_fn or getattr(stage, "collate_fn", None)
     if collate_fn is None:
         from .data import pad_collate as collate_fn
     device = device or next(model.parameters()).device

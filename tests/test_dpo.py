@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from minimind.dpo import (DPOStage, dpo_loss, preference_accuracy, preference_collate, sequence_logprobs,
-                          token_logprobs, train_stage)
+                          token_logprobs)
+from minimind.train import train_records
 from minimind.train import read_metrics
 
 from alignment_helpers import ToyTokenizer, bpe_tokenizer, preference_items, toy_model
@@ -69,7 +70,7 @@ def test_dpo_learns_the_preference_and_keeps_the_reference(tmp_path):
     model = toy_model(tok)
     stage = DPOStage(beta=0.5)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    records = train_stage(model, stage, preference_items(tok, n=16), out_dir=tmp_path, max_steps=8, batch_size=4,
+    records = train_records(model, stage, preference_items(tok, n=16), out_dir=tmp_path, max_steps=8, batch_size=4,
                           lr=3e-3, device="cpu")
     assert len(records) == 8 and records == read_metrics(tmp_path)
     assert records[-1]["loss"] < math.log(2) - 0.1 and records[-1]["reward_margin"] > 0

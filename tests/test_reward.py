@@ -3,7 +3,8 @@ transformers reward model, with nothing downloaded."""
 import pytest
 import torch
 
-from minimind.dpo import preference_collate, train_stage
+from minimind.dpo import preference_collate
+from minimind.train import train_records
 from minimind.reward import (CombinedReward, ModelReward, RewardStage, RuleReward, ScalarHeadModel,
                              TransformersReward, answer_reward, chat_messages, final_answer, format_reward,
                              last_token_index, length_penalty, load_reward, repetition_penalty, think_tag_reward)
@@ -103,7 +104,7 @@ def test_reward_model_ranks_chosen_over_rejected_after_training(tmp_path):
     tok = ToyTokenizer()
     rm = ScalarHeadModel.from_causal_lm(toy_model(tok))
     held_out = preference_collate(preference_items(tok, n=8, seed=1))
-    records = train_stage(rm, RewardStage(), preference_items(tok, n=16), out_dir=tmp_path, max_steps=10,
+    records = train_records(rm, RewardStage(), preference_items(tok, n=16), out_dir=tmp_path, max_steps=10,
                           batch_size=4, lr=3e-3, device="cpu")
     assert records[-1]["loss"] < records[0]["loss"] and records[-1]["accuracy"] == 1.0
     rm.eval()

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from minimind.dpo import train_stage
+from minimind.train import train_records
 from minimind.reward import ModelReward, RuleReward, ScalarHeadModel
 from minimind.rl import (BetaTracker, GRPOStage, PPOStage, Rollout, SPOBaseline, SPOStage, completion_mask, gae,
                          grpo_advantages, k3_kl, kl_adaptive_rho, make_alignment_stage, ppo_policy_loss,
@@ -163,7 +163,7 @@ def test_ppo_reuses_each_rollout_for_its_epochs_and_trains_the_critic(tmp_path):
     stage.setup(model, torch.device("cpu"))
     critic_start = {k: v.clone() for k, v in stage.critic.state_dict().items()}
     ref_start = {k: v.clone() for k, v in stage.reference.state_dict().items()}
-    records = train_stage(model, stage, prompt_items(tok, 8), out_dir=tmp_path, max_steps=4, **FAST)
+    records = train_records(model, stage, prompt_items(tok, 8), out_dir=tmp_path, max_steps=4, **FAST)
     assert len(rollouts) == 2                          # 4 steps, 2 epochs per rollout
     assert records[1]["reward_mean"] == records[0]["reward_mean"]    # the same rollout, reused
     assert all(math.isfinite(records[-1][k]) for k in ("policy_loss", "value_loss", "kl", "clip_frac",
@@ -186,7 +186,7 @@ def test_grpo_on_the_course_prompt_dataset(tmp_path):
     dataset = data.RLPromptDataset(file, tok)
     model = toy_model(tok)
     stage = GRPOStage("rule", tok, group_size=3, max_new_tokens=4)
-    records = train_stage(model, stage, dataset, max_steps=2, **FAST)
+    records = train_records(model, stage, dataset, max_steps=2, **FAST)
     rollout = stage.last_rollout
     assert len(rollout.responses) == 6 and rollout.prompts[0] == rollout.prompts[2] != rollout.prompts[3]
     assert rollout.answers[:3] == [rollout.answers[0]] * 3
@@ -218,7 +218,7 @@ def test_a_trained_reward_model_drives_rl():
     reward = ModelReward(ScalarHeadModel.from_causal_lm(toy_model(tok, seed=2)), tok)
     stage = make_alignment_stage("spo", tok, reward=reward, max_new_tokens=5)
     assert isinstance(stage, SPOStage) and stage.reward_fn is reward and (stage.low, stage.high) == (-3.0, 3.0)
-    records = train_stage(toy_model(tok), stage, prompt_items(tok, 4), max_steps=1, **FAST)
+    records = train_records(toy_model(tok), stage, prompt_items(tok, 4), max_steps=1, **FAST)
     rollout = stage.last_rollout
     torch.testing.assert_close(rollout.rewards, reward(rollout.prompts, rollout.responses))
     assert records[0]["reward_std"] > 0
@@ -242,7 +242,7 @@ early_letters.reward_range = (0.0, 1.0)
 def test_rl_raises_the_reward(name, kw):
     tok = ToyTokenizer()
     stage = make_alignment_stage(name, tok, reward=early_letters, max_new_tokens=8, **kw)
-    records = train_stage(toy_model(tok), stage, prompt_items(tok, 8), max_steps=20, batch_size=4, lr=1e-2,
+    records = train_records(toy_model(tok), stage, prompt_items(tok, 8), max_steps=20, batch_size=4, lr=1e-2,
                           device="cpu")
     rewards = [r["reward_mean"] for r in records]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
