@@ -423,27 +423,15 @@ def exact_match_accuracy(model, tokenizer, records, chat: bool = True, max_new_t
     records = list(records)[:limit] if limit else list(records)
     if not records:
         raise ValueError("no short-answer questions to score")
+    from .generation import complete_batch
     model.eval()
-    rows = []
-    for b in range(0, len(records), batch_size):
-        part = records[b:b + batch_size]
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                                 add_generation_prompt=True, tokenize=True) if chat
-                   else [tokenizer.bos_token_id] + tokenizer.encode(r["question"]) for r in part]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long, device=model.device)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):  # left padding
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, attention_mask=mask)[:, width:]
-        for r, row in zip(part, out.tolist()):
-            if tokenizer.eos_token_id in row:
-                row = row[:row.index(tokenizer.eos_token_id)]
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            rows.append({"id": r.get("id"), "question": r["question"], "answer": r["answer"], "output": text,
-                         "split": r.get("split"), "correct": answer_matches(text, r["answer"], mode)})
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]}],
+                                             add_generation_prompt=True, tokenize=True) if chat
+               else [tokenizer.bos_token_id] + tokenizer.encode(r["question"]) for r in records]
+    outputs = complete_batch(model, tokenizer, prompts, max_new_tokens, batch_size, do_sample=False)
+    rows = [{"id": r.get("id"), "question": r["question"], "answer": r["answer"], "output": text,
+             "split": r.get("split"), "correct": answer_matches(text, r["answer"], mode)}
+            for r, text in zip(records, outputs)]
     result = {"accuracy": sum(r["correct"] for r in rows) / len(rows), "n": len(rows), "rows": rows}
     splits = sorted({r["split"] for r in rows if r["split"]})
     if splits:
@@ -524,3 +512,105 @@ def yarn_length_curve(model, tokenizer, texts, lengths: Iterable[int], factor: O
     return {"lengths": lengths, "original_max_position_embeddings": orig, "factor": factor,
             "rope": [r["perplexity"] for r in plain], "yarn": [r["perplexity"] for r in scaled],
             "rope_tail": [r["tail_perplexity"] for r in plain], "yarn_tail": [r["tail_perplexity"] for r in scaled]}
+
+
+def rl_accuracy(model, tokenizer, rl_jsonl, max_new_tokens: int = 24, batch_size: int = 32,
+                limit: Optional[int] = None) -> dict:
+    """Greedy accuracy on RL prompts that carry a checkable "answer" (the course's rl.jsonl / rl_val.jsonl),
+    graded by `answer_matches`: the held-out number chapter 11 compares before and after RL.
+
+    Prompts without an answer (MiniMind's rlaif-mini) are skipped; when none has one the result is
+    {"accuracy": nan, "n": 0, "rows": []}, so a notebook can show rewards alone.
+    """
+    from .data import read_jsonl
+    records = []
+    for i, rec in enumerate(read_jsonl(rl_jsonl, "rl")):
+        answer = rec.get("answer")
+        users = [m["content"] for m in rec["conversations"] if m.get("role") == "user"]
+        if answer is not None and str(answer).strip() and users:
+            records.append({"id": str(i), "question": users[-1], "answer": str(answer)})
+    records = records[:limit] if limit else records
+    if not records:
+        return {"accuracy": math.nan, "n": 0, "rows": []}
+    return exact_match_accuracy(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+# -- every stage of a run, side by side (chapter 13) -------------------------------------------------------
+# the course's stages in reading order; "reward" is left out: a reward model is a scorer, not a language model
+COURSE_STAGES = ("pretrain", "sft", "lora", "reason", "distill", "dpo", "ppo", "grpo", "spo")
+
+
+def find_checkpoints(run_dir, stages: Sequence[str] = COURSE_STAGES) -> dict:
+    """{stage: folder} for the finished checkpoints in run_dir, in course order: run_dir/STAGE holding
+    summary.json (written when a run ends) and weights (model.safetensors, or a LoRA adapter)."""
+    found = {}
+    for stage in stages:
+        folder = Path(run_dir) / stage
+        if (folder / "summary.json").exists() and any((folder / f).exists() for f in
+                                                      ("model.safetensors", "adapter.safetensors")):
+            found[stage] = folder
+    return found
+
+
+@torch.no_grad()
+def evaluate_checkpoints(run_dir, paths: dict, stages: Optional[Sequence[str]] = None, device=None,
+                         ppl_docs: int = 64, limit: Optional[int] = None, max_new_tokens: int = 32) -> list[dict]:
+    """One row per finished checkpoint of run_dir (find_checkpoints; LoRA runs are merged on load):
+
+    - perplexity and bits_per_byte on held-out pretraining text (paths["pretrain_val"], first ppl_docs
+      documents), the same text for every stage, so later stages show what they forgot;
+    - mc_accuracy (and mc_chance): the course's multiple-choice questions (paths["eval"]), each option's
+      sentence scored after the question as plain text: a likelihood probe of knowledge, format-free;
+    - exact_match and em_<split>: greedy answers to the short questions, in the chat template for the
+      chat models and as plain text for the base model (pretrain), which never saw the template.
+    Question metrics are None when paths has no "eval" file (MiniMind's datasets). Each row also holds
+    "answers" (the graded replies) and "seconds" (the evaluation's wall time).
+    """
+    import time
+    from .model import load_checkpoint
+    from .runtime import pick_device
+    device = pick_device(device or "auto")
+    found = find_checkpoints(run_dir, stages or COURSE_STAGES)
+    ppl_file = paths.get("pretrain_val") or paths.get("pretrain")
+    eval_file = paths.get("eval")
+    has_eval = eval_file is not None and Path(eval_file).exists()
+    rows = []
+    for stage, folder in found.items():
+        start = time.perf_counter()
+        model, tok = load_checkpoint(folder, device=device)
+        row = {"stage": stage, "params_M": round(model.num_parameters() / 1e6, 2)}
+        ppl = perplexity(model, tok, ppl_file, limit=ppl_docs)
+        row.update(perplexity=ppl["perplexity"], bits_per_byte=ppl["bits_per_byte"])
+        if has_eval:
+            mc = multiple_choice_accuracy(model, tok, eval_file, chat=False, limit=limit)
+            em = exact_match_accuracy(model, tok, eval_file, chat=stage != "pretrain",
+                                      max_new_tokens=max_new_tokens, limit=limit)
+            row.update(mc_accuracy=mc["accuracy"], mc_chance=mc["chance"], exact_match=em["accuracy"],
+                       **{f"em_{s}": v for s, v in em.get("by_split", {}).items()})
+            row["answers"] = em["rows"]
+        else:
+            row.update(mc_accuracy=None, mc_chance=None, exact_match=None, answers=[])
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        del model
+    return rows
+
+
+def markdown_table(rows: list[dict], columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
+    """rows (dicts) as a Markdown table: the given columns (default: every key whose values are not lists
+    or dicts), floats rounded to `digits` decimals, missing values as '-'."""
+    if not rows:
+        return ""
+    if columns is None:
+        columns = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
+        columns += [k for r in rows for k in r if k not in columns and not isinstance(r[k], (list, dict))]
+
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -79,18 +79,17 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int = 64, **kwargs)
 
 
 @torch.no_grad()
-def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48,
-                     batch_size: int = 32, **kwargs) -> list[str]:
-    """The assistant's reply to each conversation: chat template, left-padded batches, KV-cached decoding
-    until <|im_end|>. kwargs go to stream_generate (do_sample, temperature, top_p, ...)."""
-    replies = []
-    for start in range(0, len(conversations), batch_size):
-        chunk = conversations[start:start + batch_size]
-        prompts = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True)) for c in chunk]
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+def complete_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 48, batch_size: int = 32,
+                   **kwargs) -> list[str]:
+    """Decoded continuations of token-id prompts, up to <|im_end|>: left-padded batches, KV-cached
+    decoding. kwargs go to stream_generate (do_sample, temperature, top_p, ...)."""
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        for row, p in enumerate(chunk):  # left padding: every prompt ends where generation starts
             ids[row, width - len(p):] = torch.tensor(p)
             mask[row, width - len(p):] = 1
         out = generate(model, ids.to(model.device), max_new_tokens, attention_mask=mask.to(model.device),
@@ -98,5 +97,12 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_
         for row in out[:, width:].tolist():
             if tokenizer.eos_token_id in row:
                 row = row[:row.index(tokenizer.eos_token_id)]
-            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-    return replies
+            texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts
+
+
+def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48,
+                     batch_size: int = 32, **kwargs) -> list[str]:
+    """The assistant's reply to each conversation (rendered with the chat template)."""
+    prompts = [tokenizer.encode(tokenizer.apply_chat_template(c, add_generation_prompt=True)) for c in conversations]
+    return [t.strip() for t in complete_batch(model, tokenizer, prompts, max_new_tokens, batch_size, **kwargs)]

@@ -329,7 +329,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
 
     bar = None
     if args.progress and is_main:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text: the bar's last state stays readable in a saved notebook
         bar = tqdm(total=total, initial=state["step"], desc=stage.name, dynamic_ncols=True)
     model.train()
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
@@ -364,7 +364,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         state["elapsed"] = time.perf_counter() - start
         last = (step == total or (args.max_time and state["elapsed"] > args.max_time)
                 or (args.stop_at is not None and step >= args.stop_at))
-        if step % args.log_every == 0 or last:
+        evaluating = bool(args.eval_every) and (step % args.eval_every == 0 or last)
+        if step % args.log_every == 0 or last or evaluating:
             values = torch.stack([loss_sum] + [metric_sums[k] for k in sorted(metric_sums)]) / n_sum
             if world > 1:  # the mean over all processes, as one process with the whole batch would see
                 torch.distributed.all_reduce(values)
@@ -376,12 +377,13 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
             state["tokens"] += tokens_since
             tokens_since, time_since = 0, now
             loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
-            if args.eval_every and (step % args.eval_every == 0 or last):
+            if evaluating:
                 if val_data is not None:
                     record["val_loss"] = evaluate(model, stage, val_data, args, collate_fn, device, amp_dtype)
                 for callback in callbacks:
                     record.update(callback(step, model) or {})
                 model.train()
+                time_since = time.perf_counter()  # evaluation time is not training throughput
             log.write(record)
             summary = record
             if bar:

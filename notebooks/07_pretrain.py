@@ -1,0 +1,147 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Pretraining
+#
+# Pretraining is next-token prediction on plain text, and nothing else: the model reads a window of
+# tokens and, at every position, is scored on how much probability it gave the token that really came
+# next. Everything the model will later "know" about the course world it has to pick up here, from
+# stories and descriptions, because SFT (chapter 08) only teaches it to answer questions.
+#
+# This chapter trains the base model `runs/<preset>/pretrain` that the later chapters start from.
+
+# %% tags=["parameters"]
+preset = "tiny"        # tiny | minimind2-small | minimind2 | minimind2-moe
+data = "course"        # course (generated, offline) | minimind (MiniMind's pretrain_hq.jsonl)
+device = "auto"
+out_dir = None
+max_steps = 300        # None: one epoch over the data (the real presets)
+batch_size = 16
+seq_len = 256
+lr = 2e-3
+
+# %%
+import numpy as np
+import matplotlib.pyplot as plt
+import torch
+
+from minimind import MiniMindForCausalLM
+from minimind.data import PretrainDataset
+from minimind.pipeline import data_paths, load_tokenizer, sample_callback, token_file_for, train_stage
+from minimind.plots import plot_metrics
+from minimind.report import record, runs_dir
+from minimind.runtime import pick_device
+from minimind.train import read_metrics
+
+run_dir = runs_dir(preset, out_dir)
+paths = data_paths(data)
+tokenizer = load_tokenizer(paths["tokenizer"])
+
+# %% [markdown]
+# ## Packed windows
+# The text is tokenized once into one flat stream of token ids, documents separated by `<|endoftext|>`
+# (id 0). Training samples are fixed-length windows cut from that stream: no padding, every position
+# of every window is a real training target.
+
+# %%
+from minimind.data import tokenize_pretrain
+
+bin_path = token_file_for(paths["pretrain"], tokenizer)
+if not bin_path.exists():
+    tokenize_pretrain(paths["pretrain"], tokenizer, bin_path)
+windows = PretrainDataset(bin_path, seq_len)
+stream = np.memmap(bin_path, dtype=np.uint16, mode="r")
+print(f"{len(stream):,} tokens -> {len(windows):,} windows of {seq_len}")
+print(repr(tokenizer.decode(windows[0]["input_ids"][:60])))
+
+# %% [markdown]
+# ## The loss to beat
+# A model that ignores context can do no better than the unigram distribution: always predict each
+# token with its overall frequency. Its loss is the entropy of that distribution. Anything below it is
+# the model using context.
+
+# %%
+counts = np.bincount(stream, minlength=tokenizer.vocab_size).astype(np.float64)
+p = counts[counts > 0] / counts.sum()
+unigram_loss = float(-(p * np.log(p)).sum())
+print(f"uniform guess  ln(vocab) = {np.log(tokenizer.vocab_size):.2f} nats")
+print(f"unigram baseline         = {unigram_loss:.2f} nats")
+
+# %% [markdown]
+# ## Train
+# The loop (`minimind.train.train`) is the one every later stage uses: AdamW, warmup then cosine decay,
+# gradient clipping, a checkpoint written atomically at the end. Every `eval_every` steps it measures the
+# loss on held-out text and lets a callback write a few samples, so we can watch the model learn.
+
+# %%
+prompts = ["Rusar lives in", "If you add 4 and 9, you get", "One autumn afternoon,"]
+eval_every = max(1, (max_steps or 1000) // 4)
+summary = train_stage("pretrain", run_dir / "pretrain", data=paths["pretrain"], val_data=paths["pretrain_val"],
+                      tokenizer=tokenizer, preset=preset, max_steps=max_steps, batch_size=batch_size,
+                      seq_len=seq_len, lr=lr, device=device, eval_every=eval_every, eval_batches=10,
+                      callbacks=[sample_callback(tokenizer, prompts, max_new_tokens=16)])
+metrics = read_metrics(run_dir / "pretrain")
+val_loss = [m["val_loss"] for m in metrics if "val_loss" in m][-1]
+print(f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['wall_time']:.0f} s; "
+      f"validation loss {val_loss:.2f} (unigram {unigram_loss:.2f})")
+
+# %%
+ax = plot_metrics({"pretrain": run_dir / "pretrain"}, baseline={"unigram": unigram_loss},
+                  title=f"pretraining, preset {preset}")
+plt.show()
+
+# %% [markdown]
+# ## What the model writes as it learns
+# The same prompts, greedy decoding, at each evaluation point. Early on the model repeats frequent
+# tokens; then it finds words, then grammar, then the facts of the world.
+
+# %%
+for m in metrics:
+    if "samples" in m:
+        print(f"step {m['step']}:")
+        for prompt, text in zip(prompts, m["samples"]):
+            print(f"   {prompt!r} -> {text!r}")
+
+# %% [markdown]
+# ## Throughput
+# Tokens per second is the number to watch when making training faster (chapter 00 estimated it
+# before we had data). Each logged point averages the steps since the last one.
+
+# %%
+tps = [m["tokens_per_s"] for m in metrics]
+print(f"median {np.median(tps):,.0f} tokens/s on {pick_device(device)}; "
+      f"a step is {batch_size} x {seq_len} = {batch_size * seq_len:,} tokens")
+
+# %% [markdown]
+# ## Stop and resume
+# Long runs get interrupted. The checkpoint holds the model, the optimizer's moments, the schedule's
+# position, the random states and the data position, so a resumed run continues *exactly*: here a run
+# stopped after 6 steps and resumed gives bit-for-bit the weights of a run that never stopped.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+demo = dict(data=paths["pretrain"], tokenizer=tokenizer, preset="tiny", max_steps=12, batch_size=4, seq_len=64,
+            device="cpu", progress=False, log_every=1)
+straight = train_stage("pretrain", run_dir / "resume_demo/straight", **demo)["model"]
+train_stage("pretrain", run_dir / "resume_demo/stopped", stop_at=6, **demo)
+resumed = train_stage("pretrain", run_dir / "resume_demo/stopped", resume=True, **demo)["model"]
+same = all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+print("resumed == uninterrupted:", same)
+
+# %%
+record(run_dir, "07_pretrain", val_loss=round(val_loss, 4), unigram_loss=round(unigram_loss, 4),
+       steps=summary["steps"], tokens=summary["tokens"], tokens_per_s=round(float(np.median(tps))),
+       train_seconds=round(summary["wall_time"], 1), resume_exact=same)
