@@ -108,8 +108,9 @@ def answer_matches(prediction: str, reference, mode: str = "auto") -> bool:
 
 
 # -- perplexity ---------------------------------------------------------------------------------------------
-def read_documents(path) -> list[str]:
-    """Texts of a file: a .jsonl of {"text"} (or conversations, rendered as plain text), else the whole file."""
+def read_documents(path, limit: Optional[int] = None) -> list[str]:
+    """Texts of a file: a .jsonl of {"text"} (or conversations, rendered as plain text), else the whole file.
+    limit: stop after that many documents (a pretraining file can be gigabytes)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
@@ -129,6 +130,8 @@ def read_documents(path) -> list[str]:
                     docs.append("\n".join(str(m.get("content", "")) for m in rec["conversations"]))
                 else:
                     raise ValueError(f"{path}:{n}: expected {{\"text\": ...}} or {{\"conversations\": ...}}")
+                if limit and len(docs) >= limit:
+                    break
         return docs
     return [path.read_text(encoding="utf-8")]
 
@@ -571,7 +574,7 @@ def evaluate_checkpoints(run_dir, paths: dict, stages: Optional[Sequence[str]] =
     from .runtime import pick_device
     device = pick_device(device or "auto")
     found = find_checkpoints(run_dir, stages or COURSE_STAGES)
-    ppl_file = paths.get("pretrain_val") or paths.get("pretrain")
+    ppl_texts = read_documents(paths.get("pretrain_val") or paths["pretrain"], limit=ppl_docs)
     eval_file = paths.get("eval")
     has_eval = eval_file is not None and Path(eval_file).exists()
     rows = []
@@ -579,7 +582,7 @@ def evaluate_checkpoints(run_dir, paths: dict, stages: Optional[Sequence[str]] =
         start = time.perf_counter()
         model, tok = load_checkpoint(folder, device=device)
         row = {"stage": stage, "params_M": round(model.num_parameters() / 1e6, 2)}
-        ppl = perplexity(model, tok, ppl_file, limit=ppl_docs)
+        ppl = perplexity(model, tok, ppl_texts)
         row.update(perplexity=ppl["perplexity"], bits_per_byte=ppl["bits_per_byte"])
         if has_eval:
             mc = multiple_choice_accuracy(model, tok, eval_file, chat=False, limit=limit)
@@ -597,13 +600,15 @@ def evaluate_checkpoints(run_dir, paths: dict, stages: Optional[Sequence[str]] =
 
 
 def markdown_table(rows: list[dict], columns: Optional[Sequence[str]] = None, digits: int = 3) -> str:
-    """rows (dicts) as a Markdown table: the given columns (default: every key whose values are not lists
-    or dicts), floats rounded to `digits` decimals, missing values as '-'."""
+    """rows (dicts) as a Markdown table: the given columns (a list of keys, or {key: header}; default:
+    every key whose values are not lists or dicts), floats rounded to `digits` decimals, missing values '-'."""
     if not rows:
         return ""
     if columns is None:
         columns = [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
         columns += [k for r in rows for k in r if k not in columns and not isinstance(r[k], (list, dict))]
+    headers = list(columns.values()) if isinstance(columns, dict) else list(columns)
+    columns = list(columns)
 
     def cell(v):
         if v is None:
@@ -611,6 +616,6 @@ def markdown_table(rows: list[dict], columns: Optional[Sequence[str]] = None, di
         if isinstance(v, float):
             return f"{v:.{digits}f}"
         return str(v).replace("|", "\\|")
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)

@@ -60,3 +60,37 @@ def write_report_card(run_dir: str | Path, wall_times: dict[str, float] | None =
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))
     return out
+
+
+class MarkdownView:
+    """Markdown (a report card, a table) that displays the same everywhere: JupyterLab gets text/markdown,
+    and an HTML rendering with tables comes along for the book, which reads notebook outputs as plain
+    CommonMark (no tables). `display(MarkdownView(text))`, or a cell's last value."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_markdown_(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        from markdown_it import MarkdownIt
+        return MarkdownIt("commonmark").enable("table").render(self.text)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def report_table(run_dir: str | Path, exclude=()) -> str:
+    """The recorded chapters as one compact Markdown table: a row a chapter, its measures in one cell
+    (`name value · name value`), for showing the report card on one screen."""
+    lines = ["| chapter | measured |", "| --- | --- |"]
+    for file in sorted((Path(run_dir) / "report").glob("*.json")):
+        entry = json.loads(file.read_text())
+        chapter = entry.pop("chapter")
+        entry.pop("time", None)
+        if chapter in exclude:
+            continue
+        cells = " · ".join(f"{k} **{_fmt(v)}**" for k, v in entry.items()).replace("|", "\\|")
+        lines.append(f"| {chapter} | {cells} |")
+    return "\n".join(lines)

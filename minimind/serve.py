@@ -15,6 +15,7 @@ when the conversation is longer than the context; the response then says how man
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -475,3 +476,28 @@ def serve(ckpt, host: str = "127.0.0.1", port: int = 8998, api_key: Optional[str
         pass
     finally:
         server.server_close()
+
+
+@contextlib.contextmanager
+def running_server(model, tokenizer, host: str = "127.0.0.1", port: int = 0, **kwargs):
+    """Serve in a background thread for the length of a `with` block (a notebook, a test):
+
+    >>> with running_server(model, tokenizer) as server:       # port 0: a free port
+    ...     client = OpenAI(base_url=server.api_base, api_key="none")
+
+    Yields the server, with .url (http://host:port) and .api_base (.url + "/v1"); on leaving the block
+    it stops serving, closes the socket and joins the thread. kwargs go to make_server.
+    """
+    server = make_server(model, tokenizer, host=host, port=port, **kwargs)
+    h, p = server.server_address[:2]
+    server.url = f"http://{'[' + h + ']' if ':' in h else h}:{p}"
+    server.api_base = server.url + "/v1"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                              name=f"minimind-serve-{p}")
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

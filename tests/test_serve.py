@@ -5,19 +5,18 @@ import http.client
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from minimind.model import load_checkpoint
-from minimind.serve import make_server, resolve_api_key
+from minimind.serve import resolve_api_key, running_server
 
+from browser import chromium, needs_chromium
 from tiny_checkpoint import ScriptedModel, make_checkpoint, make_tokenizer
 
 openai = pytest.importorskip("openai")
@@ -27,15 +26,8 @@ THINK_REPLY = "<think>\nFirst add 3 and 4.\n</think>\n\nThe answer is 7. Mira li
 
 @contextlib.contextmanager
 def running(model, tokenizer, **kwargs):
-    server = make_server(model, tokenizer, host="127.0.0.1", port=0, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with running_server(model, tokenizer, **kwargs) as server:
+        yield server, server.url
 
 
 @pytest.fixture(scope="module")
@@ -334,92 +326,40 @@ def test_cli_serve_subprocess(ckpt, tmp_path):
 
 
 # -- the web page in a real browser ----------------------------------------------------------------------------
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: evaluate JavaScript in a page."""
-
-    def __init__(self, ws_url):
-        import websocket
-        self.ws = websocket.create_connection(ws_url, timeout=30, suppress_origin=True)
-        self.n = 0
-
-    def call(self, method, **params):
-        self.n += 1
-        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.n:
-                if "error" in msg:
-                    raise RuntimeError(msg["error"])
-                return msg["result"]
-
-    def js(self, expression):
-        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise RuntimeError(r["exceptionDetails"])
-        return r["result"].get("value")
-
-    def wait(self, expression, timeout=30):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise TimeoutError(f"{expression} stayed false for {timeout}s")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium); "
-                                             ".ci/run installs it so CI runs this test")
+@needs_chromium
 def test_web_page_streams_a_reply_in_chromium(tmp_path):
-    pytest.importorskip("websocket", reason="websocket-client (a jupyter dependency) is needed to drive Chromium")
-    import urllib.request
     tok = make_tokenizer()
     model = ScriptedModel(tok, THINK_REPLY, delay=0.01)
-    with running(model, tok) as (server, url):
-        profile = tmp_path / "profile"
-        browser = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--remote-debugging-address=127.0.0.1", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port_file = profile / "DevToolsActivePort"
-            end = time.monotonic() + 60
-            while not (port_file.exists() and port_file.read_text().strip()) and time.monotonic() < end:
-                assert browser.poll() is None, "chromium exited at start"
-                time.sleep(0.1)
-            port = int(port_file.read_text().split()[0])
-            targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-            page = next(t for t in targets if t["type"] == "page")
-            dt = DevTools(page["webSocketDebuggerUrl"])
-            dt.call("Page.navigate", url=url + "/")
-            dt.wait("document.readyState === 'complete' && !!document.getElementById('input')")
-            dt.wait("document.getElementById('model').textContent.includes('minimind')")
-            dt.js("document.getElementById('input').value = 'What is 3 plus 4?';"
-                  "document.getElementById('send').click(); true")
-            dt.wait("window.minimindStats.done + window.minimindStats.errors > 0")
-            stats = dt.js("window.minimindStats")
-            assert stats["errors"] == 0 and stats["done"] == 1
-            assert stats["chunks"] > 5  # the reply arrived as a stream of events
-            answer = dt.js("document.querySelector('.assistant .content').textContent")
-            reasoning = dt.js("document.querySelector('.assistant .reasoning').textContent")
-            assert answer == "The answer is 7. Mira likes bread."
-            assert reasoning.strip() == "First add 3 and 4."
-            assert "tokens" in dt.js("document.getElementById('status').textContent")
-            # a second turn sends the history
-            dt.js("document.getElementById('input').value = 'And then?';"
-                  "document.getElementById('send').click(); true")
-            dt.wait("window.minimindStats.done === 2")
-            assert "First add 3 and 4." in tok.decode(model.calls[-1]["prompt"])
-            dt.ws.close()
-        finally:
-            browser.terminate()
-            try:
-                browser.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                browser.kill()
+    with running(model, tok) as (server, url), chromium(tmp_path) as dt:
+        dt.call("Page.navigate", url=url + "/")
+        dt.wait("document.readyState === 'complete' && !!document.getElementById('input')")
+        dt.wait("document.getElementById('model').textContent.includes('minimind')")
+        dt.js("document.getElementById('input').value = 'What is 3 plus 4?';"
+              "document.getElementById('send').click(); true")
+        dt.wait("window.minimindStats.done + window.minimindStats.errors > 0")
+        stats = dt.js("window.minimindStats")
+        assert stats["errors"] == 0 and stats["done"] == 1
+        assert stats["chunks"] > 5  # the reply arrived as a stream of events
+        answer = dt.js("document.querySelector('.assistant .content').textContent")
+        reasoning = dt.js("document.querySelector('.assistant .reasoning').textContent")
+        assert answer == "The answer is 7. Mira likes bread."
+        assert reasoning.strip() == "First add 3 and 4."
+        assert "tokens" in dt.js("document.getElementById('status').textContent")
+        # a second turn sends the history
+        dt.js("document.getElementById('input').value = 'And then?';"
+              "document.getElementById('send').click(); true")
+        dt.wait("window.minimindStats.done === 2")
+        assert "First add 3 and 4." in tok.decode(model.calls[-1]["prompt"])
+
+
+def test_running_server_serves_then_frees_its_port(ckpt):
+    """The context manager the notebooks use: a live server inside the block, nothing listening after."""
+    model, tok = load_checkpoint(ckpt)
+    with running_server(model, tok, model_name="ctx") as server:
+        port = server.server_address[1]
+        assert server.url == f"http://127.0.0.1:{port}" and server.api_base == server.url + "/v1"
+        assert [m.id for m in client(server.url).models.list().data] == ["ctx"]
+        assert greedy(client(server.url), "hi", max_tokens=3, model="ctx").usage.completion_tokens >= 1
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
