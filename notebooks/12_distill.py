@@ -1,0 +1,168 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 12 · Distillation
+#
+# Two ways a strong model can teach a weaker one.
+#
+# **White-box knowledge distillation** (Hinton et al., 2015). The teacher's next-token distribution says
+# more than the one right token: which other tokens were plausible, and how plausible. The student is
+# trained on a mix of the usual cross-entropy and the KL divergence from the teacher's (softened)
+# distribution, over the assistant's tokens:
+#
+# $$ \mathcal{L} = \alpha\, \mathrm{CE}(y, p_s) + (1-\alpha)\, T^2\, \mathrm{KL}\big(p_t^{(T)} \,\|\, p_s^{(T)}\big) $$
+#
+# **Reasoning distillation** (MiniMind's `reason` stage, after DeepSeek-R1's distilled models). A strong
+# model writes its reasoning in `<think>...</think>` before answering; a small model fine-tuned on such
+# traces learns to work step by step, and a multi-step sum becomes a chain of one-step sums it can do.
+
+# %% tags=["parameters"]
+preset = "tiny"
+data = "course"
+device = "auto"
+out_dir = None
+kd_steps = 150         # steps for each student
+reason_steps = 150     # steps for each of the two reasoning runs
+alpha = 0.0            # weight of the cross-entropy term (MiniMind distils with the KL term alone)
+temperature = 1.0      # T > 1 softens both distributions; for a tiny student T = 1 worked best here
+
+# %%
+import json
+import random
+
+import matplotlib.pyplot as plt
+import torch
+
+from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.data import SFTDataset, read_jsonl
+from minimind.eval import answer_matches, extract_numbers
+from minimind.generation import generate_replies
+from minimind.pipeline import data_paths, ensure_stage, load_tokenizer, train_stage
+from minimind.plots import plot_metrics
+from minimind.report import record, runs_dir
+from minimind.train import SFTStage, TrainArgs, evaluate
+
+run_dir = runs_dir(preset, out_dir)
+paths = data_paths(data)
+tokenizer = load_tokenizer(paths["tokenizer"])
+teacher_dir = ensure_stage("sft", run_dir, paths, preset, device)
+
+# %% [markdown]
+# ## Teacher and students
+# The teacher is chapter 08's SFT model. Each student is a smaller model of the same family, trained from
+# random weights on the same SFT dialogues for the same number of steps: once with the plain loss, once
+# with the teacher's distributions added.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+teacher = MiniMindForCausalLM.from_pretrained(teacher_dir)
+student_config = MiniMindConfig.from_preset("tiny", hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, intermediate_size=256,
+                                            vocab_size=teacher.config.vocab_size)
+
+
+def new_student():
+    torch.manual_seed(0)  # both students start from the same weights
+    return MiniMindForCausalLM(student_config)
+
+
+print(f"teacher {teacher.num_parameters():,} parameters, student {new_student().num_parameters():,}")
+
+# %%
+common = dict(data=paths["sft"], tokenizer=tokenizer, max_steps=kd_steps, device=device, lr=2e-3,
+              eval_every=max(1, kd_steps // 5))
+plain = train_stage("sft", run_dir / "student_plain", model=new_student(), val_data=paths["sft_val"], **common)
+kd = train_stage("distill", run_dir / "distill", model=new_student(), teacher=teacher_dir,
+                 stage_kwargs=dict(alpha=alpha, temperature=temperature), **common)
+
+# %% [markdown]
+# Validation cross-entropy on held-out dialogues (for the KD student the training loss mixes in the KL
+# term, so we measure both students the same way here):
+
+# %%
+val = SFTDataset(paths["sft_val"], tokenizer, max_len=256)
+args = TrainArgs(batch_size=16, eval_batches=50)
+val_plain = evaluate(plain["model"], SFTStage(), val, args)
+val_kd = evaluate(kd["model"], SFTStage(), val, args)
+val_teacher = evaluate(teacher, SFTStage(), val, args)
+print(f"validation loss: teacher {val_teacher:.3f} | student alone {val_plain:.3f} | student + KD {val_kd:.3f}")
+ax = plot_metrics({"student alone": run_dir / "student_plain", "student + KD": run_dir / "distill"},
+                  keys=("loss", "ce"), title="training loss: CE of each student (KD also pays the KL term)")
+plt.show()
+
+# %% [markdown]
+# ## Reasoning traces
+# Multi-step word problems ("Relun has 2 nuts. Bezer gives her 1 more, then ...") are hard for a tiny
+# model to answer in one go: the answer token must come out of several sums at once. With a trace, each
+# step is a one-step sum the model has seen many times. We fine-tune the SFT model twice on the same
+# problems, once with the traces and once with the final answers alone, and compare on held-out problems.
+
+# %%
+problems = read_jsonl(paths["reason"], "sft")
+random.Random(0).shuffle(problems)
+held, train_set = problems[:100], problems[100:]
+
+
+def strip_trace(record):
+    *head, answer = record["conversations"]
+    return {"conversations": head + [{"role": "assistant", "content": answer["content"].split("</think>")[-1].strip()}]}
+
+
+folder = run_dir / "reason_data"
+folder.mkdir(exist_ok=True)
+for name, rows in {"traces": train_set, "direct": [strip_trace(r) for r in train_set]}.items():
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+print(json.dumps(train_set[0]["conversations"][-1]["content"]))
+print(json.dumps(strip_trace(train_set[0])["conversations"][-1]["content"]))
+
+# %%
+runs = {}
+for name, stage in [("direct", "sft"), ("traces", "reason")]:
+    runs[name] = train_stage(stage, run_dir / ("reason" if name == "traces" else "reason_direct"),
+                             data=folder / f"{name}.jsonl", tokenizer=tokenizer, init=teacher_dir,
+                             max_steps=reason_steps, device=device, stage_kwargs=dict(tag_weight=2.0))
+
+
+def is_right(reply, reference):
+    """The final answer (after any trace) must hold the reference's number, or its sentence."""
+    final, numbers = reply.split("</think>")[-1], extract_numbers(reference)
+    return answer_matches(final, format(numbers[-1], "g"), "number") if numbers else answer_matches(final, reference)
+
+
+answers = [strip_trace(r)["conversations"][-1]["content"] for r in held]
+scores = {}
+for name, run in runs.items():
+    replies = generate_replies(run["model"], tokenizer, [r["conversations"][:-1] for r in held], max_new_tokens=64)
+    scores[name] = sum(map(is_right, replies, answers)) / len(held)
+    print(f"{name:7s} {scores[name]:.0%} of {len(held)} held-out problems; e.g. {replies[0]!r}")
+
+# %%
+fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+ax[0].bar(["teacher", "student", "student + KD"], [val_teacher, val_plain, val_kd], color=["grey", "C0", "C1"])
+ax[0].set_ylabel("validation loss")
+ax[0].set_title("knowledge distillation")
+ax[1].bar(["answer only", "<think> traces"], [scores["direct"], scores["traces"]], color=["C0", "C2"])
+ax[1].set_ylim(0, 1)
+ax[1].set_ylabel("held-out accuracy")
+ax[1].set_title("reasoning distillation")
+plt.tight_layout()
+plt.show()
+
+# %%
+record(run_dir, "12_distill", teacher_val_loss=round(val_teacher, 4), student_val_loss=round(val_plain, 4),
+       student_kd_val_loss=round(val_kd, 4), kd_beats_plain=val_kd < val_plain,
+       multistep_accuracy_direct=round(scores["direct"], 3), multistep_accuracy_traces=round(scores["traces"], 3),
+       train_seconds=round(plain["wall_time"] + kd["wall_time"] + sum(r["wall_time"] for r in runs.values()), 1))

@@ -1,0 +1,35 @@
+"""`minimind course` (what `make course` runs): papermill over the chapters, the report card, the book."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from minimind.course import run_course
+from minimind.report import record, write_report_card
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_report_card_gathers_every_chapter(tmp_path):
+    record(tmp_path, "07_pretrain", val_loss=0.8897, steps=300)
+    record(tmp_path, "08_sft", heldout_exact_match=0.548)
+    card = write_report_card(tmp_path, {"07_pretrain": 123.4}).read_text()
+    assert "## 07_pretrain" in card and "| val_loss | 0.8897 |" in card and "| wall time (s) | 123.4 |" in card
+    assert card.index("07_pretrain") < card.index("08_sft")
+    assert "| heldout_exact_match | 0.548 |" in card
+
+
+@pytest.mark.slow
+def test_course_runs_a_chapter_with_papermill_and_builds_the_book(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run_dir = run_course(preset="tiny", out=tmp_path / "run", only=["00"], build_book=True)
+    executed = nbformat.read(run_dir / "notebooks" / "00_setup.ipynb", as_version=4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "out_dir" in injected[0].source  # papermill passed the run folder
+    entry = json.loads((run_dir / "report" / "00_setup.json").read_text())
+    assert entry["params"] > 0 and entry["train_tokens_per_s"] > 0
+    assert "## 00_setup" in (run_dir / "report.md").read_text()
+    html = run_dir / "_build" / "html"
+    assert (html / "notebooks" / "00_setup.html").exists()
+    assert "00_setup" in (html / "book" / "report.html").read_text()  # the report card is a page of the book
