@@ -151,3 +151,43 @@ def preference_accuracy(model, reference, items, beta: float = 0.1, batch_size: 
     margins = torch.cat(margins)
     return {"accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(), "pairs": len(margins)}
 
+
+
+@torch.no_grad()
+def pair_logprobs(model, items, batch_size: int = 16, average_logprobs: bool = False):
+    """(chosen, rejected): log p(answer) under `model` for every preference item, two tensors (N,) on the CPU.
+    Without a reference this is the model's own ranking: does it already find the chosen answer likelier?"""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(items), batch_size):
+        batch = preference_collate([items[i] for i in range(start, min(start + batch_size, len(items)))])
+        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        c, r = sequence_logprobs(model(ids).logits, labels, average_logprobs).chunk(2)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def preference_callback(reference, items, beta: float = 0.1, average_logprobs: bool = False):
+    """A train() callback: held-out preference accuracy and mean margin of the policy against `reference`
+    (the SFT model) at every eval point, logged as val_reward_accuracy and val_reward_margin."""
+    ref_c, ref_r = pair_logprobs(reference, items, average_logprobs=average_logprobs)
+
+    def callback(step, model):
+        pc, pr = pair_logprobs(model, items, average_logprobs=average_logprobs)
+        margins = beta * ((pc - ref_c) - (pr - ref_r))
+        return {"val_reward_accuracy": (margins > 0).float().mean().item(),
+                "val_reward_margin": margins.mean().item()}
+    return callback
+
+
+def reply_side(reply: str, chosen: str, rejected: str) -> str:
+    """"chosen" or "rejected": which of the pair's two answers a generated reply is closer to (difflib's
+    character similarity, case aside); "tie" when it is equally close to both."""
+    from difflib import SequenceMatcher
+    sim = lambda other: SequenceMatcher(None, reply.lower().strip(), other.lower().strip()).ratio()  # noqa: E731
+    c, r = sim(chosen), sim(rejected)
+    return "chosen" if c > r else "rejected" if r > c else "tie"
