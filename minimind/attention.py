@@ -12,31 +12,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import fuse_projections
 from .rope import apply_rope
 
 
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that decoding one more token costs
-    one token's work instead of re-running the whole prefix."""
+    one token's work instead of re-running the whole prefix.
 
-    def __init__(self, num_layers: int):
-        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers
-        self.values: list[Optional[torch.Tensor]] = [None] * num_layers
+    Each layer's keys and values live in a buffer with room to spare (grown `chunk` tokens at a time), so
+    appending a token writes one slot instead of copying the whole cache as torch.cat would; `keys[l]` and
+    `values[l]` are views of the filled part, (batch, kv_heads, tokens, head_dim).
+    """
+
+    def __init__(self, num_layers: int, chunk: int = 256):
+        self.chunk = chunk
+        self._k: list[Optional[torch.Tensor]] = [None] * num_layers
+        self._v: list[Optional[torch.Tensor]] = [None] * num_layers
+        self._len = [0] * num_layers
+
+    @property
+    def keys(self) -> list[Optional[torch.Tensor]]:
+        return [None if k is None else k[:, :, :n] for k, n in zip(self._k, self._len)]
+
+    @property
+    def values(self) -> list[Optional[torch.Tensor]]:
+        return [None if v is None else v[:, :, :n] for v, n in zip(self._v, self._len)]
 
     def __len__(self) -> int:  # tokens cached
-        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+        return self._len[0]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Append k, v (batch, kv_heads, new, head_dim) to `layer`; return all of its keys and values."""
+        n, t = self._len[layer], k.shape[2]
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if buf_k is None or n + t > buf_k.shape[2]:  # grow: room for this step and the next `chunk` tokens
+            size = n + t + self.chunk
+            new_k = k.new_empty(k.shape[0], k.shape[1], size, k.shape[3])
+            new_v = v.new_empty(v.shape[0], v.shape[1], size, v.shape[3])
+            if n:
+                new_k[:, :, :n] = buf_k[:, :, :n]
+                new_v[:, :, :n] = buf_v[:, :, :n]
+            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, n:n + t] = k
+        buf_v[:, :, n:n + t] = v
+        self._len[layer] = n + t
+        return buf_k[:, :, :n + t], buf_v[:, :, :n + t]
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (e.g. after some sequences finished)."""
-        self.keys = [k[index] if k is not None else None for k in self.keys]
-        self.values = [v[index] if v is not None else None for v in self.values]
+        self._k = [k[index] if k is not None else None for k in self._k]
+        self._v = [v[index] if v is not None else None for v in self._v]
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -78,10 +104,19 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if fuse_projections(x, self.q_proj, self.k_proj, self.v_proj):
+            # one matmul against [q; k; v] and one RoPE over the q and k heads together
+            # (split, not slicing: a slice's backward fills a zero tensor of the full size first)
+            w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+            qkv = F.linear(x, w).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+            qk, v = qkv.split([self.n_heads + self.n_kv_heads, self.n_kv_heads], dim=2)
+            q, k = apply_rope(qk, cos, sin, unsqueeze_dim=2).split([self.n_heads, self.n_kv_heads], dim=2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         # no mask and a square score matrix: the plain causal case, which SDPA handles fastest

@@ -365,9 +365,50 @@ def _add_eval(sub):
     p.set_defaults(func=run)
 
 
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="training and decoding throughput against transformers' Llama (same config, "
+                                     "same weights, interleaved), MFU on GPUs, MoE against its dense twin")
+    p.add_argument("--presets", nargs="+", default=None, metavar="P",
+                   help="dense presets to compare (default: tiny minimind2-small; --quick: tiny)")
+    p.add_argument("--moe-preset", default=None,
+                   help="MoE preset timed against its dense twin (default: minimind2-moe; --quick: tiny's MoE "
+                        "variant); 'none' skips it")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast dtype (auto: bfloat16 on a GPU, float32 on CPU)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
+                   help="torch.compile both models for training (auto: on for CUDA, off on CPU; "
+                        "--compile alone: on)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch (default: 32 on GPU, 4 on CPU)")
+    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default: 512 on GPU, "
+                                                             "256 on CPU)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions of each A/B pair (default: 7; --quick: 3)")
+    p.add_argument("--decode-batches", type=int, nargs="+", default=None, help="decoding batch sizes (default: 1 8)")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per decoding run (default: 64)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores the load average leaves free, at least 1)")
+    p.add_argument("--quick", action="store_true", help="tiny preset, short runs: under a minute on a CPU")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
+
+    def run(args):
+        from .bench import BenchSettings, main
+        make = BenchSettings.quick_settings if args.quick else BenchSettings
+        given = {"presets": tuple(args.presets) if args.presets else None, "device": args.device,
+                 "dtype": args.dtype, "compile": args.compile, "batch_size": args.batch_size,
+                 "seq_len": args.seq_len, "threads": args.threads,
+                 "decode_batches": tuple(args.decode_batches) if args.decode_batches else None,
+                 "new_tokens": args.new_tokens}
+        if args.moe_preset is not None:
+            given["moe_preset"] = None if args.moe_preset == "none" else args.moe_preset
+        if args.reps is not None:
+            given.update(train_reps=args.reps, decode_reps=args.reps, moe_reps=args.reps)
+        main(make(**{k: v for k, v in given.items() if v is not None or k == "moe_preset"}), out=args.json)
+    p.set_defaults(func=run)
+
+
 # Each command group registers itself here; later chapters add theirs (data, tokenizer, train, ...).
 COMMANDS = [_add_course, _add_export, _add_info, _add_train, _add_data, _add_tokenizer,
-            _add_chat, _add_serve, _add_eval]
+            _add_chat, _add_serve, _add_eval, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,7 +60,7 @@ def stream_generate(model, input_ids: torch.Tensor, max_new_tokens: int = 64, do
                 token = token.masked_fill(finished, eos_token_id)
                 finished |= token == eos_token_id
             yield token
-            if finished.all():
+            if eos_token_id is not None and finished.all():  # a host sync: only when rows can end
                 return
             generated = torch.cat([generated, token[:, None]], dim=1)
             if attention_mask is not None:

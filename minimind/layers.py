@@ -35,4 +35,22 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        if fuse_projections(x, self.gate_proj, self.up_proj):
+            # one matmul against [gate; up] instead of two (the stored weights stay two matrices)
+            gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.dropout(self.down_proj(F.silu(gate) * up))
+
+
+# Fusing projections that read the same input (q/k/v; gate/up) concatenates their weights on every call.
+# That copy pays when many tokens share it (training, prefill) and costs when a few do (decoding reads
+# each weight once per token already), so it is used from this many tokens on.
+FUSE_MIN_TOKENS = 64
+
+
+def fuse_projections(x: torch.Tensor, *linears: nn.Module) -> bool:
+    """True when x holds enough tokens and every projection is a plain nn.Linear without bias (a LoRA
+    wrapper or a subclass computes something else, so it keeps its own forward)."""
+    return (x.numel() // x.shape[-1] >= FUSE_MIN_TOKENS
+            and all(type(m) is nn.Linear and m.bias is None for m in linears))

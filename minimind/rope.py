@@ -66,7 +66,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (batch, heads, seq, head_dim) by cos/sin of shape (batch, seq, head_dim)."""
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1) -> torch.Tensor:
+    """Rotate x (batch, heads, seq, head_dim) by cos/sin of shape (batch, seq, head_dim).
+
+    unsqueeze_dim=2 takes x as (batch, seq, heads, head_dim) instead (the fused q/k projection's layout).
+    """
+    cos, sin = cos.unsqueeze(unsqueeze_dim).to(x.dtype), sin.unsqueeze(unsqueeze_dim).to(x.dtype)
     return x * cos + rotate_half(x) * sin

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -231,7 +232,8 @@ def _optimizer(model, args: TrainArgs, device, extra_modules=()):
     # no weight decay on norms and other 1-D parameters
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas), fused=device.type == "cuda")
+    # fused: one kernel per step for all parameters (on CPU too: 348 -> 72 ms per step for minimind2-small)
+    return torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas), fused=device.type in ("cuda", "cpu"))
 
 
 class MetricsLog:
@@ -316,6 +318,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
+    if out_dir and is_main and not resume and (out_dir / "metrics.jsonl").exists():
+        (out_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log; a resumed one continues it
     log = MetricsLog(out_dir, is_main, args.logger, {**asdict(args), "stage": stage.name})
 
     def save():
@@ -327,10 +331,14 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         if world > 1:
             torch.distributed.barrier()
 
-    bar = None
+    # a live bar in a terminal; elsewhere (notebooks, logs) about ten plain lines that stay readable
+    bar, print_every = None, 0
     if args.progress and is_main:
-        from tqdm import tqdm  # plain text: the bar's last state stays readable in a saved notebook
-        bar = tqdm(total=total, initial=state["step"], desc=stage.name, dynamic_ncols=True)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=state["step"], desc=stage.name, dynamic_ncols=True)
+        else:
+            print_every = max(args.log_every, math.ceil(total / 10 / args.log_every) * args.log_every)
     model.train()
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
     loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
@@ -386,6 +394,10 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
                 time_since = time.perf_counter()  # evaluation time is not training throughput
             log.write(record)
             summary = record
+            if print_every and (step % print_every == 0 or last):
+                extra = f" val_loss {record['val_loss']:.3f}" if "val_loss" in record else ""
+                print(f"{stage.name} step {step}/{total}  loss {record['loss']:.3f}{extra}  lr {lr:.1e}  "
+                      f"{record['tokens_per_s']:,.0f} tok/s  {state['elapsed']:.0f} s", flush=True)
             if bar:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}",
                                 tok_s=f"{record['tokens_per_s']:.0f}")

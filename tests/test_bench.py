@@ -1,0 +1,110 @@
+"""`minimind bench`: FLOPs counting, MFU arithmetic, and a run whose JSON has every field. Speed itself is
+measured by running the benchmark, never asserted here."""
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from minimind import MiniMindForCausalLM
+from minimind.bench import (PRETRAIN_HQ_TOKENS, BenchSettings, dense_twin, epoch_hours, flops_per_token,
+                            format_table, matmul_params_per_token, mfu, peak_flops, pretrain_projection,
+                            run_benchmark)
+from minimind.cli import main as cli_main
+
+from conftest import small_config
+
+MOE = dict(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)
+
+
+def test_flops_per_token_by_hand():
+    # hidden 64, 2 layers, 4 heads of 16, 2 KV heads, SwiGLU 96, vocab 97 (tied head: still a matmul)
+    config = small_config()
+    attention = 64 * 64 + 64 * 32 + 64 * 32 + 64 * 64       # q, k, v, o
+    mlp = 3 * 64 * 96                                      # gate, up, down
+    params = 2 * (attention + mlp) + 97 * 64               # + output head
+    assert matmul_params_per_token(config) == params == 67648
+    forward = 2 * params + 2 * 4 * 16 * 64                 # + q k^T and weights v: 4 * seq * hidden per layer
+    assert flops_per_token(config, 16, training=False) == forward
+    assert flops_per_token(config, 16) == 3 * forward
+    # MoE: the router, the shared expert and top-2 of 4 routed experts
+    moe = small_config(**MOE)
+    assert matmul_params_per_token(moe) == 2 * (attention + 3 * mlp + 64 * 4) + 97 * 64
+
+
+@pytest.mark.parametrize("overrides", [{}, MOE])
+def test_flops_match_torch_flop_counter(overrides):
+    """With the explicit (matmul) attention, torch counts exactly the FLOPs the formula gives."""
+    config = small_config(explicit_attention=True, **overrides)
+    model = MiniMindForCausalLM(config)
+    x = torch.randint(0, config.vocab_size, (2, 16))
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    assert counter.get_total_flops() == flops_per_token(config, 16, training=False) * x.numel()
+    with FlopCounterMode(display=False) as counter:
+        model(x, labels=x).loss.backward()
+    assert counter.get_total_flops() == flops_per_token(config, 16) * x.numel()
+
+
+def test_peaks_mfu_and_projection():
+    assert peak_flops("NVIDIA GeForce RTX 3090") == 71e12
+    assert peak_flops("NVIDIA GeForce RTX 4090") == 165.2e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H200") == 989.4e12
+    assert peak_flops("Tesla T4") is None and peak_flops(None) is None
+    assert mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+    assert mfu(1000.0, 1e9, None) is None
+    assert epoch_hours(1e9, 0.5, 1e13, tokens=3.6e7) == pytest.approx(2.0)  # 3.6e16 FLOPs at 5e12/s
+    p = pretrain_projection(None)
+    assert p["tokens"] == PRETRAIN_HQ_TOKENS == 1_413_120 * 512 and p["hours"] is None
+    # the MFU that the seed project's 1.1 hours implies gives back 1.1 hours
+    again = pretrain_projection(p["seed_implied_mfu"])
+    assert again["hours"] == pytest.approx(1.1) and 0.3 < p["seed_implied_mfu"] < 0.6
+
+
+def test_dense_twin_has_the_active_parameters():
+    from minimind.anatomy import active_parameters
+    moe = small_config(**MOE)
+    twin = dense_twin(moe)
+    assert not twin.use_moe and twin.intermediate_size == 3 * moe.intermediate_size
+    assert active_parameters(moe) - active_parameters(twin) == 2 * 64 * 4  # the routers only
+
+
+FIELDS_TRAIN = {"preset", "batch_size", "seq_len", "flops_per_token", "ours_tokens_per_s",
+                "transformers_tokens_per_s", "ratio", "ours_mfu", "transformers_mfu", "max_logit_diff"}
+FIELDS_DECODE = {"preset", "batch_size", "new_tokens", "ours_tokens_per_s", "transformers_tokens_per_s", "ratio",
+                 "same_tokens"}
+
+
+def check_result(result, decode_batches):
+    assert {"machine", "settings", "training", "decoding", "moe", "projection"} <= set(result)
+    assert result["machine"]["threads"] >= 1 and "load_average_before" in result["machine"]
+    for row in result["training"]:
+        assert FIELDS_TRAIN <= set(row) and row["ratio"] > 0 and row["max_logit_diff"] < 1e-4
+    assert [r["batch_size"] for r in result["decoding"]] == list(decode_batches)
+    for row in result["decoding"]:
+        assert FIELDS_DECODE <= set(row) and row["same_tokens"] and row["ratio"] > 0
+    assert result["moe"]["time_per_token_ratio"] > 0
+    assert "hours" in result["projection"] and "seed_implied_mfu" in result["projection"]
+    assert "| training |" in format_table(result)
+
+
+def test_run_benchmark_on_tiny_shapes():
+    settings = BenchSettings(batch_size=2, seq_len=16, train_reps=1, decode_batches=(1, 2), prompt_len=4,
+                             new_tokens=4, decode_reps=1, moe_reps=1, device="cpu", quick=True)
+    result = run_benchmark(settings, configs={"small": small_config()}, moe_config=small_config(**MOE),
+                           log=lambda _: None)
+    check_result(result, (1, 2))
+    json.dumps(result)  # JSON-ready
+
+
+@pytest.mark.slow
+def test_bench_quick_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--quick", "--device", "cpu", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    check_result(result, (1, 8))
+    assert result["settings"]["quick"] and [r["preset"] for r in result["training"]] == ["tiny"]
+    assert "| decoding |" in capsys.readouterr().out
