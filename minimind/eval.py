@@ -107,6 +107,17 @@ def answer_matches(prediction: str, reference, mode: str = "auto") -> bool:
     return any(p[i:i + len(r)] == r for i in range(len(p) - len(r) + 1))
 
 
+def _jsonl_records(path: Path):
+    """(line number, record) for each non-blank line; a line that is not JSON names file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except ValueError as err:
+                    raise ValueError(f"{path}:{n}: not JSON ({err}); fix or delete the line") from None
+
+
 # -- perplexity ---------------------------------------------------------------------------------------------
 def read_documents(path, limit: Optional[int] = None) -> list[str]:
     """Texts of a file: a .jsonl of {"text"} (or conversations, rendered as plain text), else the whole file.
@@ -116,22 +127,15 @@ def read_documents(path, limit: Optional[int] = None) -> list[str]:
         raise FileNotFoundError(f"{path} not found")
     if path.suffix == ".jsonl":
         docs = []
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError as err:
-                    raise ValueError(f"{path}:{n}: not JSON ({err}); fix or delete the line") from None
-                if isinstance(rec, dict) and isinstance(rec.get("text"), str):
-                    docs.append(rec["text"])
-                elif isinstance(rec, dict) and isinstance(rec.get("conversations"), list):
-                    docs.append("\n".join(str(m.get("content", "")) for m in rec["conversations"]))
-                else:
-                    raise ValueError(f"{path}:{n}: expected {{\"text\": ...}} or {{\"conversations\": ...}}")
-                if limit and len(docs) >= limit:
-                    break
+        for n, rec in _jsonl_records(path):
+            if isinstance(rec, dict) and isinstance(rec.get("text"), str):
+                docs.append(rec["text"])
+            elif isinstance(rec, dict) and isinstance(rec.get("conversations"), list):
+                docs.append("\n".join(str(m.get("content", "")) for m in rec["conversations"]))
+            else:
+                raise ValueError(f"{path}:{n}: expected {{\"text\": ...}} or {{\"conversations\": ...}}")
+            if limit and len(docs) >= limit:
+                break
         return docs
     return [path.read_text(encoding="utf-8")]
 
@@ -394,25 +398,18 @@ def load_short_answers(path, limit: Optional[int] = None) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f"{path}:{n}: not JSON ({err}); fix or delete the line") from None
-            if rec.get("type", "short") != "short":
-                continue
-            q = rec.get("question", rec.get("prompt"))
-            if q is None and isinstance(rec.get("conversations"), list):
-                users = [m["content"] for m in rec["conversations"] if m.get("role") == "user"]
-                q = users[-1] if users else None
-            if q is None or rec.get("answer") is None:
-                raise ValueError(f"{path}:{n}: a short-answer record needs \"question\" (or \"prompt\" or "
-                                 "\"conversations\") and \"answer\"")
-            out.append({"id": rec.get("id", str(n)), "question": q, "answer": rec["answer"],
-                        "split": rec.get("split")})
+    for n, rec in _jsonl_records(path):
+        if rec.get("type", "short") != "short":
+            continue
+        q = rec.get("question", rec.get("prompt"))
+        if q is None and isinstance(rec.get("conversations"), list):
+            users = [m["content"] for m in rec["conversations"] if m.get("role") == "user"]
+            q = users[-1] if users else None
+        if q is None or rec.get("answer") is None:
+            raise ValueError(f"{path}:{n}: a short-answer record needs \"question\" (or \"prompt\" or "
+                             "\"conversations\") and \"answer\"")
+        out.append({"id": rec.get("id", str(n)), "question": q, "answer": rec["answer"],
+                    "split": rec.get("split")})
     return out[:limit] if limit else out
 
 
