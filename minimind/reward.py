@@ -259,7 +259,20 @@ def chat_messages(prompt) -> list[dict]:
     return [dict(m) for m in prompt]
 
 
-class ModelReward:
+class ClippedModelReward:
+    """What a learned reward model shares as a reward function: scores clipped to [-clip, clip]."""
+    clip: float = 3.0
+
+    @property
+    def reward_range(self):
+        return (-self.clip, self.clip)
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+
+class ModelReward(ClippedModelReward):
     """The course's reward model (a `ScalarHeadModel` trained by `RewardStage`) as a reward function.
 
     Each response is scored in its conversation, rendered with the MiniMind chat template; scores are
@@ -277,14 +290,6 @@ class ModelReward:
             from .tokenizer import MiniMindTokenizer
             tokenizer = MiniMindTokenizer.from_pretrained(path)
         return cls(ScalarHeadModel.from_pretrained(path, device=device), tokenizer, **kw)
-
-    @property
-    def reward_range(self):
-        return (-self.clip, self.clip)
-
-    def to(self, device):
-        self.model.to(device)
-        return self
 
     @torch.no_grad()
     def __call__(self, prompts, responses, answers=None) -> torch.Tensor:
@@ -307,7 +312,7 @@ def right_pad(seqs: list[list[int]], pad_id: int, device=None):
     return ids.to(device), mask.to(device)
 
 
-class TransformersReward:
+class TransformersReward(ClippedModelReward):
     """A reward model in a local transformers folder (AutoModelForSequenceClassification, one label).
 
     MiniMind scores its RL rollouts with InternLM2-1.8B-Reward; any sequence-classification reward model
@@ -333,14 +338,6 @@ class TransformersReward:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.tokenizer.padding_side = "right"
         self.clip, self.batch_size, self.max_length = clip, batch_size, max_length
-
-    @property
-    def reward_range(self):
-        return (-self.clip, self.clip)
-
-    def to(self, device):
-        self.model.to(device)
-        return self
 
     def render(self, messages: list[dict]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
