@@ -52,9 +52,10 @@ tokenizer = load_tokenizer(paths["tokenizer"])
 
 # %% [markdown]
 # ## Packed windows
-# The text is tokenized once into one flat stream of token ids, documents separated by `<|endoftext|>`
-# (id 0). Training samples are fixed-length windows cut from that stream: no padding, every position
-# of every window is a real training target.
+# The text is tokenized once into one flat stream of token ids, each document wrapped in `<|im_start|>`
+# and `<|im_end|>` (ids 1 and 2, as MiniMind does), so the model learns where a text begins and ends.
+# Training samples are fixed-length windows cut from that stream: no padding, every position of every
+# window is a real training target.
 
 # %%
 from minimind.data import tokenize_pretrain
