@@ -125,7 +125,7 @@ def _rl(name):
 STAGES: dict[str, Callable] = {"pretrain": _pretrain, "sft": _sft, "reason": _reason, "lora": _lora,
                                "distill": _distill, "dpo": _dpo, "reward": _reward, "ppo": _rl("ppo"),
                                "grpo": _rl("grpo"), "spo": _rl("spo")}
-SEQ_LEN = {"pretrain": 256, "default": 256}
+DEFAULT_SEQ_LEN = 256  # tokens per sample unless --seq-len says otherwise
 
 
 def load_tokenizer(path):
@@ -168,7 +168,7 @@ def train_stage(stage: str, out, data=None, tokenizer=None, preset: str = "tiny"
         torch.manual_seed(train_args.get("seed", 0))  # the same fresh weights every time
         model = build_model(preset, tok, init)
     pieces = dict(data=data, val_data=val_data, tokenizer=tok, init=init, teacher=teacher, model=model,
-                  seq_len=seq_len or SEQ_LEN.get(stage, SEQ_LEN["default"]), stage_kwargs=stage_kwargs or {})
+                  seq_len=seq_len or DEFAULT_SEQ_LEN, stage_kwargs=stage_kwargs or {})
     stage_obj, train_data, val = STAGES[stage](pieces)
     known = {f.name for f in fields(TrainArgs)}
     unknown = sorted(set(train_args) - known)

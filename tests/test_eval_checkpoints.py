@@ -3,13 +3,11 @@ rows as a Markdown table."""
 import json
 
 import pytest
-import torch
 
 from minimind import eval as ev
-from minimind.lora import apply_lora, save_adapter
 from minimind.model import load_checkpoint
 
-from tiny_checkpoint import make_checkpoint
+from tiny_checkpoint import make_checkpoint, make_lora_run
 
 EVAL = [
     {"id": "q1", "type": "short", "split": "heldout", "question": "Where does Mira live?", "answer": "Tallow"},
@@ -32,13 +30,7 @@ def run(tmp_path_factory):
     sft = finish(make_checkpoint(root / "sft", seed=1), "sft")
     make_checkpoint(root / "dpo", seed=2)                        # no summary.json: still training
     finish(make_checkpoint(root / "reward", seed=3), "reward")   # not a course stage evaluated here
-    model, tok = load_checkpoint(sft)
-    apply_lora(model, rank=2, alpha=4)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    lora = save_adapter(model, root / "lora", base=str(sft))
+    lora, _ = make_lora_run(sft, root / "lora", std=0.5)
     finish(lora, "lora")
     (root / "corpus").mkdir()
     texts = root / "corpus" / "val.jsonl"

@@ -89,16 +89,11 @@ def test_export_model_object_with_tokenizer(tmp_path):
 
 
 def test_lora_run_exports_merged(tmp_path):
-    from minimind.lora import apply_lora, merge_lora, save_adapter
+    from minimind.lora import merge_lora
     from minimind.model import load_checkpoint
+    from tiny_checkpoint import make_lora_run
     ckpt = _tiny_ckpt(tmp_path / "base")
-    model, tok = load_checkpoint(ckpt)
-    apply_lora(model, rank=2, alpha=4)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    save_adapter(model, tmp_path / "lora", base=str(ckpt))  # no tokenizer here: the base's is used
+    _, model = make_lora_run(ckpt, tmp_path / "lora")  # no tokenizer here: the base's is used
     merge_lora(model)
     assert cli(["export", "hf", str(tmp_path / "lora"), "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no").exists()

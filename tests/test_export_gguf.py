@@ -9,10 +9,10 @@ gguf = pytest.importorskip("gguf")
 
 from minimind.cli import main as cli
 from minimind.gguf_export import export_gguf, permute_rope_rows
-from minimind.lora import apply_lora, merge_lora, save_adapter
+from minimind.lora import merge_lora
 from minimind.model import load_checkpoint
 
-from tiny_checkpoint import make_checkpoint
+from tiny_checkpoint import make_checkpoint, make_lora_run
 
 
 def fields(reader):
@@ -154,14 +154,8 @@ def test_untied_f16_and_yarn(tmp_path):
 
 
 def test_lora_run_merged_and_errors(ckpt, tmp_path):
-    model, tok = load_checkpoint(ckpt)
-    apply_lora(model, rank=2, alpha=4)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    lora = save_adapter(model, tmp_path / "lora", base=str(ckpt))
-    tok.save_pretrained(lora)
+    lora, model = make_lora_run(ckpt, tmp_path / "lora")
+    load_checkpoint(ckpt)[1].save_pretrained(lora)
     merge_lora(model)
     assert cli(["export", "gguf", str(lora), "--out", str(tmp_path / "x.gguf")]) == 2  # asks for --merge-lora
     assert not (tmp_path / "x.gguf").exists()

@@ -57,3 +57,17 @@ class ScriptedModel:
             if self.delay:
                 time.sleep(self.delay)
             yield torch.tensor([t])
+
+
+def make_lora_run(base, folder, std: float = 0.1, rank: int = 2, alpha: float = 4.0):
+    """A LoRA run folder on the checkpoint `base`, its B matrices set non-zero as if trained.
+    Returns (folder, model): the model still carries the (unmerged) adapters."""
+    from minimind.lora import apply_lora, save_adapter
+    from minimind.model import load_checkpoint
+    model, _ = load_checkpoint(base)
+    apply_lora(model, rank=rank, alpha=alpha)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return save_adapter(model, folder, base=str(base)), model
