@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import fuse_projections
 from .rope import apply_rope
 
 
@@ -104,19 +103,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
         b, t, _ = x.shape
-        if fuse_projections(x, self.q_proj, self.k_proj, self.v_proj):
-            # one matmul against [q; k; v] and one RoPE over the q and k heads together
-            # (split, not slicing: a slice's backward fills a zero tensor of the full size first)
-            w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-            qkv = F.linear(x, w).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
-            qk, v = qkv.split([self.n_heads + self.n_kv_heads, self.n_kv_heads], dim=2)
-            q, k = apply_rope(qk, cos, sin, unsqueeze_dim=2).split([self.n_heads, self.n_kv_heads], dim=2)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        else:
-            q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-            k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # RoPE on the (batch, seq, heads, head_dim) layout the projections give; then heads first for SDPA
+        q = apply_rope(self.q_proj(x).view(b, t, self.n_heads, self.head_dim), cos, sin, unsqueeze_dim=2)
+        k = apply_rope(self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim), cos, sin, unsqueeze_dim=2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         # no mask and a square score matrix: the plain causal case, which SDPA handles fastest

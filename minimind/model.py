@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +18,7 @@ from torch import nn
 from .attention import Attention, KVCache, build_attention_mask
 from .config import MiniMindConfig
 from .layers import FeedForward, RMSNorm
+from .loss import linear_cross_entropy
 from .moe import MoEFeedForward
 from .rope import inv_freq_for, rope_cos_sin
 
@@ -26,13 +26,22 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-@dataclass
 class CausalLMOutput:
-    logits: torch.Tensor
-    loss: Optional[torch.Tensor] = None
-    aux_loss: Optional[torch.Tensor] = None
-    past_key_values: Optional[KVCache] = None
-    hidden_states: Optional[torch.Tensor] = None
+    """What the model returns. When the loss was computed from the hidden states (see loss.py), the
+    logits were never built; `logits` computes them on first access, so callers need not care."""
+
+    def __init__(self, logits: Optional[torch.Tensor] = None, loss: Optional[torch.Tensor] = None,
+                 aux_loss: Optional[torch.Tensor] = None, past_key_values: Optional[KVCache] = None,
+                 hidden_states: Optional[torch.Tensor] = None, head: Optional[nn.Module] = None):
+        self._logits, self._head = logits, head
+        self.loss, self.aux_loss = loss, aux_loss
+        self.past_key_values, self.hidden_states = past_key_values, hidden_states
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None and self._head is not None:
+            self._logits = self._head(self.hidden_states)
+        return self._logits
 
 
 class DecoderLayer(nn.Module):
@@ -119,18 +128,29 @@ class MiniMindForCausalLM(nn.Module):
         if use_cache and past_key_values is None:
             past_key_values = KVCache(self.config.num_hidden_layers)
         hidden = self.model(input_ids, attention_mask, position_ids, past_key_values)
-        logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         aux = self.aux_loss() if self.config.use_moe else None
-        loss = None
-        if labels is not None:
-            # shift the labels, not the logits: no second full-vocab copy of the logits
+        logits = loss = None
+        if labels is None:
+            logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        else:
+            # shift the labels, not the logits: position t is scored on token t+1, the last on nothing
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-100)
+            if self._loss_from_hidden(logits_to_keep):  # the logits are never built (loss.py)
+                loss = linear_cross_entropy(hidden, self.lm_head.weight, targets)
+            else:
+                logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, -logits.shape[1]:].reshape(-1),
+                                       ignore_index=-100)
             if aux is not None and self.training:
                 loss = loss + aux
-        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux,
+        return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, head=self.lm_head,
                               past_key_values=past_key_values if use_cache else None, hidden_states=hidden)
+
+    def _loss_from_hidden(self, logits_to_keep: int) -> bool:
+        """The chunked loss needs a plain output head (not a LoRA wrapper) and all positions; under
+        torch.compile the plain formula is left to the compiler to fuse."""
+        return (not logits_to_keep and type(self.lm_head) is nn.Linear and self.lm_head.bias is None
+                and not torch.compiler.is_compiling())
 
     # -- generation (see generation.py) ----------------------------------------------------------
     @torch.no_grad()

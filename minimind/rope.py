@@ -67,9 +67,40 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1) -> torch.Tensor:
-    """Rotate x (batch, heads, seq, head_dim) by cos/sin of shape (batch, seq, head_dim).
+    """Rotate x (batch, heads, seq, head_dim) by cos/sin of shape (batch, seq, head_dim):
+    x * cos + rotate_half(x) * sin.
 
-    unsqueeze_dim=2 takes x as (batch, seq, heads, head_dim) instead (the fused q/k projection's layout).
+    unsqueeze_dim=2 takes x as (batch, seq, heads, head_dim) instead (the layout straight out of q_proj).
     """
     cos, sin = cos.unsqueeze(unsqueeze_dim).to(x.dtype), sin.unsqueeze(unsqueeze_dim).to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    if torch.compiler.is_compiling():  # the formula as written; the compiler fuses it
+        return x * cos + rotate_half(x) * sin
+    half = x.shape[-1] // 2  # cos and sin repeat their first half (rope_cos_sin), so half of each will do
+    return _Rotate.apply(x, cos[..., :half], sin[..., :half])
+
+
+class _Rotate(torch.autograd.Function):
+    """x * cos + rotate_half(x) * sin without building rotate_half(x): each half of the output is written
+    in place from the two halves of x (x1 c - x2 s, x2 c + x1 s), two passes instead of five. A rotation's
+    gradient is the rotation by minus the angle, so the backward pass is the same function with -sin."""
+
+    @staticmethod
+    def forward(ctx, x, cos_half, sin_half):
+        ctx.save_for_backward(cos_half, sin_half)
+        return _Rotate.rotate(x, cos_half, sin_half, 1.0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        cos_half, sin_half = ctx.saved_tensors
+        return _Rotate.rotate(grad, cos_half, sin_half, -1.0), None, None
+
+    @staticmethod
+    def rotate(x, c, s, sign: float):
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        out1, out2 = out[..., :half], out[..., half:]
+        torch.mul(x1, c, out=out1).addcmul_(x2, s, value=-sign)
+        torch.mul(x2, c, out=out2).addcmul_(x1, s, value=sign)
+        return out
