@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import statistics
@@ -156,22 +157,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(fns: dict[str, Callable[[], None]], reps: int, device: torch.device) -> dict[str, list[float]]:
-    """Seconds per call of each function, called in turn `reps` times after one warm-up, the order
-    reversed every other round (A B, B A, A B, ...) so that neither side always runs first."""
-    for fn in fns.values():
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, device: torch.device,
+                settle: bool = False, min_sample_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each function, sampled in turn `reps` times after one warm-up, the order
+    reversed every other round (A B, B A, A B, ...) so that neither side always runs first.
+
+    settle=True calls each function once more, untimed, right before its timed sample: the first call
+    after a different function pays for the memory that one left behind (the allocator's free lists, pages
+    the kernel has to map again), which would be charged to whichever side runs second.
+    min_sample_s: each sample times enough calls for the fastest function to run this long (the same count
+    for every function) and reports their mean; on a shared machine one short call is mostly noise."""
+    warm = {}
+    for name, fn in fns.items():
+        _sync(device)
+        t0 = time.perf_counter()
         fn()
-    _sync(device)
+        _sync(device)
+        warm[name] = time.perf_counter() - t0
+    calls = max(1, math.ceil(min_sample_s / max(min(warm.values()), 1e-9))) if min_sample_s else 1
     times = {name: [] for name in fns}
     names = list(fns)
     for r in range(reps):
         for name in (names if r % 2 == 0 else names[::-1]):
             fn = fns[name]
+            if settle:
+                fn()
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            for _ in range(calls):
+                fn()
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0) / calls)
     return times
 
 
@@ -212,7 +228,8 @@ def _optimizer(model, device):
 
 
 def bench_training(models: dict[str, torch.nn.Module], config: MiniMindConfig, batch_size: int, seq_len: int,
-                   reps: int, device, amp_dtype=None, compile: bool = False, steps: int = 1) -> dict:
+                   reps: int, device, amp_dtype=None, compile: bool = False, steps: int = 1,
+                   min_sample_s: float = 0.0) -> dict:
     """Training tokens/s of each model (same optimizer, same random tokens), interleaved."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(3, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
@@ -225,13 +242,13 @@ def bench_training(models: dict[str, torch.nn.Module], config: MiniMindConfig, b
     if compile:  # compilation happens in the first calls; keep it out of the warm-up's single call
         for fn in fns.values():
             fn()
-    times = interleaved(fns, reps, device)
+    times = interleaved(fns, reps, device, settle=True, min_sample_s=min_sample_s)
     tokens = batch_size * seq_len * steps
     return {name: {"tokens_per_s": tokens / statistics.median(t), "times_s": t} for name, t in times.items()}
 
 
 def bench_decoding(ours, theirs, config: MiniMindConfig, batch_size: int, prompt_len: int, new_tokens: int,
-                   reps: int, device) -> dict:
+                   reps: int, device, min_sample_s: float = 0.0) -> dict:
     """Greedy decoding tokens/s (new tokens over wall time, prefill included), ours against transformers'
     generate on the same weights; EOS is disabled on both sides so every run makes new_tokens tokens."""
     g = torch.Generator().manual_seed(1)
@@ -245,11 +262,49 @@ def bench_decoding(ours, theirs, config: MiniMindConfig, batch_size: int, prompt
                                                    do_sample=False, pad_token_id=config.pad_token_id)}
     with torch.no_grad():
         a, b = fns["ours"](), fns["transformers"]()
-        times = interleaved(fns, reps, device)
+        times = interleaved(fns, reps, device, settle=True, min_sample_s=min_sample_s)
     out = {name: {"tokens_per_s": batch_size * new_tokens / statistics.median(t), "times_s": t}
            for name, t in times.items()}
     out["same_tokens"] = bool(a.shape == b.shape and torch.equal(a.cpu(), b.cpu()))
     return out
+
+
+def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps: int, device, amp_dtype=None,
+                     prompt_fraction: float = 0.0, preset: Optional[str] = None,
+                     min_sample_s: float = 0.0) -> list[dict]:
+    """What each hand-written fast path (fast.py) buys: training tokens/s of one model with all of them on,
+    against the same model with each one off in turn, and with all off, interleaved. `prompt_fraction`
+    masks that share of every sequence's labels with -100, as SFT masks the prompt."""
+    from . import fast
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(config).to(device).train()
+    optimizer = _optimizer(model, device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(3, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
+    labels = x.clone()
+    labels[:, :int(seq_len * prompt_fraction)] = -100
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model(x, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def without(*names):
+        def run():
+            with fast.plain(*names):
+                step()
+        return run
+
+    variants = {"all on": step} | {f"{n} off": without(n) for n in fast.FAST_PATHS}
+    variants["all off"] = without(*fast.FAST_PATHS)
+    times = interleaved(variants, reps, device, settle=True, min_sample_s=min_sample_s)
+    tokens = batch_size * seq_len
+    return [{"preset": preset or config.preset, "batch_size": batch_size, "seq_len": seq_len,
+             "prompt_fraction": prompt_fraction, "variant": variant,
+             "tokens_per_s": tokens / statistics.median(t),
+             "speedup_of_all_on": paired_ratio(t, times["all on"]), "times_s": t} for variant, t in times.items()]
 
 
 def dense_twin(config: MiniMindConfig) -> MiniMindConfig:
@@ -277,6 +332,9 @@ class BenchSettings:
     new_tokens: int = 64
     decode_reps: int = 7
     moe_reps: int = 5
+    fast_path_reps: int = 7
+    min_sample_s: float = 1.0     # each timed sample runs at least this long (several calls when they are short)
+    fast_path_prompt_fractions: tuple = (0.0, 0.5)  # pretraining labels; SFT-like, half of each sequence a prompt
     threads: Optional[int] = None  # None: auto_threads()
     quick: bool = False
 
@@ -284,7 +342,8 @@ class BenchSettings:
     def quick_settings(cls, **overrides) -> "BenchSettings":
         """A run under a minute on a CPU: the tiny preset, short sequences, three repetitions."""
         base = dict(presets=("tiny",), moe_preset="tiny", batch_size=4, seq_len=64, train_reps=3,
-                    new_tokens=16, prompt_len=16, decode_reps=3, moe_reps=3, quick=True)
+                    new_tokens=16, prompt_len=16, decode_reps=3, moe_reps=3, fast_path_reps=2,
+                    fast_path_prompt_fractions=(0.5,), min_sample_s=0.0, quick=True)
         return cls(**{**base, **overrides})
 
 
@@ -339,7 +398,7 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
                     "threads": torch.get_num_threads(), "load_average_before": load_before},
         "settings": {**dataclasses.asdict(settings), "batch_size": batch, "seq_len": seq,
                      "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "compile": compile},
-        "training": [], "decoding": [], "moe": None, "projection": None,
+        "training": [], "decoding": [], "fast_paths": [], "moe": None, "projection": None,
     }
     for preset, config in configs.items():
         log(f"training: {preset} batch {batch} x {seq} ...")
@@ -348,7 +407,7 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
             probe = torch.randint(3, config.vocab_size, (1, 16), device=device)
             diff = (ours.eval()(probe).logits - theirs.eval()(probe).logits).abs().max().item()
         res = bench_training({"ours": ours, "transformers": theirs}, config, batch, seq, settings.train_reps,
-                             device, amp_dtype, compile)
+                             device, amp_dtype, compile, min_sample_s=settings.min_sample_s)
         fpt = flops_per_token(config, seq)
         row = {"preset": preset, "params": ours.num_parameters(), "batch_size": batch, "seq_len": seq,
                "flops_per_token": fpt, "max_logit_diff": diff,
@@ -364,7 +423,7 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
         for b in settings.decode_batches:
             log(f"decoding: {preset} batch {b}, {settings.prompt_len} + {settings.new_tokens} tokens ...")
             res = bench_decoding(ours, theirs, config, b, settings.prompt_len, settings.new_tokens,
-                                 settings.decode_reps, device)
+                                 settings.decode_reps, device, min_sample_s=settings.min_sample_s)
             result["decoding"].append({
                 "preset": preset, "batch_size": b, "prompt_len": settings.prompt_len,
                 "new_tokens": settings.new_tokens, "same_tokens": res["same_tokens"],
@@ -373,6 +432,11 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
                 "ratio": paired_ratio(res["transformers"]["times_s"], res["ours"]["times_s"]),
                 "ours_times_s": res["ours"]["times_s"], "transformers_times_s": res["transformers"]["times_s"]})
         del ours, theirs
+        for fraction in settings.fast_path_prompt_fractions:
+            log(f"fast paths: {preset}, {fraction:.0%} of the labels masked ...")
+            result["fast_paths"] += bench_fast_paths(config, batch, seq, settings.fast_path_reps, device, amp_dtype,
+                                                     prompt_fraction=fraction, preset=preset,
+                                                     min_sample_s=settings.min_sample_s)
     if settings.moe_preset or moe_config is not None:
         from .anatomy import active_parameters
         moe_cfg = moe_config or _moe_config(settings.moe_preset)
@@ -381,7 +445,8 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
         log(f"MoE: {moe_cfg.preset} against its dense twin, batch {mb} x {ms} ...")
         torch.manual_seed(0)
         models = {"moe": MiniMindForCausalLM(moe_cfg).to(device), "dense": MiniMindForCausalLM(twin_cfg).to(device)}
-        res = bench_training(models, moe_cfg, mb, ms, settings.moe_reps, device, amp_dtype, compile)
+        res = bench_training(models, moe_cfg, mb, ms, settings.moe_reps, device, amp_dtype, compile,
+                             min_sample_s=settings.min_sample_s)
         result["moe"] = {
             "preset": moe_cfg.preset, "batch_size": mb, "seq_len": ms,
             "moe_active_params": active_parameters(moe_cfg), "dense_active_params": active_parameters(twin_cfg),
@@ -397,6 +462,31 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
         result["projection"]["mfu_from"] = f"{small[0]['preset']} on {name}"
     result["machine"]["load_average_after"] = load_average()
     return result
+
+
+# The goals the benchmark is judged by (issue "Performance"): ratios, each measured in one run.
+GOALS = {"training": 1.1,   # training tokens/s over transformers' Llama (CPU: tiny and minimind2-small)
+         "decoding": 1.0,   # decoding tokens/s over transformers' generate
+         "moe": 1.5}        # MoE time per token over its dense twin's, at most
+
+
+def goal_lines(result: dict) -> list[str]:
+    """One line per goal: the measured ratio, the goal, met or not."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+    lines = []
+    for r in result["training"]:
+        lines.append(f"- training, {r['preset']}: {r['ratio']:.2f}x transformers' Llama (goal: at least "
+                     f"{GOALS['training']}x): {verdict(r['ratio'] >= GOALS['training'])}")
+    for r in result["decoding"]:
+        lines.append(f"- decoding, {r['preset']} at batch {r['batch_size']}: {r['ratio']:.2f}x transformers' generate "
+                     f"(goal: at least {GOALS['decoding']}x): {verdict(r['ratio'] >= GOALS['decoding'])}")
+    moe = result.get("moe")
+    if moe:
+        ratio = moe["time_per_token_ratio"]
+        lines.append(f"- MoE, {moe['preset']}: {ratio:.2f}x its dense twin's time per token (goal: at most "
+                     f"{GOALS['moe']}x): {verdict(ratio <= GOALS['moe'])}")
+    return lines
 
 
 def _fmt(x, spec: str = ",.0f") -> str:
@@ -421,6 +511,12 @@ def format_table(result: dict) -> str:
         lines.append(f"| {r['preset']} | {r['batch_size']} | {r['prompt_len']} + {r['new_tokens']} | "
                      f"{_fmt(r['ours_tokens_per_s'])} | {_fmt(r['transformers_tokens_per_s'])} | {r['ratio']:.2f}x | "
                      f"{'yes' if r['same_tokens'] else 'no'} |")
+    if result.get("fast_paths"):
+        lines += ["", "| fast paths | batch x seq | labels masked | variant | tok/s | all on is faster by |",
+                  "| --- | --- | ---: | --- | ---: | ---: |"]
+        for r in result["fast_paths"]:
+            lines.append(f"| {r['preset']} | {r['batch_size']} x {r['seq_len']} | {r['prompt_fraction']:.0%} | "
+                         f"{r['variant']} | {_fmt(r['tokens_per_s'])} | {r['speedup_of_all_on']:.2f}x |")
     moe = result.get("moe")
     if moe:
         lines += ["", "| MoE vs dense twin | batch x seq | active params | MoE tok/s | dense tok/s | "
@@ -435,14 +531,52 @@ def format_table(result: dict) -> str:
                   + (f"{p['hours']:.2f} h at the measured MFU {p['mfu']:.1%}" if p["hours"] else
                      "no MFU measured here (needs a GPU with a known peak)")
                   + f"; the seed project's {p['seed_hours']} h implies MFU {p['seed_implied_mfu']:.1%}"]
+    lines += ["", "Against the goals:", ""] + goal_lines(result)
     return "\n".join(lines)
 
 
-def main(settings: BenchSettings, out: Optional[str] = None) -> dict:
-    result = run_benchmark(settings)
+# The book's performance page holds the tables of a committed JSON result between these two lines,
+# written by `minimind bench --json FILE --page PAGE` (tests check that they match the JSON).
+PAGE_BEGIN = "<!-- begin: tables written by `minimind bench` from {json} -->"
+PAGE_END = "<!-- end: tables written by `minimind bench` -->"
+
+
+def page_tables(page_text: str, json_name: str) -> Optional[str]:
+    """The tables between the markers for `json_name` in a page, None when the page has no such block."""
+    begin = PAGE_BEGIN.format(json=json_name)
+    if begin not in page_text:
+        return None
+    return page_text.split(begin, 1)[1].split(PAGE_END, 1)[0].strip("\n")
+
+
+def update_page(page: str | Path, result: dict, json_name: str) -> None:
+    """Replace the tables for `json_name` in `page` with the ones `result` gives."""
+    page = Path(page)
+    text = page.read_text()
+    begin = PAGE_BEGIN.format(json=json_name)
+    if page_tables(text, json_name) is None or PAGE_END not in text.split(begin, 1)[1]:
+        raise ValueError(f"{page} has no block for {json_name}: add the two lines\n{begin}\n{PAGE_END}\n"
+                         "where the tables go")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(PAGE_END, 1)[1]
+    page.write_text(f"{head}{begin}\n\n{format_table(result)}\n\n{PAGE_END}{tail}")
+
+
+def main(settings: BenchSettings, out: Optional[str] = None, page: Optional[str] = None,
+         from_json: Optional[str] = None) -> dict:
+    """Run the benchmark (or read a result saved before, `from_json`), print its tables, write the JSON
+    to `out` and the tables into `page`."""
+    result = json.loads(Path(from_json).read_text()) if from_json else run_benchmark(settings)
     print(format_table(result))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
+    if page:
+        source = out or from_json
+        if not source:
+            raise ValueError("--page needs --json FILE (or --from-json FILE): the page names the JSON its tables "
+                             "come from")
+        update_page(page, result, source)
+        print(f"wrote the tables into {page}")
     return result

@@ -389,6 +389,11 @@ def _add_bench(sub):
                    help="torch CPU threads (default: the cores the load average leaves free, at least 1)")
     p.add_argument("--quick", action="store_true", help="tiny preset, short runs: under a minute on a CPU")
     p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
+    p.add_argument("--page", default=None, metavar="MD",
+                   help="write the tables into this Markdown page, between the markers naming the JSON file "
+                        "(book/performance.md has them)")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="do not measure: print (and with --page, write) the tables of a saved result")
 
     def run(args):
         from .bench import BenchSettings, main
@@ -401,8 +406,9 @@ def _add_bench(sub):
         if args.moe_preset is not None:
             given["moe_preset"] = None if args.moe_preset == "none" else args.moe_preset
         if args.reps is not None:
-            given.update(train_reps=args.reps, decode_reps=args.reps, moe_reps=args.reps)
-        main(make(**{k: v for k, v in given.items() if v is not None or k == "moe_preset"}), out=args.json)
+            given.update(train_reps=args.reps, decode_reps=args.reps, moe_reps=args.reps, fast_path_reps=args.reps)
+        main(make(**{k: v for k, v in given.items() if v is not None or k == "moe_preset"}), out=args.json,
+             page=args.page, from_json=args.from_json)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
+
 
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight. No mean subtraction and no bias, unlike LayerNorm.
@@ -19,7 +21,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # the formula as written; the compiler fuses it
+        # the hand-written backward pays only when there is a backward pass; without one (generation),
+        # the plain formula skips the autograd.Function machinery, which costs more than it saves there
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if not (needs_grad and fast.use("rmsnorm")):
             return rms_norm_reference(x, self.weight, self.eps)
         return _RMSNormFunction.apply(x, self.weight, self.eps)
 

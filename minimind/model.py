@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast
 from .attention import Attention, KVCache, build_attention_mask
 from .config import MiniMindConfig
 from .layers import FeedForward, RMSNorm
@@ -147,10 +148,10 @@ class MiniMindForCausalLM(nn.Module):
                               past_key_values=past_key_values if use_cache else None, hidden_states=hidden)
 
     def _loss_from_hidden(self, logits_to_keep: int) -> bool:
-        """The chunked loss needs a plain output head (not a LoRA wrapper) and all positions; under
-        torch.compile the plain formula is left to the compiler to fuse."""
-        return (not logits_to_keep and type(self.lm_head) is nn.Linear and self.lm_head.bias is None
-                and not torch.compiler.is_compiling())
+        """The chunked loss (fast.py's "loss") needs a plain output head (not a LoRA wrapper) and all
+        positions."""
+        return (fast.use("loss") and not logits_to_keep and type(self.lm_head) is nn.Linear
+                and self.lm_head.bias is None)
 
     # -- generation (see generation.py) ----------------------------------------------------------
     @torch.no_grad()

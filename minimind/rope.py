@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from . import fast
+
 
 def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
     """The angular speed of each channel pair: theta^(-2i/d), fast for early pairs, slow for late ones."""
@@ -73,10 +75,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_
     unsqueeze_dim=2 takes x as (batch, seq, heads, head_dim) instead (the layout straight out of q_proj).
     """
     cos, sin = cos.unsqueeze(unsqueeze_dim).to(x.dtype), sin.unsqueeze(unsqueeze_dim).to(x.dtype)
-    if torch.compiler.is_compiling():  # the formula as written; the compiler fuses it
+    if not fast.use("rope"):
         return x * cos + rotate_half(x) * sin
     half = x.shape[-1] // 2  # cos and sin repeat their first half (rope_cos_sin), so half of each will do
-    return _Rotate.apply(x, cos[..., :half], sin[..., :half])
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rotate.apply(x, cos[..., :half], sin[..., :half])
+    return _Rotate.rotate(x, cos[..., :half], sin[..., :half], 1.0)  # no backward: no autograd.Function
 
 
 class _Rotate(torch.autograd.Function):

@@ -127,6 +127,50 @@ print(f"median {np.median(tps):,.0f} tokens/s on {pick_device(device)}; "
       f"a step is {batch_size} x {seq_len} = {batch_size * seq_len:,} tokens")
 
 # %% [markdown]
+# ## The loss without the logits
+# The output head turns every position into one score per vocabulary entry, so the logits of a batch are
+# a tokens x vocabulary tensor, and plain cross-entropy keeps a second one (its log-softmax) for the
+# backward pass. For a small model that is the largest thing a step writes. `minimind.loss` computes the
+# same loss a few hundred tokens at a time instead: each chunk's logits, softmax and gradient while the
+# chunk is still in the cache, multiplied straight into the gradients of the hidden states and of the
+# head. The model does this whenever it is given `labels`; `minimind.fast.plain("loss")` switches back to
+# the formula, which gives the same loss, so the two can be timed side by side (`book/performance.md`
+# measures every such fast path).
+
+# %%
+import contextlib
+import time
+
+from minimind import fast
+
+model = MiniMindForCausalLM.from_pretrained(run_dir / "pretrain", device=pick_device(device)).train()
+batch = torch.stack([windows[i]["input_ids"] for i in range(batch_size)]).to(model.device)
+print(f"logits of one batch: {batch.numel():,} positions x {model.config.vocab_size:,} entries = "
+      f"{batch.numel() * model.config.vocab_size * 4 / 2 ** 20:.0f} MB in float32")
+
+
+def train_step(plain):
+    with fast.plain("loss") if plain else contextlib.nullcontext():
+        start = time.perf_counter()
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return loss.item(), time.perf_counter() - start
+
+
+runs = {True: [], False: []}  # plain formula: True; chunked: False
+for rep in range(4):          # interleaved; the first round is a warm-up
+    for plain in (True, False):
+        loss, seconds = train_step(plain)
+        if rep:
+            runs[plain].append((loss, seconds))
+print(f"loss from the full logits {runs[True][0][0]:.4f}, chunked from the hidden states {runs[False][0][0]:.4f}")
+ms = {p: 1000 * float(np.median([sec for _, sec in r])) for p, r in runs.items()}
+print(f"forward + backward: {ms[True]:.0f} ms with the full logits, {ms[False]:.0f} ms chunked "
+      f"({ms[True] / ms[False]:.2f}x)")
+del model
+
+# %% [markdown]
 # ## Stop and resume
 # Long runs get interrupted. The checkpoint holds the model, the optimizer's moments, the schedule's
 # position, the random states and the data position, so a resumed run continues *exactly*: here a run

@@ -1,15 +1,18 @@
 """`minimind bench`: FLOPs counting, MFU arithmetic, and a run whose JSON has every field. Speed itself is
 measured by running the benchmark, never asserted here."""
+import itertools
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from minimind import MiniMindForCausalLM
-from minimind.bench import (PRETRAIN_HQ_TOKENS, BenchSettings, dense_twin, epoch_hours, flops_per_token,
-                            format_table, matmul_params_per_token, mfu, peak_flops, pretrain_projection,
-                            run_benchmark)
+from minimind.bench import (PAGE_BEGIN, PAGE_END, PRETRAIN_HQ_TOKENS, BenchSettings, dense_twin, epoch_hours,
+                            flops_per_token, format_table, interleaved, matmul_params_per_token, mfu, page_tables,
+                            peak_flops, pretrain_projection, run_benchmark, update_page)
 from minimind.cli import main as cli_main
 
 from conftest import small_config
@@ -88,6 +91,11 @@ def check_result(result, decode_batches):
     assert [r["batch_size"] for r in result["decoding"]] == list(decode_batches)
     for row in result["decoding"]:
         assert FIELDS_DECODE <= set(row) and row["same_tokens"] and row["ratio"] > 0
+    variants = [r["variant"] for r in result["fast_paths"]]
+    assert {"all on", "loss off", "rmsnorm off", "rope off", "all off"} <= set(variants)
+    for row in result["fast_paths"]:
+        assert row["tokens_per_s"] > 0 and row["speedup_of_all_on"] > 0
+        assert row["speedup_of_all_on"] == 1.0 or row["variant"] != "all on"
     assert result["moe"]["time_per_token_ratio"] > 0
     assert "hours" in result["projection"] and "seed_implied_mfu" in result["projection"]
     assert "| training |" in format_table(result)
@@ -95,7 +103,8 @@ def check_result(result, decode_batches):
 
 def test_run_benchmark_on_tiny_shapes():
     settings = BenchSettings(batch_size=2, seq_len=16, train_reps=1, decode_batches=(1, 2), prompt_len=4,
-                             new_tokens=4, decode_reps=1, moe_reps=1, device="cpu", quick=True)
+                             new_tokens=4, decode_reps=1, moe_reps=1, fast_path_reps=1, min_sample_s=0.0, device="cpu",
+                             quick=True)
     result = run_benchmark(settings, configs={"small": small_config()}, moe_config=small_config(**MOE),
                            log=lambda _: None)
     check_result(result, (1, 2))
@@ -110,3 +119,52 @@ def test_bench_quick_cli_writes_json(tmp_path, capsys):
     check_result(result, (1, 8))
     assert result["settings"]["quick"] and [r["preset"] for r in result["training"]] == ["tiny"]
     assert "| decoding |" in capsys.readouterr().out
+
+
+def test_tables_go_into_a_page_between_markers(tmp_path):
+    settings = BenchSettings(batch_size=2, seq_len=8, train_reps=1, decode_batches=(1,), prompt_len=4, new_tokens=2,
+                             decode_reps=1, moe_reps=1, fast_path_reps=1, fast_path_prompt_fractions=(0.5,),
+                             min_sample_s=0.0, device="cpu", quick=True)
+    result = run_benchmark(settings, configs={"small": small_config()}, moe_config=small_config(**MOE),
+                           log=lambda _: None)
+    page = tmp_path / "perf.md"
+    page.write_text("# Perf\n\nbefore\n\n" + PAGE_BEGIN.format(json="r.json") + "\nold\n" + PAGE_END + "\n\nafter\n")
+    update_page(page, result, "r.json")
+    text = page.read_text()
+    assert page_tables(text, "r.json") == format_table(result)
+    assert text.startswith("# Perf\n\nbefore") and text.endswith("after\n") and "old" not in text
+    with pytest.raises(ValueError, match="no block for other.json"):
+        update_page(page, result, "other.json")
+
+
+def test_the_book_shows_the_tables_of_its_json():
+    """book/performance.md's tables are the committed JSON results, as `minimind bench --page` wrote them."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "book" / "performance.md").read_text()
+    names = re.findall(re.escape(PAGE_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
+    assert "book/performance_cpu.json" in names
+    for name in names:
+        result = json.loads((root / name).read_text())
+        assert page_tables(text, name) == format_table(result), f"rerun: minimind bench --from-json {name} --page book/performance.md"
+
+
+def test_interleaved_samples_the_same_number_of_calls_for_every_side():
+    import time
+    calls = {"a": 0, "b": 0}
+    order = []
+
+    def make(name, seconds):
+        def fn():
+            calls[name] += 1
+            order.append(name)
+            time.sleep(seconds)
+        return fn
+
+    times = interleaved({"a": make("a", 0.002), "b": make("b", 0.004)}, reps=4, device=torch.device("cpu"),
+                        settle=True, min_sample_s=0.01)
+    assert len(times["a"]) == len(times["b"]) == 4
+    assert calls["a"] == calls["b"] > 4 * 2  # several calls per sample, a settling call before each
+    assert min(times["a"]) >= 0.002 and min(times["b"]) >= 0.004  # seconds per call, not per sample
+    # the second round runs b first: after the warm-up (a, b) and round one (a..., b...), b runs twice as long
+    runs = [len(list(group)) for _, group in itertools.groupby(order[2:])]
+    assert runs[1] == 2 * runs[0]

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_model, small_config
+from minimind import fast
 from minimind.layers import RMSNorm, rms_norm_reference
 from minimind.loss import chunk_rows, linear_cross_entropy
 from minimind.rope import apply_rope, rope_cos_sin, rope_inv_freq, rotate_half
@@ -138,3 +139,21 @@ def test_rope_fast_rotation_equals_the_formula_and_its_backward(unsqueeze_dim):
     # a non-contiguous input (heads moved) rotates the same
     xt = x.detach().transpose(1, 2).contiguous().transpose(1, 2)
     torch.testing.assert_close(apply_rope(xt, cos, sin, unsqueeze_dim), formula.detach())
+
+
+def test_fast_paths_switch_off_and_back():
+    config = small_config()
+    model = random_model(config).train()
+    x = torch.randint(3, config.vocab_size, (2, 12))
+    fast_loss = model(x, labels=x).loss
+    with fast.plain():
+        assert not any(fast.FAST_PATHS.values())
+        out = model(x, labels=x)
+        assert out._logits is not None  # the plain formula builds the logits
+    with fast.plain("rope"):
+        assert fast.FAST_PATHS == {"loss": True, "rmsnorm": True, "rope": False}
+    assert all(fast.FAST_PATHS.values())
+    assert out.loss.item() == pytest.approx(fast_loss.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unknown fast path"):
+        with fast.plain("rmsnorn"):
+            pass
