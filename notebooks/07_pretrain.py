@@ -134,8 +134,11 @@ print(f"median {np.median(tps):,.0f} tokens/s on {pick_device(device)}; "
 # same loss a few hundred tokens at a time instead: each chunk's logits, softmax and gradient while the
 # chunk is still in the cache, multiplied straight into the gradients of the hidden states and of the
 # head. The model does this whenever it is given `labels`; `minimind.fast.plain("loss")` switches back to
-# the formula, which gives the same loss, so the two can be timed side by side (`book/performance.md`
-# measures every such fast path).
+# the formula, which gives the same loss, so the two can be timed side by side. What it saves depends on
+# how large the logits are next to everything else a step computes: with the course tokenizer's small
+# vocabulary they are a small part, so expect little here; with MiniMind's 6,400-entry vocabulary and the
+# tiny preset they are the largest tensor of the step, and in SFT, where the prompt's positions are
+# skipped altogether, the saving grows further (`book/performance.md` measures it for every fast path).
 
 # %%
 import contextlib

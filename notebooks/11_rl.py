@@ -251,14 +251,14 @@ for name in algorithms:
 # already earns *sometimes* on *each* prompt is where RL pays off quickly: it sharpens what the model
 # can already do, rather than teaching it something new.
 #
-# The KL curves tell the algorithms apart at the same learning rate. PPO whitens its per-token advantages
-# and takes two optimizer steps per rollout, so it moves furthest from the reference, and a drift that
-# buys no reward breaks answers it had right. GRPO's advantages are zero-mean within each group and a
-# group that is all right or all wrong contributes nothing, so it moves least. SPO sits in between: every
-# response has a non-zero advantage against the global baseline, including the solved fact questions
-# (pushed up, although there is nothing left to gain) and the sums it gets wrong (pushed down, towards
-# anything else); per-prompt trackers (`spo_baseline="per_prompt"`) would quiet both, once each prompt
-# has been seen a few times.
+# The KL values (printed with the rewards above) tell the algorithms apart at the same learning rate.
+# GRPO's advantages are zero-mean within each group, and a group that is all right or all wrong
+# contributes nothing, so it moves least from the reference. PPO whitens its per-token advantages and
+# takes two optimizer steps per rollout; SPO gives every response a non-zero advantage against the
+# global baseline, including the solved fact questions (pushed up, although there is nothing left to
+# gain) and the sums it gets wrong (pushed down, towards anything else). Both drift further, and a drift
+# that buys no reward breaks answers that were right. Per-prompt trackers (`spo_baseline="per_prompt"`)
+# would quiet SPO's pushes once each prompt has been seen a few times.
 
 # %%
 sums = [r for r in val_records if is_sum(r["conversations"][-1]["content"])]
