@@ -75,12 +75,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_
     unsqueeze_dim=2 takes x as (batch, seq, heads, head_dim) instead (the layout straight out of q_proj).
     """
     cos, sin = cos.unsqueeze(unsqueeze_dim).to(x.dtype), sin.unsqueeze(unsqueeze_dim).to(x.dtype)
-    if not fast.use("rope"):
+    # the fast rotation pays in training, where its backward pass saves the most; without a backward pass
+    # (generation, evaluation) the formula is as fast and rounds exactly as transformers' Llama does
+    if not (fast.use("rope") and torch.is_grad_enabled() and x.requires_grad):
         return x * cos + rotate_half(x) * sin
     half = x.shape[-1] // 2  # cos and sin repeat their first half (rope_cos_sin), so half of each will do
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _Rotate.apply(x, cos[..., :half], sin[..., :half])
-    return _Rotate.rotate(x, cos[..., :half], sin[..., :half], 1.0)  # no backward: no autograd.Function
+    return _Rotate.apply(x, cos[..., :half], sin[..., :half])
 
 
 class _Rotate(torch.autograd.Function):
