@@ -418,6 +418,8 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
                "transformers_mfu": mfu(res["transformers"]["tokens_per_s"], fpt, peak),
                "ours_times_s": res["ours"]["times_s"], "transformers_times_s": res["transformers"]["times_s"]}
         result["training"].append(row)
+        # training moved both models, each by its own float rounding: decode from identical weights again
+        ours, theirs = twin_models(config, device)
         if on_gpu and amp_dtype is not None:  # decode in the autocast dtype, weights cast
             ours.to(amp_dtype), theirs.to(amp_dtype)
         for b in settings.decode_batches:
