@@ -212,10 +212,12 @@ def twin_models(config: MiniMindConfig, device, seed: int = 0):
     return ours.to(device), theirs.to(device)
 
 
-def _train_step(net, model, x, optimizer, amp_dtype, device):
+def _train_step(net, model, x, optimizer, amp_dtype, device, labels=None):
+    labels = x if labels is None else labels
+
     def step():
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = net(input_ids=x, labels=x).loss
+            loss = net(input_ids=x, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -278,18 +280,11 @@ def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps
     from . import fast
     torch.manual_seed(0)
     model = MiniMindForCausalLM(config).to(device).train()
-    optimizer = _optimizer(model, device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(3, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
     labels = x.clone()
     labels[:, :int(seq_len * prompt_fraction)] = -100
-
-    def step():
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = model(x, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = _train_step(model, model, x, _optimizer(model, device), amp_dtype, device, labels=labels)
 
     def without(*names):
         def run():

@@ -134,23 +134,19 @@ class DPOStage(Stage):
                       "logp_chosen": policy_chosen.detach().mean(), "logp_rejected": policy_rejected.detach().mean()}
 
 
-@torch.no_grad()
 def preference_accuracy(model, reference, items, beta: float = 0.1, batch_size: int = 16,
                         average_logprobs: bool = False) -> dict:
     """Implicit-reward accuracy and mean margin of `model` against `reference` over preference items
     (held-out pairs, say): the number chapter 10 reports before and after DPO."""
-    device = next(model.parameters()).device
-    model.eval()
-    margins = []
-    for start in range(0, len(items), batch_size):
-        batch = preference_collate(items[start:start + batch_size])
-        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-        pc, pr = sequence_logprobs(model(ids).logits, labels, average_logprobs).chunk(2)
-        rc, rr = sequence_logprobs(reference(ids).logits, labels, average_logprobs).chunk(2)
-        margins.append(beta * ((pc - rc) - (pr - rr)))
-    margins = torch.cat(margins)
+    margins = implicit_margins(pair_logprobs(model, items, batch_size, average_logprobs),
+                               pair_logprobs(reference, items, batch_size, average_logprobs), beta)
     return {"accuracy": (margins > 0).float().mean().item(), "margin": margins.mean().item(), "pairs": len(margins)}
 
+
+def implicit_margins(policy, reference, beta: float) -> torch.Tensor:
+    """beta * ((log p_c - log ref_c) - (log p_r - log ref_r)) from (chosen, rejected) log-prob pairs."""
+    (pc, pr), (rc, rr) = policy, reference
+    return beta * ((pc - rc) - (pr - rr))
 
 
 @torch.no_grad()
@@ -174,11 +170,10 @@ def pair_logprobs(model, items, batch_size: int = 16, average_logprobs: bool = F
 def preference_callback(reference, items, beta: float = 0.1, average_logprobs: bool = False):
     """A train() callback: held-out preference accuracy and mean margin of the policy against `reference`
     (the SFT model) at every eval point, logged as val_reward_accuracy and val_reward_margin."""
-    ref_c, ref_r = pair_logprobs(reference, items, average_logprobs=average_logprobs)
+    ref = pair_logprobs(reference, items, average_logprobs=average_logprobs)
 
     def callback(step, model):
-        pc, pr = pair_logprobs(model, items, average_logprobs=average_logprobs)
-        margins = beta * ((pc - ref_c) - (pr - ref_r))
+        margins = implicit_margins(pair_logprobs(model, items, average_logprobs=average_logprobs), ref, beta)
         return {"val_reward_accuracy": (margins > 0).float().mean().item(),
                 "val_reward_margin": margins.mean().item()}
     return callback

@@ -121,7 +121,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     # no gradients wanted (evaluation): the same mean, chunk by chunk
     dtype = _compute_dtype(hidden.device, weight.dtype)
     acc = torch.promote_types(dtype, torch.float32)
-    total = sum(F.cross_entropy(F.linear(hidden[s:s + rows_per_chunk].to(dtype), weight.to(dtype)).to(acc),
-                                targets[s:s + rows_per_chunk], reduction="sum")
-                for s in range(0, hidden.shape[0], rows_per_chunk))
+    h, w = hidden.to(dtype), weight.to(dtype)  # cast once, not per chunk
+    total = sum(F.cross_entropy(F.linear(h[s:s + rows_per_chunk], w).to(acc), targets[s:s + rows_per_chunk],
+                                reduction="sum")
+                for s in range(0, h.shape[0], rows_per_chunk))
     return total / targets.shape[0]

@@ -131,19 +131,17 @@ class MiniMindForCausalLM(nn.Module):
         hidden = self.model(input_ids, attention_mask, position_ids, past_key_values)
         aux = self.aux_loss() if self.config.use_moe else None
         logits = loss = None
-        if labels is None:
-            logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+        # shift the labels, not the logits: position t is scored on token t+1, the last on nothing
+        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+        if targets is not None and self._loss_from_hidden(logits_to_keep):  # logits never built (loss.py)
+            loss = linear_cross_entropy(hidden, self.lm_head.weight, targets)
         else:
-            # shift the labels, not the logits: position t is scored on token t+1, the last on nothing
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            if self._loss_from_hidden(logits_to_keep):  # the logits are never built (loss.py)
-                loss = linear_cross_entropy(hidden, self.lm_head.weight, targets)
-            else:
-                logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+            logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+            if targets is not None:
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, -logits.shape[1]:].reshape(-1),
                                        ignore_index=-100)
-            if aux is not None and self.training:
-                loss = loss + aux
+        if loss is not None and aux is not None and self.training:
+            loss = loss + aux
         return CausalLMOutput(logits=logits, loss=loss, aux_loss=aux, head=self.lm_head,
                               past_key_values=past_key_values if use_cache else None, hidden_states=hidden)
 
