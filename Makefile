@@ -1,5 +1,5 @@
 # make course: set up, run every chapter with the tiny preset into runs/tiny/, and build the book.
-# make test:   set up, run the unit tests and the notebooks under nbval.
+# make test:   set up, check the style (ruff), run the unit tests and the notebooks under nbval.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: install
+	$(VENV)/bin/ruff check
 	$(PY) -m pytest
 
 test-fast: install  # unit tests only, no notebooks and no slow tests

@@ -18,7 +18,7 @@ def _add_course(sub):
     p.add_argument("--no-book", action="store_true", help="skip building the book")
 
     def run(args):
-        from .course import run_course
+        from .course.runner import run_course
         run_course(preset=args.preset, out=args.out, data=args.data, device=args.device, only=args.only,
                    build_book=not args.no_book)
     p.set_defaults(func=run)
@@ -35,7 +35,7 @@ def _add_export(sub):
                     help="CKPT is a LoRA run folder: merge the adapter into the base model it names, export that")
 
     def run(args):
-        from .export import export_hf
+        from .use.export import export_hf
         out = export_hf(args.ckpt, args.out, merge_lora=args.merge_lora)
         print(f"wrote {out}: open it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     hf.set_defaults(func=run)
@@ -51,7 +51,7 @@ def _add_export(sub):
                     help="CKPT is a LoRA run folder: merge the adapter into its base model first")
 
     def run_gguf(args):
-        from .gguf_export import export_gguf
+        from .use.gguf import export_gguf
         out = export_gguf(args.ckpt, args.out, dtype=args.dtype, name=args.name, merge_lora=args.merge_lora)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama-cli -m {out} -cnv, or see "
               "book/use.md for an ollama Modelfile")
@@ -63,9 +63,10 @@ def _add_info(sub):
     p.add_argument("what", nargs="?", default=None, help="preset name or checkpoint folder (default: all presets)")
 
     def run(args):
-        from .config import PRESETS, MiniMindConfig
-        from .model import MiniMindForCausalLM
         import torch
+
+        from .model.config import PRESETS, MiniMindConfig
+        from .model.transformer import MiniMindForCausalLM
         names = [args.what] if args.what else list(PRESETS)
         for name in names:
             config = (MiniMindConfig.from_preset(name) if name in PRESETS else MiniMindConfig.load(name))
@@ -80,11 +81,14 @@ def _add_info(sub):
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train one stage: pretrain sft lora dpo distill reason ppo grpo spo reward",
+    from .train.stages import STAGES  # the registry: every stage, its options and defaults
+    stages = "\n".join(f"  {name:9s} {cls.help}" for name, cls in STAGES.items())
+    p = sub.add_parser("train", help=f"train one stage: {' '.join(STAGES)}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train one stage into the run folder --out (a checkpoint: config.json, "
-                                   "model.safetensors, tokenizer, metrics.jsonl, resume/). Works the same "
-                                   "under `torchrun --nproc_per_node N` (DDP).")
-    p.add_argument("stage", help="pretrain | sft | lora | distill | reason | dpo | ppo | grpo | spo | reward")
+                                   "model.safetensors, tokenizer,\nmetrics.jsonl, resume/). Works the same "
+                                   f"under `torchrun --nproc_per_node N` (DDP).\n\nstages:\n{stages}")
+    p.add_argument("stage", metavar="STAGE", help=" | ".join(STAGES))
     p.add_argument("--preset", default="tiny", help="model preset for a fresh model (ignored with --init)")
     p.add_argument("--data", required=True, help="training JSONL in MiniMind's format for this stage")
     p.add_argument("--val-data", default=None, help="validation JSONL (val_loss every --eval-every steps)")
@@ -111,37 +115,25 @@ def _add_train(sub):
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--logger", default=None, help="wandb or swanlab, if installed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("stage options")
-    g.add_argument("--lora-rank", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16.0)
-    g.add_argument("--lora-targets", nargs="*", default=None, help="module names (default: attention and MLP)")
-    g.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the CE term")
-    g.add_argument("--temperature", type=float, default=1.0, help="distill: softmax temperature")
-    g.add_argument("--tag-weight", type=float, default=1.0, help="reason: loss weight of <think> tag tokens")
-    g.add_argument("--beta", type=float, default=None, help="dpo: preference temperature; grpo/spo: KL weight")
-    g.add_argument("--reward", default="rule", help="ppo/grpo/spo: rule | rule+format | a reward-model folder "
-                   "(the course's `train reward` output or a local transformers classifier)")
-    g.add_argument("--group-size", type=int, default=None, help="grpo: samples per prompt")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="ppo/grpo/spo: rollout length")
-    g.add_argument("--stage-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other stage option (e.g. beta=0.1 for dpo); repeatable")
+    by_name: dict = {}  # option name -> [(stage, Option)]: one flag for each, its help naming every stage
+    for stage_cls in STAGES.values():
+        for name, opt in stage_cls.options.items():
+            by_name.setdefault(name, []).append((stage_cls.name, opt))
+    g = p.add_argument_group("stage options (each stage takes its own; unset ones keep the stage's default)")
+    for name, uses in by_name.items():
+        helps = dict.fromkeys(o.help + ("" if o.default is None else f" (default {o.default})") for _, o in uses)
+        opt = uses[0][1]
+        kind = opt.type or (type(opt.default) if opt.default is not None else str)
+        if kind is bool:
+            kind = lambda v: v.lower() in ("1", "true", "yes")  # noqa: E731
+        g.add_argument("--" + name.replace("_", "-"), dest=f"stage__{name}", type=kind, nargs=opt.nargs,
+                       default=None, metavar=name.upper(),
+                       help="; ".join(helps) + f" [{', '.join(s for s, _ in uses)}]")
 
     def run(args):
-        from .pipeline import train_stage
-        stage_kwargs = dict(lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
-                            alpha=args.alpha, temperature=args.temperature, tag_weight=args.tag_weight,
-                            reward=args.reward)
-        for name in ("beta", "group_size", "max_new_tokens"):
-            if getattr(args, name) is not None:
-                stage_kwargs[name] = getattr(args, name)
-        for item in args.stage_option:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--stage-option {item!r}: write KEY=VALUE")
-            try:  # numbers, booleans and null as JSON; anything else as a string
-                stage_kwargs[key] = json.loads(value)
-            except ValueError:
-                stage_kwargs[key] = value
+        from .train import train_stage
+        stage_kwargs = {k[len("stage__"):]: v for k, v in vars(args).items()
+                        if k.startswith("stage__") and v is not None}
         train_args = dict(max_steps=args.max_steps, epochs=args.epochs, max_time=args.max_time,
                           grad_accum=args.grad_accum, dtype=args.dtype, compile=args.compile,
                           save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every,
@@ -172,7 +164,8 @@ def _add_data(sub):
     def run_course(args):
         import json
         import time
-        from .corpus import ensure_course_tokenizer, write_course_corpus
+
+        from .data.corpus import ensure_course_tokenizer, write_course_corpus
         start = time.perf_counter()
         paths = write_course_corpus(args.out, seed=args.seed, size=args.size)
         lines = json.loads(paths["manifest"].read_text())["lines"]
@@ -194,7 +187,7 @@ def _add_data(sub):
     d.add_argument("--list", action="store_true", help="list the datasets and exit")
 
     def run_download(args):
-        from .download import DATASETS, REPO_ID, download_dataset
+        from .data.download import DATASETS, REPO_ID, download_dataset
         if args.list or not args.name:
             for name, (file, kind, what) in DATASETS.items():
                 print(f"{name:14s} {file:22s} {kind:9s} {what}")
@@ -212,7 +205,7 @@ def _add_data(sub):
     k.add_argument("--skip-bad", action="store_true", help="count and list bad lines instead of stopping")
 
     def run_check(args):
-        from .data import check_file
+        from .data.datasets import check_file
         summary = check_file(args.file, args.kind, skip_bad=args.skip_bad)
         for line, problem in summary["bad_lines"]:
             print(f"{args.file}:{line}: {problem}")
@@ -238,8 +231,9 @@ def _add_tokenizer(sub):
     def run(args):
         import itertools
         import time
-        from .data import iter_texts
-        from .tokenizer import bytes_per_token, train_tokenizer
+
+        from .data.datasets import iter_texts
+        from .data.tokenizer import bytes_per_token, train_tokenizer
         held: list = []
 
         def training_texts():
@@ -276,9 +270,9 @@ def _add_chat(sub):
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
 
     def run(args):
-        from .chat import terminal_chat
         from .model import load_checkpoint
-        from .runtime import pick_device
+        from .train.runtime import pick_device
+        from .use.chat import terminal_chat
         model, tok = load_checkpoint(args.ckpt, device=pick_device(args.device))
         terminal_chat(model, tok, show_thinking=not args.hide_thinking, system=args.system,
                       enable_thinking={"auto": None, "on": True, "off": False}[args.think],
@@ -300,7 +294,7 @@ def _add_serve(sub):
     p.add_argument("--quiet", action="store_true", help="do not log requests")
 
     def run(args):
-        from .serve import serve
+        from .use.serve import serve
         serve(args.ckpt, host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
               device=args.device, verbose=not args.quiet)
     p.set_defaults(func=run)
@@ -329,9 +323,10 @@ def _add_eval(sub):
 
     def run(args):
         import json
-        from . import eval as ev
+
         from .model import load_checkpoint
-        from .runtime import pick_device
+        from .train.runtime import pick_device
+        from .use import eval as ev
         if not (args.ppl or args.mc or args.short or args.course):
             raise ValueError("nothing to evaluate: give --ppl FILE, --mc FILE, --short FILE or --course EVAL_JSONL")
         model, tok = load_checkpoint(args.ckpt, device=pick_device(args.device))
@@ -396,7 +391,7 @@ def _add_bench(sub):
                    help="do not measure: print (and with --page, write) the tables of a saved result")
 
     def run(args):
-        from .bench import BenchSettings, main
+        from .use.bench import BenchSettings, main
         make = BenchSettings.quick_settings if args.quick else BenchSettings
         given = {"presets": tuple(args.presets) if args.presets else None, "device": args.device,
                  "dtype": args.dtype, "compile": args.compile, "batch_size": args.batch_size,

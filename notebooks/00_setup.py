@@ -47,8 +47,8 @@ import torch
 
 import minimind
 from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
-from minimind.report import record, runs_dir
-from minimind.runtime import environment, pick_device
+from minimind.course import record, runs_dir
+from minimind.train.runtime import environment, pick_device
 
 run_dir = runs_dir(preset, out_dir)
 dev = pick_device(device)

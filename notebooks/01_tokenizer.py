@@ -46,10 +46,11 @@ import time
 import matplotlib.pyplot as plt
 from IPython.display import HTML, display
 
-from minimind.corpus import course_tokenizer_texts, ensure_course_data
+from minimind.course import record, runs_dir
 from minimind.data import iter_texts
-from minimind.report import find_root, record, runs_dir
-from minimind.tokenizer import bytes_per_token, train_tokenizer, tokens_html
+from minimind.data.corpus import course_tokenizer_texts, ensure_course_data
+from minimind.data.files import find_root
+from minimind.data.tokenizer import bytes_per_token, tokens_html, train_tokenizer
 
 run_dir = runs_dir(preset, out_dir)
 start = time.perf_counter()
@@ -59,7 +60,7 @@ print(f"course corpus ready in {corpus_seconds:.1f} s")
 
 # %%
 if data == "minimind":  # MiniMind's real pretraining text (about 1.6 GB): downloaded once, then cached
-    from minimind.download import download_dataset
+    from minimind.data.download import download_dataset
     source = [download_dataset("pretrain_hq", find_root() / "data" / "minimind")]
 else:
     source = course_tokenizer_texts(paths)

@@ -47,11 +47,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import HTML, display
 
-from minimind.corpus import ensure_course_data, write_course_corpus
+from minimind.course import record, runs_dir
 from minimind.data import (DPODataset, PretrainDataset, RLPromptDataset, SFTDataset, check_file, pad_collate,
                            read_jsonl, tokenize_pretrain)
-from minimind.report import find_root, record, runs_dir
-from minimind.tokenizer import MiniMindTokenizer, tokens_html
+from minimind.data.corpus import ensure_course_data, write_course_corpus
+from minimind.data.files import find_root
+from minimind.data.tokenizer import MiniMindTokenizer, tokens_html
 
 run_dir = runs_dir(preset, out_dir)
 
@@ -124,7 +125,7 @@ for name in ["pretrain", "sft", "lora", "reason", "dpo", "rl", "eval"]:
     print(f"{name + '.jsonl':14s} {line[:300]}{' ...' if len(line) > 300 else ''}")
 
 # %%
-from minimind.download import DATASETS
+from minimind.data.download import DATASETS
 
 kinds = {file: kind for file, kind, _ in DATASETS.values()}
 for file in sorted((find_root() / "data" / "fixtures").glob("*.jsonl")):

@@ -43,11 +43,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from minimind.attention import Attention, attention_weights, explicit_attention, repeat_kv
-from minimind.report import record, runs_dir
-from minimind.rope import apply_rope, rope_cos_sin, rope_inv_freq
-from minimind.runtime import pick_device
+from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
+from minimind.course import record, runs_dir
+from minimind.model.attention import Attention, attention_weights, explicit_attention, repeat_kv
+from minimind.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from minimind.train.runtime import pick_device
 
 run_dir = runs_dir(preset, out_dir)
 dev = pick_device(device)
@@ -299,7 +299,7 @@ print(f"copy-task loss after {steps} steps: {toy_loss:.3f} (chance, 61 possible 
 
 # %% [markdown]
 # Now a sentence, repeated, with each word standing for one token. `attention_weights` (in
-# `minimind.attention`) runs the model once and returns the softmax weights of every layer and head,
+# `minimind.model.attention`) runs the model once and returns the softmax weights of every layer and head,
 # shape (layers, batch, heads, query, key). Row $i$ of a heatmap is where token $i$ looks.
 
 # %%

@@ -39,9 +39,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.attention import explicit_attention
-from minimind.report import record, runs_dir
-from minimind.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq, yarn_inv_freq
+from minimind.course import record, runs_dir
+from minimind.model.attention import explicit_attention
+from minimind.model.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq, yarn_inv_freq
 
 run_dir = runs_dir(preset, out_dir)
 cfg = MiniMindConfig.from_preset(preset)

@@ -37,12 +37,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from minimind.anatomy import COMPONENTS, parameter_breakdown, plot_parameter_breakdown, scaled_config
-from minimind.layers import FeedForward, RMSNorm
-from minimind.report import record, runs_dir
-from minimind.rope import rope_cos_sin
-from minimind.runtime import pick_device
+from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
+from minimind.course import record, runs_dir
+from minimind.course.anatomy import COMPONENTS, parameter_breakdown, plot_parameter_breakdown, scaled_config
+from minimind.model.layers import FeedForward, RMSNorm
+from minimind.model.rope import rope_cos_sin
+from minimind.train.runtime import pick_device
 
 run_dir = runs_dir(preset, out_dir)
 dev = pick_device(device)
@@ -64,7 +64,7 @@ print(f"preset {preset}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layer
 # $$\mathrm{RMSNorm}(x) = \frac{x}{\sqrt{\tfrac{1}{d}\sum_j x_j^2 + \epsilon}}\, g .$$
 #
 # It is cheaper (one reduction instead of two) and trains as well. Below both are computed by hand on
-# token vectors whose mean is far from zero, and compared with `minimind.layers.RMSNorm` and PyTorch's
+# token vectors whose mean is far from zero, and compared with `minimind.model.layers.RMSNorm` and PyTorch's
 # LayerNorm. The difference shows in the outputs: LayerNorm removes the mean, RMSNorm keeps the
 # direction of the vector and only fixes its length (every output has a root mean square of 1).
 
@@ -75,7 +75,7 @@ d, eps = cfg.hidden_size, cfg.rms_norm_eps
 x = torch.randn(3, d) + 2.0                     # three token vectors, mean about 2
 rms_by_hand = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
 ln_by_hand = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
-print("RMSNorm by hand equals minimind.layers.RMSNorm:", torch.allclose(rms_by_hand, RMSNorm(d, eps)(x), atol=1e-6))
+print("RMSNorm by hand equals minimind.model.layers.RMSNorm:", torch.allclose(rms_by_hand, RMSNorm(d, eps)(x), atol=1e-6))
 print("LayerNorm by hand equals F.layer_norm:         ", torch.allclose(ln_by_hand, F.layer_norm(x, (d,), eps=eps), atol=1e-5))
 for name, y in (("input", x), ("RMSNorm", rms_by_hand), ("LayerNorm", ln_by_hand)):
     mean, rms = y.mean().item(), y.pow(2).mean().sqrt().item()
@@ -105,7 +105,7 @@ ffn = FeedForward(cfg.hidden_size, cfg.intermediate_size)
 x = torch.randn(2, 5, cfg.hidden_size)
 gate = x @ ffn.gate_proj.weight.T
 by_hand = (gate * torch.sigmoid(gate) * (x @ ffn.up_proj.weight.T)) @ ffn.down_proj.weight.T
-print("SwiGLU by hand equals minimind.layers.FeedForward:", torch.allclose(by_hand, ffn(x), atol=1e-6))
+print("SwiGLU by hand equals minimind.model.layers.FeedForward:", torch.allclose(by_hand, ffn(x), atol=1e-6))
 print(f"\n{'preset':16s} {'hidden':>6s} {'8/3 hidden':>10s} {'width':>6s} {'3*d*w / 8d^2':>13s}")
 for name in PRESETS:
     c = MiniMindConfig.from_preset(name)
@@ -179,7 +179,7 @@ print("lm_head is the embedding matrix:", model.lm_head.weight is model.model.em
 # | MLP | $3 d w$ |
 # | norms | $2d$ per layer $+\; d$ for the final norm |
 #
-# `minimind.anatomy.parameter_breakdown` does not use these formulas: it builds the model on PyTorch's
+# `minimind.course.anatomy.parameter_breakdown` does not use these formulas: it builds the model on PyTorch's
 # `meta` device (shapes only, no memory, so even the 145M preset costs nothing) and adds up the
 # parameters by name. The unit tests check that both agree; here are the four presets.
 
@@ -257,7 +257,7 @@ print(f"ln(vocab) + s^2/2   {math.log(cfg.vocab_size) + spread ** 2 / 2:.2f}   (
 
 # %% [markdown]
 # ## The same model in transformers
-# `minimind.export.export_hf` writes a folder with a Llama `config.json` and the weights under their
+# `minimind.use.export.export_hf` writes a folder with a Llama `config.json` and the weights under their
 # (already Llama) names. transformers' `AutoModelForCausalLM` opens it without any MiniMind code, as a
 # `LlamaForCausalLM` (the MoE preset becomes a `Qwen2MoeForCausalLM`, see chapter 06), and on the same
 # ids it computes the same logits, up to float rounding. Same numbers, two independent implementations:
@@ -267,7 +267,7 @@ print(f"ln(vocab) + s^2/2   {math.log(cfg.vocab_size) + spread ** 2 / 2:.2f}   (
 # NBVAL_CHECK_OUTPUT
 import transformers
 
-from minimind.export import export_hf
+from minimind.use.export import export_hf
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()

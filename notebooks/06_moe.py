@@ -22,7 +22,7 @@
 # MiniMind2-MoE has one **shared** expert that every token uses and four **routed** experts, of which
 # each token uses two (top-2).
 #
-# This chapter takes the MoE layer (`minimind.moe.MoEFeedForward`) apart: the router, the shared
+# This chapter takes the MoE layer (`minimind.model.moe.MoEFeedForward`) apart: the router, the shared
 # expert, how tokens are dispatched, the load-balancing loss that keeps the router honest, what it
 # costs, a picture of the routing in a small trained model, and the export to transformers'
 # `Qwen2MoeForCausalLM`. The models here are toys (a few seconds of CPU each, whatever the preset); the
@@ -42,11 +42,11 @@ import tempfile
 import matplotlib.pyplot as plt
 import torch
 
-from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from minimind.anatomy import (active_parameters, balance_demo, expert_load, parameter_breakdown, plot_balance,
-                              plot_routing, route, router_logits, toy_text)
-from minimind.moe import MoEFeedForward, load_balancing_loss
-from minimind.report import record, runs_dir
+from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
+from minimind.course import record, runs_dir
+from minimind.course.anatomy import (active_parameters, balance_demo, expert_load, parameter_breakdown,
+                                     plot_balance, plot_routing, route, router_logits, toy_text)
+from minimind.model.moe import MoEFeedForward, load_balancing_loss
 
 run_dir = runs_dir(preset, out_dir)
 torch.set_num_threads(1)  # the toy models' matrices are so small that extra threads cost more than they save
@@ -261,7 +261,7 @@ widgets.interact(show_routing, layer=widgets.IntSlider(value=1, min=0, max=len(l
 #
 # $$y = \sum_{i \in \text{top-}k} w_i E_i(x) + \sigma(g \cdot x)\, S(x),$$
 #
-# while MiniMind adds $S(x)$ ungated. `minimind.export` bridges the gap without touching transformers:
+# while MiniMind adds $S(x)$ ungated. `minimind.use.export` bridges the gap without touching transformers:
 # it sets the gate's weights $g$ to zero, so $\sigma(0) = 0.5$ for every token, and doubles the shared
 # expert's `down_proj` (its last, linear step), so that $0.5 \cdot 2S(x) = S(x)$. Both factors are powers
 # of two, so the floating-point results are exact, not approximately equal. (Several shared experts
@@ -273,7 +273,7 @@ widgets.interact(show_routing, layer=widgets.IntSlider(value=1, min=0, max=len(l
 import transformers
 from safetensors.torch import load_file
 
-from minimind.export import export_hf
+from minimind.use.export import export_hf
 
 transformers.logging.set_verbosity_error()
 transformers.logging.disable_progress_bar()

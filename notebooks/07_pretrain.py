@@ -39,12 +39,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from minimind import MiniMindForCausalLM
-from minimind.data import PretrainDataset
-from minimind.pipeline import data_paths, load_tokenizer, sample_callback, token_file_for, train_stage
-from minimind.plots import plot_metrics
-from minimind.report import record, runs_dir
-from minimind.runtime import pick_device
-from minimind.train import read_metrics
+from minimind.course import data_paths, record, runs_dir, sample_callback
+from minimind.course.plots import plot_metrics
+from minimind.data import PretrainDataset, token_file_for, tokenize_pretrain
+from minimind.train import TrainArgs, build_model, load_tokenizer, lr_at, read_metrics, train_stage
+from minimind.train.runtime import pick_device
 
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
@@ -58,8 +57,6 @@ tokenizer = load_tokenizer(paths["tokenizer"])
 # window is a real training target.
 
 # %%
-from minimind.data import tokenize_pretrain
-
 bin_path = token_file_for(paths["pretrain"], tokenizer)
 if not bin_path.exists():
     tokenize_pretrain(paths["pretrain"], tokenizer, bin_path)
@@ -82,10 +79,58 @@ print(f"uniform guess  ln(vocab) = {np.log(tokenizer.vocab_size):.2f} nats")
 print(f"unigram baseline         = {unigram_loss:.2f} nats")
 
 # %% [markdown]
+# ## One training step, written out
+# Here is all of training, for a few steps. A batch is `batch_size` windows in a shuffled order. The
+# forward pass returns the loss (the model shifts the labels by one: position t is scored on token t+1);
+# the backward pass fills every weight's `.grad`; the gradients are clipped to a total norm of 1 (one
+# unlucky batch cannot throw the weights far); AdamW takes a step at the learning rate that the schedule
+# gives for this step (a linear warmup, then a cosine decay); and the gradients are cleared for the next
+# batch. Weight decay applies to the matrices only, not to the norms' 1-D gains.
+
+# %%
+demo_steps, demo_batch = 8, 4
+args = TrainArgs(max_steps=demo_steps, batch_size=demo_batch, lr=lr, warmup_steps=2, device="cpu")
+torch.manual_seed(args.seed)
+model = build_model(preset, tokenizer)                     # fresh random weights of the preset
+matrices = [p for p in model.parameters() if p.dim() >= 2]
+gains = [p for p in model.parameters() if p.dim() < 2]
+optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": args.weight_decay},
+                               {"params": gains, "weight_decay": 0.0}], betas=args.betas, fused=True)
+order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(args.seed))
+by_hand = []
+for step in range(demo_steps):
+    rows = order[step * demo_batch:(step + 1) * demo_batch]
+    batch = torch.stack([windows[int(i)]["input_ids"] for i in rows])  # (B, T) token ids
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, demo_steps, args)        # warmup, then cosine decay
+    loss = model(batch, labels=batch).loss                 # forward: next-token cross-entropy
+    loss.backward()                                        # backward: a .grad on every weight
+    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()                                       # AdamW update
+    optimizer.zero_grad(set_to_none=True)
+    by_hand.append(loss.item())
+    print(f"step {step + 1}: loss {loss.item():.4f}  lr {optimizer.param_groups[0]['lr']:.2e}")
+
+# %% [markdown]
+# The package's loop does exactly this, and adds what a long run needs around it: gradient accumulation,
+# mixed precision, `torch.compile`, several processes, logging, evaluation, checkpoints and resumption.
+# Given the same seed it builds the same model, shuffles the same way and takes the same steps, so the
+# two agree on every step:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+loop = train_stage("pretrain", run_dir / "step_demo", data=paths["pretrain"], tokenizer=tokenizer, preset=preset,
+                   seq_len=seq_len, device="cpu", progress=False, log_every=1, max_steps=demo_steps,
+                   batch_size=demo_batch, lr=lr, warmup_steps=2)
+by_loop = [m["loss"] for m in read_metrics(run_dir / "step_demo")]
+print("the loop's losses equal the hand-written step's:", np.allclose(by_hand, by_loop, rtol=1e-5, atol=1e-6))
+del model, optimizer, loop
+
+# %% [markdown]
 # ## Train
-# The loop (`minimind.train.train`) is the one every later stage uses: AdamW, warmup then cosine decay,
-# gradient clipping, a checkpoint written atomically at the end. Every `eval_every` steps it measures the
-# loss on held-out text and lets a callback write a few samples, so we can watch the model learn.
+# The loop (`minimind.train.train`) is the one every later stage uses. Every `eval_every` steps it
+# measures the loss on held-out text and lets a callback write a few samples, so we can watch the model
+# learn.
 
 # %%
 prompts = ["Rusar lives in", "If you add 4 and 9, you get", "One autumn afternoon,"]
@@ -130,21 +175,21 @@ print(f"median {np.median(tps):,.0f} tokens/s on {pick_device(device)}; "
 # ## The loss without the logits
 # The output head turns every position into one score per vocabulary entry, so the logits of a batch are
 # a tokens x vocabulary tensor, and plain cross-entropy keeps a second one (its log-softmax) for the
-# backward pass. For a small model that is the largest thing a step writes. `minimind.loss` computes the
+# backward pass. For a small model that is the largest thing a step writes. `minimind.model.loss` computes the
 # same loss a few hundred tokens at a time instead: each chunk's logits, softmax and gradient while the
 # chunk is still in the cache, multiplied straight into the gradients of the hidden states and of the
-# head. The model does this whenever it is given `labels`; `minimind.fast.plain("loss")` switches back to
+# head. The model does this whenever it is given `labels`; `minimind.model.fast.plain("loss")` switches back to
 # the formula, which gives the same loss, so the two can be timed side by side. What it saves depends on
 # how large the logits are next to everything else a step computes: with the course tokenizer's small
 # vocabulary they are a small part, so expect little here; with MiniMind's 6,400-entry vocabulary and the
 # tiny preset they are the largest tensor of the step, and in SFT, where the prompt's positions are
-# skipped altogether, the saving grows further (`book/performance.md` measures it for every fast path).
+# skipped altogether, the saving grows further (`book/performance.md` measures it).
 
 # %%
 import contextlib
 import time
 
-from minimind import fast
+from minimind.model import fast
 
 model = MiniMindForCausalLM.from_pretrained(run_dir / "pretrain", device=pick_device(device)).train()
 batch = torch.stack([windows[i]["input_ids"] for i in range(batch_size)]).to(model.device)

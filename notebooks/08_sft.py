@@ -38,11 +38,11 @@ import matplotlib.pyplot as plt
 import torch
 
 from minimind import MiniMindForCausalLM
+from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.plots import plot_metrics
 from minimind.data import SFTDataset, chat_labels, read_jsonl
-from minimind.eval import answer_matches, exact_match_accuracy
-from minimind.pipeline import data_paths, ensure_stage, load_tokenizer, train_stage
-from minimind.plots import plot_metrics
-from minimind.report import record, runs_dir
+from minimind.train import load_tokenizer, train_stage
+from minimind.use.eval import answer_matches, exact_match_accuracy
 
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
@@ -71,7 +71,7 @@ print(f"{sft_data.stats['target_tokens'] / sft_data.stats['tokens']:.0%} of the 
 # %% [markdown]
 # ## Before: the base model
 # Asked a question, the pretrained model has never seen the chat format. We grade answers with
-# `minimind.eval.answer_matches`: the normalised reply must contain the expected short answer.
+# `minimind.use.eval.answer_matches`: the normalised reply must contain the expected short answer.
 
 # %%
 evals = [r for r in read_jsonl(paths["eval"], "auto") if r["type"] == "short"] if data == "course" else []

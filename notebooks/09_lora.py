@@ -46,14 +46,14 @@ import matplotlib.pyplot as plt
 import torch
 
 from minimind import MiniMindForCausalLM
+from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.plots import plot_metrics
 from minimind.data import read_jsonl
-from minimind.eval import answer_matches, exact_match_accuracy
-from minimind.generation import generate_replies
-from minimind.lora import apply_lora, merge_lora
 from minimind.model import load_checkpoint
-from minimind.pipeline import data_paths, ensure_stage, load_tokenizer, train_stage
-from minimind.plots import plot_metrics
-from minimind.report import record, runs_dir
+from minimind.model.generation import generate_replies
+from minimind.model.lora import apply_lora, merge_lora
+from minimind.train import load_tokenizer, train_stage
+from minimind.use.eval import answer_matches, exact_match_accuracy
 
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)

@@ -27,7 +27,9 @@
 # $$\mathcal{L} = -\log\sigma\Big(\beta\big[(\log\pi(y_w|x) - \log\pi_\text{ref}(y_w|x)) - (\log\pi(y_l|x) - \log\pi_\text{ref}(y_l|x))\big]\Big).$$
 #
 # $\beta(\log\pi - \log\pi_\text{ref})$ is the **implicit reward** of an answer: how much likelier the policy
-# makes it than the reference did. This chapter trains `runs/<preset>/dpo` from chapter 08's SFT model.
+# makes it than the reference did. The reference is what keeps the policy from drifting anywhere else:
+# moving the probability of text that both answers share changes both terms alike and buys nothing.
+# This chapter trains `runs/<preset>/dpo` from chapter 08's SFT model.
 
 # %% tags=["parameters"]
 preset = "tiny"
@@ -49,12 +51,11 @@ import numpy as np
 import torch
 
 from minimind import MiniMindForCausalLM
+from minimind.align.dpo import dpo_loss, pair_logprobs, preference_accuracy, preference_callback, reply_side
+from minimind.course import data_paths, ensure_stage, record, runs_dir
 from minimind.data import DPODataset, read_jsonl
-from minimind.dpo import dpo_loss, pair_logprobs, preference_accuracy, preference_callback, reply_side
-from minimind.generation import generate_replies
-from minimind.pipeline import data_paths, ensure_stage, load_tokenizer, train_stage
-from minimind.report import record, runs_dir
-from minimind.train import read_metrics
+from minimind.model.generation import generate_replies
+from minimind.train import load_tokenizer, read_metrics, train_stage
 
 torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from threads
 run_dir = runs_dir(preset, out_dir)

@@ -58,14 +58,13 @@ import numpy as np
 import torch
 
 from minimind import MiniMindForCausalLM
+from minimind.align.reward import RuleReward
+from minimind.align.rl import grpo_advantages, spo_baseline_trace
+from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.plots import plot_runs_side_by_side
 from minimind.data import RLPromptDataset, read_jsonl
-from minimind.eval import rl_accuracy
-from minimind.pipeline import data_paths, ensure_stage, load_tokenizer, train_stage
-from minimind.plots import plot_runs_side_by_side
-from minimind.report import record, runs_dir
-from minimind.reward import RuleReward
-from minimind.rl import grpo_advantages, spo_baseline_trace
-from minimind.train import read_metrics
+from minimind.train import load_tokenizer, read_metrics, train_stage
+from minimind.use.eval import rl_accuracy
 
 torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from threads; rollouts are many tiny steps
 run_dir = runs_dir(preset, out_dir)
@@ -75,7 +74,7 @@ sft_dir = ensure_stage("sft", run_dir, paths, preset, device)  # chapter 08's mo
 
 # %% [markdown]
 # ## Prompts and the reward
-# Each RL record is a conversation plus a short `answer`. The rule reward (`minimind.reward.RuleReward`)
+# Each RL record is a conversation plus a short `answer`. The rule reward (`minimind.align.reward.RuleReward`)
 # gives 1 when the reply's final answer is right and 0 otherwise: for a number, the *last* number in the
 # reply must equal it (so "4 plus 3 is 5." earns nothing for 7, although it contains a 3); a word must
 # appear as a whole word. A reward anyone can check cannot be fooled the way a learned reward model can.
@@ -93,7 +92,7 @@ for reply, answer in [("4 plus 3 is 7.", "7"), ("4 plus 3 is 5.", "7"), ("3 plus
 
 # %% [markdown]
 # ## Before: the SFT model on held-out prompts
-# Greedy replies to the held-out prompts (`rl_val.jsonl`), graded by `minimind.eval.answer_matches`.
+# Greedy replies to the held-out prompts (`rl_val.jsonl`), graded by `minimind.use.eval.answer_matches`.
 # The prompts are of two kinds, facts about the course world and small sums, and we count them apart.
 
 # %%
@@ -125,7 +124,8 @@ for r in [r for r in before["rows"] if is_sum(r["question"])][:4]:
 # by a Beta tracker $(\alpha, \beta)$, $b = \alpha / (\alpha + \beta)$: each new reward decays the old
 # evidence by $\rho$ and is added in ($\alpha \leftarrow \rho\alpha + r$, $\beta \leftarrow \rho\beta + 1 - r$).
 # $\rho = 2^{-\text{KL}/D_{1/2}}$ is clipped to $[0.5, 0.96]$: the more the policy has changed since the tracker
-# last looked, the faster old evidence is forgotten.
+# last looked, the faster old evidence is forgotten. That is SPO's answer to its one weakness against GRPO:
+# a baseline built from history lags behind a policy that moves fast.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -176,7 +176,11 @@ plt.show()
 # Same SFT start, same prompts in the same order, same rule reward, same learning rate and the same
 # number of generated responses per step (`responses`): PPO and SPO answer that many prompts once each,
 # GRPO answers `responses // group_size` prompts `group_size` times each. PPO reuses each rollout for two
-# optimizer steps (its clipped ratio makes that safe) and trains a critic beside the policy.
+# optimizer steps and trains a critic beside the policy. Reuse is safe because of the clip: once a token's
+# probability has moved more than $\epsilon$ (0.2) away from the policy that sampled it, the clipped
+# ratio stops rewarding further moves in that direction, so a second pass over old samples cannot run
+# away with them. The rollouts are a visible step of the loop: each optimizer step first asks the stage
+# for its batches (`step_batches`), and an RL stage generates them there, before any backward pass.
 
 # %%
 has_answers = bool(val_records) and any(r.get("answer") for r in val_records)
@@ -263,8 +267,8 @@ for name in algorithms:
 # %%
 sums = [r for r in val_records if is_sum(r["conversations"][-1]["content"])]
 if sums:
-    from minimind.generation import generate_replies
-    from minimind.reward import answer_reward
+    from minimind.model.generation import generate_replies
+    from minimind.align.reward import answer_reward
     torch.manual_seed(0)
     k = 8
     samples = generate_replies(sft, tokenizer, [r["conversations"] for r in sums for _ in range(k)],

@@ -47,13 +47,13 @@ import matplotlib.pyplot as plt
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.plots import plot_metrics
 from minimind.data import SFTDataset, read_jsonl
-from minimind.eval import answer_matches, extract_numbers
-from minimind.generation import generate_replies
-from minimind.pipeline import data_paths, ensure_stage, load_tokenizer, train_stage
-from minimind.plots import plot_metrics
-from minimind.report import record, runs_dir
-from minimind.train import SFTStage, TrainArgs, evaluate
+from minimind.model.generation import generate_replies
+from minimind.train import TrainArgs, evaluate, load_tokenizer, train_stage
+from minimind.train.stages import SFTStage
+from minimind.use.eval import answer_matches, extract_numbers
 
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)

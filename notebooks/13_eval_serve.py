@@ -49,15 +49,16 @@ import numpy as np
 import torch
 from IPython.display import display
 
-from minimind.chat import ChatSession, chat_widget
-from minimind.eval import (evaluate_checkpoints, find_checkpoints, load_multiple_choice, load_short_answers,
-                           markdown_table, read_documents, score_question, yarn_length_curve)
+from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.plots import plot_checkpoints, plot_length_curve
+from minimind.course.report import MarkdownView, report_table, write_report_card
+from minimind.data.files import find_root
 from minimind.model import load_checkpoint
-from minimind.pipeline import data_paths, ensure_stage
-from minimind.plots import plot_checkpoints, plot_length_curve
-from minimind.report import MarkdownView, find_root, record, report_table, runs_dir, write_report_card
-from minimind.runtime import pick_device
-from minimind.serve import running_server
+from minimind.train.runtime import pick_device
+from minimind.use.chat import ChatSession, chat_widget
+from minimind.use.eval import (evaluate_checkpoints, find_checkpoints, load_multiple_choice, load_short_answers,
+                               markdown_table, read_documents, score_question, yarn_length_curve)
+from minimind.use.serve import running_server
 
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
@@ -308,7 +309,7 @@ print("server stopped, port closed:", stopped)
 # %%
 # NBVAL_CHECK_OUTPUT
 import transformers
-from minimind.export import export_hf
+from minimind.use.export import export_hf
 
 transformers.utils.logging.disable_progress_bar()   # no "Loading weights" bars in the page
 transformers.utils.logging.set_verbosity_error()
@@ -337,7 +338,7 @@ print("same as MiniMind's own generate:", answer.strip() == r.choices[0].message
 # %%
 # NBVAL_CHECK_OUTPUT
 import gguf
-from minimind.gguf_export import export_gguf, gguf_tensors
+from minimind.use.gguf import export_gguf, gguf_tensors
 
 gguf_file = export_gguf(sft_dir, run_dir / "export" / "minimind-sft.gguf")
 reader = gguf.GGUFReader(str(gguf_file))

@@ -3,10 +3,9 @@ tokenizer with MiniMind's special ids, toy prompts and synthetic preference pair
 import re
 
 import torch
-
-from minimind.tokenizer import render_chat
-
 from conftest import small_config
+
+from minimind.data.tokenizer import render_chat
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ALPHABET = " abcdefghijklmnopqrstuvwxyz0123456789.?\n"
@@ -80,7 +79,7 @@ _BPE = {}
 def bpe_tokenizer():
     """A real (tiny) MiniMind byte-level BPE tokenizer, trained once per test session."""
     if "tok" not in _BPE:
-        from minimind.tokenizer import train_tokenizer
+        from minimind.data.tokenizer import train_tokenizer
         texts = ["what is 3 plus 4? 3 plus 4 is 7. go away. <think>\nsome thought\n</think>\nyes.",
                  "Ada lives in Rivertown. Bo is a baker. what is 2 plus 2? 2 plus 2 is 4."] * 40
         _BPE["tok"] = train_tokenizer(texts, vocab_size=320)

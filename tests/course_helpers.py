@@ -3,7 +3,7 @@ import functools
 import tempfile
 from pathlib import Path
 
-from minimind.corpus import ensure_course_data
+from minimind.data.corpus import ensure_course_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "data" / "fixtures"
@@ -18,5 +18,5 @@ def course(size: str = "mini", seed: int = 0) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def tokenizer(size: str = "mini"):
-    from minimind.tokenizer import MiniMindTokenizer
+    from minimind.data.tokenizer import MiniMindTokenizer
     return MiniMindTokenizer.from_pretrained(course(size)["tokenizer"])

@@ -6,12 +6,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from minimind.dpo import DPOStage, frozen_copy, pair_logprobs, preference_accuracy, preference_callback, reply_side
-from minimind.eval import rl_accuracy
-from minimind.train import train_records
-
 from alignment_helpers import ToyTokenizer, preference_items, toy_model
+
+from minimind.align.dpo import (
+    DPOStage,
+    frozen_copy,
+    pair_logprobs,
+    preference_accuracy,
+    preference_callback,
+    reply_side,
+)
+from minimind.train.loop import train_records
+from minimind.use.eval import rl_accuracy
 
 
 def test_pair_logprobs_agree_with_preference_accuracy():
@@ -93,7 +99,7 @@ def test_rl_accuracy_grades_checkable_answers_and_skips_the_rest(tmp_path):
 def test_running_mean_and_side_by_side_plot():
     import matplotlib
     matplotlib.use("Agg")
-    from minimind.plots import plot_runs_side_by_side, running_mean
+    from minimind.course.plots import plot_runs_side_by_side, running_mean
     assert running_mean([1, 3, 5, 7], 2) == [1, 2, 4, 6]
     assert running_mean([1, 3, 5], 1) == [1, 3, 5] and running_mean([], 3) == []
     runs = {"a": [{"step": s, "reward_mean": s / 10, "kl": 0.01 * s} for s in range(1, 6)],

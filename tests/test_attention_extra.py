@@ -1,11 +1,10 @@
 """attention_weights: the per-layer, per-head softmax weights that chapter 03's heatmaps draw."""
 import pytest
 import torch
-
-from minimind.attention import Attention, attention_weights, explicit_attention, repeat_kv
-from minimind.rope import apply_rope, rope_cos_sin
-
 from conftest import random_model, small_config
+
+from minimind.model.attention import Attention, attention_weights, repeat_kv
+from minimind.model.rope import rope_cos_sin
 
 
 def test_shape_rows_sum_to_one_and_causal():

@@ -9,7 +9,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from browser import chromium, needs_chromium
 
 ROOT = Path(__file__).resolve().parents[1]

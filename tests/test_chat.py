@@ -4,12 +4,11 @@ import random
 
 import pytest
 import torch
+from tiny_checkpoint import ScriptedModel, make_checkpoint, make_tokenizer
 
-from minimind.chat import ChatSession, StopChecker, StreamDecoder, ThinkSplitter, fit_prompt, terminal_chat
 from minimind.cli import main as cli
 from minimind.model import load_checkpoint
-
-from tiny_checkpoint import ScriptedModel, make_checkpoint, make_tokenizer
+from minimind.use.chat import ChatSession, StopChecker, StreamDecoder, ThinkSplitter, fit_prompt, terminal_chat
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +171,7 @@ def test_cli_chat(ckpt, monkeypatch, capsys):
 
 def test_widget_streams_into_transcript(tok):
     pytest.importorskip("ipywidgets")
-    from minimind.chat import chat_widget
+    from minimind.use.chat import chat_widget
     model = ScriptedModel(tok, THINK_REPLY)
     w = chat_widget(model, tok)
     w.temperature.value, w.top_p.value = 0.3, 0.6

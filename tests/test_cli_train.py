@@ -4,12 +4,10 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from course_helpers import course
 
 from minimind.cli import main as cli
 from minimind.model import load_checkpoint
-
-from course_helpers import course
 
 COMMON = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--device", "cpu", "--no-progress",
           "--log-every", "1"]
@@ -69,3 +67,23 @@ def test_bad_stage_and_missing_data_are_explained(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli(["train", "pretrain", "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path),
                 "--resume"]) == 2
+
+
+def test_the_command_line_is_derived_from_the_stage_registry(capsys):
+    from minimind.train import STAGES
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for name, stage in STAGES.items():
+        assert name in help_text and stage.help.split()[0] in help_text
+        for option in stage.options:
+            assert "--" + option.replace("_", "-") in help_text, (name, option)
+
+
+def test_an_option_of_another_stage_is_refused_by_name(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"chosen": [], "rejected": []}\n')
+    args = ["train", "dpo", "--data", str(data), "--out", str(tmp_path / "out"), "--tokenizer", str(tmp_path)]
+    assert cli(args + ["--group-size", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'dpo' has no option ['group_size']" in err and "beta" in err  # names what dpo does take

@@ -5,8 +5,8 @@ import json
 from course_helpers import course, tokenizer
 
 from minimind.cli import main
-from minimind.corpus import SIZES, build_world, corpus_paths, ensure_course_data, write_course_corpus
-from minimind.data import check_file, iter_texts, read_jsonl
+from minimind.data.corpus import SIZES, build_world, corpus_paths, ensure_course_data, write_course_corpus
+from minimind.data.datasets import check_file, iter_texts, read_jsonl
 
 KINDS = dict(pretrain="pretrain", pretrain_val="pretrain", sft="sft", sft_val="sft", lora="sft", reason="sft",
              dpo="dpo", dpo_val="dpo", rl="rl", rl_val="rl", eval="eval")

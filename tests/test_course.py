@@ -5,8 +5,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minimind.course import run_course
-from minimind.report import record, write_report_card
+from minimind.course.report import record, write_report_card
+from minimind.course.runner import run_course
 
 ROOT = Path(__file__).resolve().parents[1]
 

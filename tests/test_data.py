@@ -8,10 +8,21 @@ import pytest
 import torch
 from course_helpers import FIXTURES, course, tokenizer
 
-import minimind.download as dl
+import minimind.data.download as dl
 from minimind.cli import main
-from minimind.data import (DataError, DPODataset, PretrainDataset, RLPromptDataset, SFTDataset, check_file,
-                           chat_labels, pad_collate, read_jsonl, to_hf_dataset, tokenize_pretrain)
+from minimind.data.datasets import (
+    DataError,
+    DPODataset,
+    PretrainDataset,
+    RLPromptDataset,
+    SFTDataset,
+    chat_labels,
+    check_file,
+    pad_collate,
+    read_jsonl,
+    to_hf_dataset,
+    tokenize_pretrain,
+)
 
 GOOD_SFT = {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 
@@ -48,15 +59,16 @@ def test_bad_line_names_file_line_and_fix(tmp_path, case, capsys):
     # the command line: the message, exit status 2, no traceback
     assert main(["data", "check", path, "--kind", "sft"]) == 2
     err_text = capsys.readouterr().err
-    assert f"bad.jsonl:3: " in err_text and message in err_text and "Traceback" not in err_text
+    assert "bad.jsonl:3: " in err_text and message in err_text and "Traceback" not in err_text
     assert main(["data", "check", path, "--kind", "sft", "--skip-bad"]) == 2
     out = capsys.readouterr().out
-    assert f"bad.jsonl:3: " in out and "2 good sft records, 1 bad lines" in out
+    assert "bad.jsonl:3: " in out and "2 good sft records, 1 bad lines" in out
 
 
 def test_kind_specific_checks(tmp_path):
     cases = [("pretrain", '{"text": 3}', "not a string"), ("pretrain", '{"text": "  "}', '"text" is empty'),
-             ("dpo", '{"chosen": [{"role": "user", "content": "q"}], "rejected": []}', '"chosen" has no assistant turn'),
+             ("dpo", '{"chosen": [{"role": "user", "content": "q"}], "rejected": []}',
+              '"chosen" has no assistant turn'),
              ("dpo", '{"chosen": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}], '
                      '"rejected": []}', "does not end with an assistant"),
              ("dpo", '{"chosen": [{"role": "assistant", "content": "a"}]}', 'missing field "rejected"'),
@@ -178,7 +190,8 @@ def test_dpo_items_and_their_masks():
             kept = labels[row][labels[row] != -100].tolist()
             assert tok.decode(kept).endswith("<|im_end|>") and kept[-1] == tok.eos_token_id
     first = read_jsonl(course()["dpo"], "dpo")[0]
-    assert tok.decode(ds[0]["chosen_labels"][ds[0]["chosen_labels"] != -100]) == first["chosen"][-1]["content"] + "<|im_end|>"
+    chosen = ds[0]["chosen_labels"]
+    assert tok.decode(chosen[chosen != -100]) == first["chosen"][-1]["content"] + "<|im_end|>"
 
 
 def test_rl_prompts_end_with_the_generation_prompt():

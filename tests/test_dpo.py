@@ -3,13 +3,17 @@ import math
 
 import pytest
 import torch
-
-from minimind.dpo import (DPOStage, dpo_loss, preference_accuracy, preference_collate, sequence_logprobs,
-                          token_logprobs)
-from minimind.train import train_records
-from minimind.train import read_metrics
-
 from alignment_helpers import ToyTokenizer, bpe_tokenizer, preference_items, toy_model
+
+from minimind.align.dpo import (
+    DPOStage,
+    dpo_loss,
+    preference_accuracy,
+    preference_collate,
+    sequence_logprobs,
+    token_logprobs,
+)
+from minimind.train.loop import read_metrics, train_records
 
 
 def test_dpo_loss_by_hand():

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_checkpoint import make_checkpoint
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind import eval as ev
 from minimind.cli import main as cli
 from minimind.model import load_checkpoint
-
-from tiny_checkpoint import make_checkpoint
+from minimind.use import eval as ev
 
 FIX = Path(__file__).resolve().parent.parent / "data" / "fixtures" / "eval"
 
@@ -247,7 +246,8 @@ def test_cli_eval(ckpt, tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text("Mira the baker lives in Tallow.\n" * 5)
     out = tmp_path / "r.json"
-    assert cli(["eval", str(ckpt), "--ppl", str(f), "--mc", str(FIX / "ceval_val.csv"), str(FIX / "arc_challenge.jsonl"),
+    assert cli(["eval", str(ckpt), "--ppl", str(f),
+                "--mc", str(FIX / "ceval_val.csv"), str(FIX / "arc_challenge.jsonl"),
                 "--short", str(FIX / "short_answers.jsonl"), "--course", str(FIX / "course_eval.jsonl"),
                 "--max-new-tokens", "4", "--json", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
@@ -260,7 +260,7 @@ def test_cli_eval(ckpt, tmp_path, capsys):
 def test_course_corpus_eval_file(tmp_path, loaded):
     """The real eval.jsonl of the course corpus: every record loads, its reference sentence passes the
     matcher and the wrong options' sentences do not."""
-    from minimind.corpus import write_course_corpus
+    from minimind.data.corpus import write_course_corpus
     path = write_course_corpus(tmp_path / "course", size="mini")["eval"]
     records = [json.loads(line) for line in path.read_text().splitlines()]
     short, mc = ev.load_short_answers(path), ev.load_multiple_choice(path)

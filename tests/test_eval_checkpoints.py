@@ -3,11 +3,10 @@ rows as a Markdown table."""
 import json
 
 import pytest
-
-from minimind import eval as ev
-from minimind.model import load_checkpoint
-
 from tiny_checkpoint import make_checkpoint, make_lora_run
+
+from minimind.model import load_checkpoint
+from minimind.use import eval as ev
 
 EVAL = [
     {"id": "q1", "type": "short", "split": "heldout", "question": "Where does Mira live?", "answer": "Tallow"},
@@ -87,7 +86,7 @@ def test_markdown_table():
 
 
 def test_markdown_view_renders_tables_as_html():
-    from minimind.report import MarkdownView
+    from minimind.course.report import MarkdownView
     view = MarkdownView("**card**\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n")
     assert view._repr_markdown_().startswith("**card**")
     html = view._repr_html_()
@@ -97,7 +96,7 @@ def test_markdown_view_renders_tables_as_html():
 def test_plot_checkpoints_one_bar_per_stage():
     import matplotlib
     matplotlib.use("Agg")
-    from minimind.plots import plot_checkpoints
+    from minimind.course.plots import plot_checkpoints
     rows = [{"stage": "pretrain", "perplexity": 2.5, "mc_accuracy": 0.9, "mc_chance": 0.25, "exact_match": 0.1},
             {"stage": "sft", "perplexity": 20.0, "mc_accuracy": 0.8, "mc_chance": 0.25, "exact_match": 0.5}]
     fig = plot_checkpoints(rows)
@@ -108,7 +107,7 @@ def test_plot_checkpoints_one_bar_per_stage():
 
 
 def test_report_table_one_row_a_chapter(tmp_path):
-    from minimind.report import record, report_table
+    from minimind.course.report import record, report_table
     record(tmp_path, "07_pretrain", val_loss=0.123456, steps=300)
     record(tmp_path, "13_eval_serve", note="a|b")
     assert report_table(tmp_path).splitlines() == [
@@ -120,12 +119,12 @@ def test_report_table_one_row_a_chapter(tmp_path):
 def test_plot_length_curve():
     import matplotlib
     matplotlib.use("Agg")
-    from minimind.plots import plot_length_curve
+    from minimind.course.plots import plot_length_curve
     curve = {"lengths": [64, 128, 256], "original_max_position_embeddings": 128, "factor": 2.0,
              "rope": [3, 2, 5], "yarn": [3.5, 2.5, 3], "rope_tail": [3, 2, 8], "yarn_tail": [3.5, 2.5, 3.2]}
     fig = plot_length_curve(curve)
     left, right = fig.axes
-    assert [l.get_label() for l in left.get_lines()] == ["RoPE", "YaRN x2", "trained length"]
+    assert [line.get_label() for line in left.get_lines()] == ["RoPE", "YaRN x2", "trained length"]
     assert list(right.get_lines()[0].get_ydata()) == [3, 2, 8]
 
 

@@ -6,11 +6,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from conftest import random_model, small_config
+
 from minimind import MiniMindForCausalLM
 from minimind.cli import main as cli
-from minimind.export import export_hf
-
-from conftest import random_model, small_config
+from minimind.use.export import export_hf
 
 
 def _compare(model, folder, expected_class, seq=40):
@@ -85,13 +85,15 @@ def test_export_model_object_with_tokenizer(tmp_path):
     from minimind.model import load_checkpoint
     model, tok = load_checkpoint(_tiny_ckpt(tmp_path / "ckpt"))
     export_hf(model, tmp_path / "hf", tokenizer=tok)
-    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")("hi there")["input_ids"] == tok.encode("hi there")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tok("hi there")["input_ids"] == tok.encode("hi there")
 
 
 def test_lora_run_exports_merged(tmp_path):
-    from minimind.lora import merge_lora
-    from minimind.model import load_checkpoint
     from tiny_checkpoint import make_lora_run
+
+    from minimind.model import load_checkpoint
+    from minimind.model.lora import merge_lora
     ckpt = _tiny_ckpt(tmp_path / "base")
     _, model = make_lora_run(ckpt, tmp_path / "lora")  # no tokenizer here: the base's is used
     merge_lora(model)

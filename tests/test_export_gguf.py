@@ -7,12 +7,12 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from minimind.cli import main as cli
-from minimind.gguf_export import export_gguf, permute_rope_rows
-from minimind.lora import merge_lora
-from minimind.model import load_checkpoint
-
 from tiny_checkpoint import make_checkpoint, make_lora_run
+
+from minimind.cli import main as cli
+from minimind.model import load_checkpoint
+from minimind.model.lora import merge_lora
+from minimind.use.gguf import export_gguf, permute_rope_rows
 
 
 def fields(reader):

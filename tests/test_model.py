@@ -3,13 +3,12 @@ import math
 
 import pytest
 import torch
+from conftest import random_model, small_config
 
 from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from minimind.attention import explicit_attention, repeat_kv
-from minimind.moe import load_balancing_loss
-from minimind.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_inv_freq
-
-from conftest import random_model, small_config
+from minimind.model.attention import explicit_attention, repeat_kv
+from minimind.model.moe import load_balancing_loss
+from minimind.model.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_inv_freq
 
 
 @pytest.mark.parametrize("kind", ["dense", "moe"])
@@ -88,7 +87,7 @@ def test_generate_stops_at_eos_and_streams(dense):
 
 
 def test_sampling_filters():
-    from minimind.generation import process_logits
+    from minimind.model.generation import process_logits
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(process_logits(logits, top_k=2)[0, 2:]).all()
     kept = ~torch.isinf(process_logits(logits, top_p=0.7))
@@ -196,8 +195,9 @@ def test_moe_loss_includes_aux_in_training_only(moe):
     moe.eval()
     with torch.no_grad():
         plain = moe(x, labels=x)
-    assert out.aux_loss.item() > 0
-    torch.testing.assert_close(out.loss, plain.loss + out.aux_loss, rtol=1e-5, atol=1e-6)
+    assert out.aux_loss.item() > 0 and plain.aux_loss is None
+    torch.testing.assert_close(out.ce, plain.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, out.ce + out.aux_loss)
 
 
 def test_loss_is_shifted_cross_entropy(dense):

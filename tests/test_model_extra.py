@@ -3,12 +3,19 @@ import math
 
 import pytest
 import torch
+from conftest import small_config
 
 from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from minimind.anatomy import (active_parameters, balance_demo, expert_load, parameter_breakdown, route,
-                              router_logits, scaled_config, toy_text)
-
-from conftest import random_model, small_config
+from minimind.course.anatomy import (
+    active_parameters,
+    balance_demo,
+    expert_load,
+    parameter_breakdown,
+    route,
+    router_logits,
+    scaled_config,
+    toy_text,
+)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

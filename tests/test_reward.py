@@ -2,14 +2,27 @@
 transformers reward model, with nothing downloaded."""
 import pytest
 import torch
-
-from minimind.dpo import preference_collate
-from minimind.train import train_records
-from minimind.reward import (CombinedReward, ModelReward, RewardStage, RuleReward, ScalarHeadModel,
-                             TransformersReward, answer_reward, chat_messages, final_answer, format_reward,
-                             last_token_index, length_penalty, load_reward, repetition_penalty, think_tag_reward)
-
 from alignment_helpers import ToyTokenizer, bpe_tokenizer, preference_items, toy_model
+
+from minimind.align.dpo import preference_collate
+from minimind.align.reward import (
+    CombinedReward,
+    ModelReward,
+    RewardStage,
+    RuleReward,
+    ScalarHeadModel,
+    TransformersReward,
+    answer_reward,
+    chat_messages,
+    final_answer,
+    format_reward,
+    last_token_index,
+    length_penalty,
+    load_reward,
+    repetition_penalty,
+    think_tag_reward,
+)
+from minimind.train.loop import train_records
 
 
 # -- rules ---------------------------------------------------------------------------------------------

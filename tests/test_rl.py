@@ -3,15 +3,30 @@ import math
 
 import pytest
 import torch
-
-from minimind.train import train_records
-from minimind.reward import ModelReward, RuleReward, ScalarHeadModel
-from minimind.rl import (BetaTracker, GRPOStage, PPOStage, Rollout, SPOBaseline, SPOStage, completion_mask, gae,
-                         grpo_advantages, k3_kl, kl_adaptive_rho, make_alignment_stage, ppo_policy_loss,
-                         ppo_value_loss, prompt_collate, prompt_key, response_logprobs, spo_baseline_trace)
-from minimind.train import TrainArgs, read_metrics, train
-
 from alignment_helpers import ToyTokenizer, bpe_tokenizer, prompt_items, toy_model
+
+from minimind.align.reward import ModelReward, RuleReward, ScalarHeadModel
+from minimind.align.rl import (
+    BetaTracker,
+    GRPOStage,
+    PPOStage,
+    Rollout,
+    SPOBaseline,
+    SPOStage,
+    completion_mask,
+    gae,
+    grpo_advantages,
+    k3_kl,
+    kl_adaptive_rho,
+    ppo_policy_loss,
+    ppo_value_loss,
+    prompt_collate,
+    prompt_key,
+    response_logprobs,
+    spo_baseline_trace,
+)
+from minimind.train import STAGES
+from minimind.train.loop import TrainArgs, read_metrics, train, train_records
 
 
 # -- advantages -------------------------------------------------------------------------------------------
@@ -216,12 +231,49 @@ def test_spo_keeps_per_prompt_trackers_and_resumes_them(tmp_path):
 def test_a_trained_reward_model_drives_rl():
     tok = ToyTokenizer()
     reward = ModelReward(ScalarHeadModel.from_causal_lm(toy_model(tok, seed=2)), tok)
-    stage = make_alignment_stage("spo", tok, reward=reward, max_new_tokens=5)
+    stage = STAGES["spo"](reward, tok, max_new_tokens=5)
     assert isinstance(stage, SPOStage) and stage.reward_fn is reward and (stage.low, stage.high) == (-3.0, 3.0)
     records = train_records(toy_model(tok), stage, prompt_items(tok, 4), max_steps=1, **FAST)
     rollout = stage.last_rollout
     torch.testing.assert_close(rollout.rewards, reward(rollout.prompts, rollout.responses))
     assert records[0]["reward_std"] > 0
+
+
+def test_rollouts_are_a_visible_step_split_by_grad_accum(tmp_path):
+    """Each optimizer step generates grad_accum rollouts from fresh prompt batches, all with the policy
+    as it stood at the start of the step; tokens/s counts the generated tokens."""
+    tok = ToyTokenizer()
+    model = toy_model(tok)
+    stage = GRPOStage(RuleReward(answer=1.0, length=0.5, max_words=2), tok, group_size=2, max_new_tokens=4)
+    made = []
+    real = stage.make_rollout
+
+    def spy(m, batch):
+        made.append((sum(p.detach().sum().item() for p in m.parameters()), batch["prompt"], real(m, batch)))
+        return made[-1][2]
+    stage.make_rollout = spy
+    summary = train(model, stage, prompt_items(tok, 8), TrainArgs(max_steps=2, grad_accum=2, log_every=1,
+                                                                    progress=False, **FAST), tmp_path)
+    assert len(made) == 4                                  # 2 steps x 2 micro-batches
+    assert made[0][0] == made[1][0] != made[2][0] == made[3][0]  # one policy per step, a new one after it
+    assert len({tuple(p) for _, prompts, _ in made for p in [prompts]}) == 4  # each from its own prompts
+    assert summary["tokens"] == sum(int(r.mask.sum()) for *_, r in made)  # generated tokens, not prompts
+
+
+def test_the_critic_has_its_own_learning_rate(tmp_path):
+    tok = ToyTokenizer()
+    frozen = PPOStage(RuleReward(answer=1.0, length=0.5, max_words=2), tok, critic_lr=0.0, max_new_tokens=4)
+    model = toy_model(tok)
+    policy_start = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen.setup(model, torch.device("cpu"))
+    critic_start = {k: v.clone() for k, v in frozen.critic.state_dict().items()}
+    train_records(model, frozen, prompt_items(tok, 8), max_steps=2, **FAST)
+    assert all(torch.equal(v, critic_start[k]) for k, v in frozen.critic.state_dict().items())
+    assert any(not torch.equal(v, policy_start[k]) for k, v in model.state_dict().items())
+    args = TrainArgs(lr=1e-3)
+    stage = PPOStage("rule", tok, critic_lr=5e-5)
+    stage.setup(toy_model(tok), torch.device("cpu"))
+    assert [g["lr"] for g in stage.param_groups(args)] == [5e-5]
 
 
 # -- learning: the reward goes up ------------------------------------------------------------------------
@@ -241,7 +293,7 @@ early_letters.reward_range = (0.0, 1.0)
     ("ppo", dict(ppo_epochs=1, lam=1.0, kl_coef=0.0))])
 def test_rl_raises_the_reward(name, kw):
     tok = ToyTokenizer()
-    stage = make_alignment_stage(name, tok, reward=early_letters, max_new_tokens=8, **kw)
+    stage = STAGES[name](early_letters, tok, max_new_tokens=8, **kw)
     records = train_records(toy_model(tok), stage, prompt_items(tok, 8), max_steps=20, batch_size=4, lr=1e-2,
                           device="cpu")
     rewards = [r["reward_mean"] for r in records]

@@ -12,12 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from minimind.model import load_checkpoint
-from minimind.serve import resolve_api_key, running_server
-
 from browser import chromium, needs_chromium
 from tiny_checkpoint import ScriptedModel, make_checkpoint, make_tokenizer
+
+from minimind.model import load_checkpoint
+from minimind.use.serve import resolve_api_key, running_server
 
 openai = pytest.importorskip("openai")
 
@@ -97,7 +96,8 @@ def test_streaming_equals_non_streaming(real):
     server, url, _ = real
     c = client(url)
     whole = greedy(c, "Tell me about Tallow.", max_tokens=16)
-    stream = c.chat.completions.create(model="minimind", messages=[{"role": "user", "content": "Tell me about Tallow."}],
+    stream = c.chat.completions.create(model="minimind",
+                                       messages=[{"role": "user", "content": "Tell me about Tallow."}],
                                        temperature=0, max_tokens=16, stream=True,
                                        stream_options={"include_usage": True})
     chunks = list(stream)

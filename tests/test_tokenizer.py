@@ -3,8 +3,8 @@ import pytest
 from course_helpers import FIXTURES, course, tokenizer
 
 from minimind.cli import main
-from minimind.data import iter_texts, read_jsonl
-from minimind.tokenizer import MiniMindTokenizer, bytes_per_token, render_chat, train_tokenizer
+from minimind.data.datasets import iter_texts, read_jsonl
+from minimind.data.tokenizer import MiniMindTokenizer, bytes_per_token, render_chat, train_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

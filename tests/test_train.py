@@ -5,15 +5,13 @@ import socket
 
 import pytest
 import torch
+from conftest import random_model, small_config
 
 from minimind import MiniMindForCausalLM
-from minimind.checkpoint import find_resume_state
-from minimind.distill import distillation_loss
-from minimind.lora import apply_lora, load_adapter, lora_state_dict, merge_lora, save_adapter
-from minimind.train import (DistillStage, LoRAStage, PretrainStage, ReasonStage, TrainArgs, lr_at,
-                            read_metrics, train)
-
-from conftest import random_model, small_config
+from minimind.model.lora import load_adapter, lora_state_dict, merge_lora
+from minimind.train.loop import TrainArgs, lr_at, read_metrics, train
+from minimind.train.stages import DistillStage, LoRAStage, PretrainStage, ReasonStage, distillation_loss
+from minimind.train.state import find_resume_state
 
 
 def stack_collate(items):
@@ -43,6 +41,14 @@ def test_loss_decreases_on_tiny_overfit(tmp_path):
     assert summary["steps"] == 30 and summary["tokens"] == 30 * 4 * 16
     again = MiniMindForCausalLM.from_pretrained(tmp_path)  # the run folder is a checkpoint
     assert torch.equal(again.lm_head.weight, model.lm_head.weight.cpu())
+
+
+def test_moe_logs_cross_entropy_and_balancing_loss_apart(tmp_path):
+    model = fresh_model(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)
+    train(model, PretrainStage(), toy_data(), TrainArgs(max_steps=3, **ARGS), tmp_path, collate_fn=stack_collate)
+    for r in read_metrics(tmp_path):
+        assert r["aux"] > 0 and r["ce"] < r["loss"]
+        assert r["ce"] + r["aux"] == pytest.approx(r["loss"], rel=1e-5)
 
 
 def test_schedule_warms_up_then_decays():

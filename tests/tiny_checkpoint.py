@@ -13,7 +13,7 @@ LINES += ["你好，我是一个小模型。今天天气很好。", "<think>Let 
 
 
 def make_tokenizer(vocab_size: int = 400):
-    from minimind.tokenizer import train_tokenizer
+    from minimind.data.tokenizer import train_tokenizer
     return train_tokenizer(LINES, vocab_size=vocab_size)
 
 
@@ -62,8 +62,8 @@ class ScriptedModel:
 def make_lora_run(base, folder, std: float = 0.1, rank: int = 2, alpha: float = 4.0):
     """A LoRA run folder on the checkpoint `base`, its B matrices set non-zero as if trained.
     Returns (folder, model): the model still carries the (unmerged) adapters."""
-    from minimind.lora import apply_lora, save_adapter
     from minimind.model import load_checkpoint
+    from minimind.model.lora import apply_lora, save_adapter
     model, _ = load_checkpoint(base)
     apply_lora(model, rank=rank, alpha=alpha)
     with torch.no_grad():

@@ -1,0 +1,538 @@
+"""RL from rewards: PPO (critic + GAE), GRPO (group baseline) and SPO (persistent Beta-tracker baseline).
+
+Each is a `Stage`: `step_batches()` generates and scores the rollouts of an optimizer step from batches of
+prompts (`prompt_collate`); `loss()` is the policy-gradient loss on one rollout plus a KL term to a frozen
+reference. Chapter 11 explains the baselines.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..data.datasets import pad_sequences
+from ..train.stages import Option, Stage, register
+from .dpo import frozen_copy, token_logprobs
+from .reward import ScalarHeadModel, load_reward
+
+
+# --------------------------------------------------------------------------------------------------
+# The math, as small functions
+# --------------------------------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (PPO normalises its advantages so)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def completion_mask(completion: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1.0 on the response tokens through the first EOS, 0.0 after it (generation pads ended rows with EOS)."""
+    is_eos = (completion == eos_id).long()
+    after_first_eos = (is_eos.cumsum(1) - is_eos) > 0
+    return (~after_first_eos).float()
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE: delta_t = r_t + gamma V_{t+1} - V_t (V = 0 past the last token), A_t = delta_t + gamma lam A_{t+1}.
+    rewards, values, mask: (N, R). Returns (advantages, returns = A + V: the critic's target), both (N, R)."""
+    advantages = torch.zeros_like(rewards)  # (N, R)
+    running = torch.zeros_like(rewards[:, 0])  # (N,) A_{t+1}
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        alive_next = mask[:, t + 1] if t + 1 < T else torch.zeros_like(running)  # (N,)
+        next_value = values[:, t + 1] * alive_next if t + 1 < T else torch.zeros_like(running)  # (N,)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # (N,)
+        # lam=1: full return - V (unbiased, noisy); lam=0: one-step TD (low variance, biased by the critic)
+        running = delta + gamma * lam * alive_next * running
+        advantages[:, t] = running * mask[:, t]
+    return advantages, (advantages + values) * mask  # (N, R) each
+
+
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip: float = 0.2):
+    """PPO's clipped surrogate -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), masked mean over (N, R) tokens.
+    Returns (loss, fraction of tokens clipped)."""
+    ratio = torch.exp(logp - old_logp)  # (N, R) pi / pi_old
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip))  # (N, R)
+    return masked_mean(loss, mask), masked_mean(((ratio - 1).abs() > clip).float(), mask)
+
+
+def ppo_value_loss(values, old_values, returns, mask, clip: float = 0.2):
+    """0.5 * max((V - R)^2, (V_clipped - R)^2): the critic's step is clipped like the policy's."""
+    clipped = old_values + (values - old_values).clamp(-clip, clip)  # (N, R)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4):
+    """(r - mean_group) / (std_group + eps) for (N,) rewards laid out group by group; an all-equal group gets 0.
+    Returns (advantages (N,), zero_variance (N / group_size,) bool)."""
+    if group_size < 2:
+        raise ValueError("GRPO needs group_size >= 2: a group of one is its own baseline (use SPO)")
+    groups = rewards.float().view(-1, group_size)  # (N / G, G)
+    mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)  # (N / G, 1) each
+    zero = std < 1e-6  # (N / G, 1)
+    advantages = torch.where(zero, torch.zeros_like(groups), (groups - mean) / (std + eps))  # (N / G, G)
+    return advantages.reshape(-1), zero.squeeze(1)  # (N,), (N / G,)
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate exp(d) - d - 1 with d = log ref - log pi (Schulman's k3):
+    unbiased on samples from pi, never negative, 0 exactly when the two agree."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def kl_adaptive_rho(kl: float, d_half: float = 0.06, rho_min: float = 0.5, rho_max: float = 0.96) -> float:
+    """SPO's decay: rho = 2^(-KL / D_half), clipped to [rho_min, rho_max]. The more the policy has changed
+    since the tracker last looked, the faster the old evidence is forgotten (it halves every D_half)."""
+    return float(min(max(2.0 ** (-kl / d_half), rho_min), rho_max))
+
+
+@dataclass
+class BetaTracker:
+    """A success rate as a Beta(alpha, beta) belief: alpha counts success, beta failure (fractional for
+    rewards in [0, 1]); the baseline is the mean alpha / (alpha + beta)."""
+    alpha: float
+    beta: float
+
+    @classmethod
+    def prior(cls, mean: float, strength: float) -> "BetaTracker":
+        """As if `strength` rewards of value `mean` had been seen."""
+        return cls(strength * mean, strength * (1 - mean))
+
+    @property
+    def baseline(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    def update(self, reward01: float, rho: float) -> None:
+        """Decay the old evidence by rho, then add the new reward."""
+        self.alpha = rho * self.alpha + reward01
+        self.beta = rho * self.beta + (1 - reward01)
+
+
+def prompt_key(prompt) -> str:
+    """A short stable name for a prompt (text or messages): the per-prompt tracker's key."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+class SPOBaseline:
+    """SPO's baselines in [0, 1]: mode "global" (MiniMind2, one tracker) or "per_prompt" (the paper; a new prompt
+    meets the global one). A tracker starts as if N_init = 1 / (1 - rho_min) rewards had been seen (MiniMind)."""
+
+    def __init__(self, mode: str = "global", d_half: float = 0.06, rho_min: float = 0.5, rho_max: float = 0.96):
+        if mode not in ("global", "per_prompt"):
+            raise ValueError(f"SPO baseline mode {mode!r}: use 'global' (MiniMind2) or 'per_prompt' (the paper)")
+        self.mode, self.d_half, self.rho_min, self.rho_max = mode, d_half, rho_min, rho_max
+        self.strength = 1.0 / (1.0 - rho_min)
+        self.global_tracker = BetaTracker.prior(0.5, self.strength)
+        self.global_logp: Optional[float] = None
+        self.trackers: dict[str, BetaTracker] = {}
+        self.logps: dict[str, float] = {}
+
+    def rho(self, logp: float, previous: Optional[float]) -> float:
+        # the change in mean log-prob stands in for KL(new policy || old policy), as in MiniMind2
+        return self.rho_max if previous is None else kl_adaptive_rho(abs(logp - previous), self.d_half,
+                                                                     self.rho_min, self.rho_max)
+
+    def has_own(self, key: str) -> bool:
+        return self.mode == "per_prompt" and key in self.trackers
+
+    def baselines(self, keys: list[str]) -> list[float]:
+        return [self.trackers[k].baseline if self.has_own(k) else self.global_tracker.baseline for k in keys]
+
+    def update(self, keys: list[str], rewards01: list[float], logps: list[float],
+               batch_logp: Optional[float] = None) -> dict:
+        """Fold one batch in: rewards rescaled to [0, 1] and each response's mean token log-prob.
+        Returns the decays used: {"rho": global, "prompt_rho": mean over revisited prompts (nan if none)}."""
+        batch_logp = sum(logps) / len(logps) if batch_logp is None else batch_logp
+        rho = self.rho(batch_logp, self.global_logp)
+        self.global_tracker.update(sum(rewards01) / len(rewards01), rho)
+        self.global_logp = batch_logp
+        prompt_rhos = []
+        if self.mode == "per_prompt":
+            for key, r, lp in zip(keys, rewards01, logps):
+                if key in self.trackers:
+                    prompt_rhos.append(self.rho(lp, self.logps[key]))
+                    self.trackers[key].update(r, prompt_rhos[-1])
+                else:
+                    self.trackers[key] = BetaTracker.prior(r, self.strength)
+                self.logps[key] = lp
+        return {"rho": rho, "prompt_rho": sum(prompt_rhos) / len(prompt_rhos) if prompt_rhos else math.nan}
+
+    # -- resumption: plain tensors, so the training loop's checkpoint holds them ---------------------
+    def state_tensors(self, prefix: str = "spo.") -> dict[str, torch.Tensor]:
+        def row(t, lp):
+            return torch.tensor([t.alpha, t.beta, math.nan if lp is None else lp], dtype=torch.float64)
+        state = {f"{prefix}global": row(self.global_tracker, self.global_logp)}
+        state.update({f"{prefix}prompt.{k}": row(t, self.logps.get(k)) for k, t in self.trackers.items()})
+        return state
+
+    def load_state_tensors(self, tensors: dict, prefix: str = "spo.") -> None:
+        for name, t in tensors.items():
+            a, b, lp = t.double().tolist()
+            lp = None if math.isnan(lp) else lp
+            if name == f"{prefix}global":
+                self.global_tracker, self.global_logp = BetaTracker(a, b), lp
+            elif name.startswith(f"{prefix}prompt."):
+                key = name[len(f"{prefix}prompt."):]
+                self.trackers[key], self.logps[key] = BetaTracker(a, b), lp
+
+
+def spo_baseline_trace(stream, mode: str = "global", **kw) -> list[float]:
+    """The baseline each (prompt, reward in [0, 1]) of `stream` meets, one at a time, with a steady policy
+    (no log-prob change): a quick way to see how the global and per-prompt trackers differ."""
+    tracker = SPOBaseline(mode, **kw)
+    seen = []
+    for prompt, reward in stream:
+        key = prompt_key(prompt)
+        seen.append(tracker.baselines([key])[0])
+        tracker.update([key], [reward], [0.0])
+    return seen
+
+
+# --------------------------------------------------------------------------------------------------
+# Rollouts
+# --------------------------------------------------------------------------------------------------
+def prompt_collate(items: list[dict], pad_id: int = 0) -> dict:
+    """Prompts -> a left-padded batch (generation appends on the right, so the prompts must end together):
+    input_ids, attention_mask, and the prompt texts and answers as lists."""
+    seqs = []
+    for it in items:
+        ids = torch.as_tensor(it["prompt_ids"], dtype=torch.long)
+        real = (ids != pad_id).nonzero()  # drop any padding the dataset added
+        seqs.append(ids[int(real[0]):int(real[-1]) + 1] if len(real) else ids[-1:])
+    input_ids, mask = pad_sequences(seqs, pad_id, side="left")  # (B, P) each
+    return {"input_ids": input_ids, "attention_mask": mask, "prompt": [it.get("prompt") for it in items],
+            "answer": [it.get("answer") for it in items]}
+
+
+def unwrap(model):
+    """The model itself, inside DDP (.module) or torch.compile (._orig_mod): it alone has .generate."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+@dataclass
+class Rollout:
+    """One batch of generated responses: prompt + response ids, masks, rewards, and what each stage
+    computes once per rollout (log-probs of the sampling policy and the reference, values, advantages)."""
+    sequences: torch.Tensor        # (N, P + R) prompt then response
+    attention_mask: torch.Tensor   # (N, P + R) 0 on the prompt's left padding and after the first EOS
+    mask: torch.Tensor             # (N, R) 1.0 on response tokens through the first EOS
+    rewards: torch.Tensor          # (N,)
+    prompts: list
+    responses: list[str]
+    answers: list
+    gen_tokens_per_s: float
+    data: dict = field(default_factory=dict)
+    uses: int = 0
+
+    @property
+    def response_len(self) -> int:
+        return self.mask.shape[1]
+
+
+def response_logprobs(model, rollout: Rollout):
+    """(log p(each response token) under `model`, (N, R); the model's output, for its MoE aux loss)."""
+    n = rollout.response_len
+    out = model(rollout.sequences, attention_mask=rollout.attention_mask, logits_to_keep=n + 1)  # (N, R + 1, V)
+    # logits at position t predict token t + 1: the last n + 1 positions predict the n response tokens
+    return token_logprobs(out.logits[:, :-1], rollout.sequences[:, -n:]), out  # (N, R)
+
+
+def _metrics(device, **values) -> dict:
+    return {k: torch.as_tensor(v, dtype=torch.float32, device=device).detach() for k, v in values.items()}
+
+
+ROLLOUT_OPTIONS = {
+    "reward": Option("rule", "rule | rule+format | a reward-model folder (`train reward` output or a local "
+                             "transformers classifier)"),
+    "max_new_tokens": Option(24, "rollout length in tokens"),
+    "temperature": Option(1.0, "sampling temperature of the rollouts"),
+    "top_k": Option(0, "sample from the k likeliest tokens (0: all)"),
+    "top_p": Option(1.0, "nucleus sampling threshold"),
+}
+
+
+class RolloutStage(Stage):
+    """What PPO, GRPO and SPO share: a frozen reference, a reward function, and rollouts as the micro-batches
+    (`step_batches`: grad_accum rollouts before any backward, reused updates_per_rollout times)."""
+    data = "rl"
+    samples_per_prompt = 1
+
+    def __init__(self, reward_fn="rule", tokenizer=None, max_new_tokens: int = 24, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, updates_per_rollout: int = 1, reference=None,
+                 eos_token_id: Optional[int] = None):
+        if tokenizer is None:
+            raise ValueError("an RL stage needs the tokenizer, to decode responses for the reward")
+        self.reward_fn = load_reward(reward_fn, tokenizer)
+        self.tokenizer = tokenizer
+        self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
+        self.updates_per_rollout = updates_per_rollout
+        self.reference = reference
+        self.eos_id = eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", 2)
+        self.buffer: list[Rollout] = []
+        self.uses = 0
+        self.last_rollout: Optional[Rollout] = None
+
+    @classmethod
+    def build(cls, inputs, reward, **options):
+        return cls(load_reward(reward, inputs.tokenizer), inputs.tokenizer, **options)
+
+    collate_fn = staticmethod(prompt_collate)
+
+    def setup(self, model, device):
+        if self.reference is None:
+            self.reference = frozen_copy(model)
+        self.reference.to(device).eval().requires_grad_(False)
+        if hasattr(self.reward_fn, "to"):
+            self.reward_fn.to(device)
+
+    def step_batches(self, model, batches, n):
+        if not self.buffer or self.uses >= self.updates_per_rollout:
+            self.buffer = [self.make_rollout(model, next(batches)) for _ in range(n)]
+            self.uses = 0
+        elif len(self.buffer) != n:
+            raise ValueError("grad_accum changed while a rollout was being reused")
+        self.uses += 1
+        return self.buffer
+
+    def batch_tokens(self, rollout) -> int:
+        return int(rollout.mask.sum())  # generated tokens: what RL trains on
+
+    @torch.no_grad()
+    def generate_rollout(self, model, batch) -> Rollout:
+        """Sample samples_per_prompt responses to each prompt and score them."""
+        policy, g = unwrap(model), self.samples_per_prompt
+        prompt_ids = batch["input_ids"].repeat_interleave(g, 0)  # (N, P), N = B * g
+        prompt_mask = batch["attention_mask"].repeat_interleave(g, 0)  # (N, P)
+        prompts = [p for p in batch["prompt"] for _ in range(g)]
+        answers = [a for a in batch.get("answer", [None] * len(batch["prompt"])) for _ in range(g)]
+        start = time.perf_counter()
+        sequences = policy.generate(prompt_ids, max_new_tokens=self.max_new_tokens, do_sample=True,
+                                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                    eos_token_id=self.eos_id, attention_mask=prompt_mask)  # (N, P + R)
+        seconds = time.perf_counter() - start
+        completion = sequences[:, prompt_ids.shape[1]:]  # (N, R) response tokens
+        if completion.shape[1] == 0:
+            raise ValueError(f"prompts of {prompt_ids.shape[1]} tokens leave no room to generate within "
+                             f"max_position_embeddings={policy.config.max_position_embeddings}; shorten them")
+        mask = completion_mask(completion, self.eos_id)  # (N, R)
+        responses = [self.tokenizer.decode(c[m.bool()].tolist(), skip_special_tokens=True)
+                     for c, m in zip(completion, mask)]
+        rewards = torch.as_tensor(self.reward_fn(prompts, responses, answers), dtype=torch.float32)  # (N,)
+        return Rollout(sequences=sequences, attention_mask=torch.cat([prompt_mask, mask.long()], 1), mask=mask,
+                       rewards=rewards.reshape(-1).to(sequences.device), prompts=prompts, responses=responses,
+                       answers=answers, gen_tokens_per_s=mask.sum().item() / max(seconds, 1e-9))
+
+    def make_rollout(self, model, batch) -> Rollout:
+        batch = {k: v.to(unwrap(model).device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        rollout = self.generate_rollout(model, batch)
+        with torch.no_grad():
+            rollout.data["ref_logp"] = response_logprobs(self.reference, rollout)[0]
+            self.score_rollout(model, rollout)
+        self.last_rollout = rollout
+        return rollout
+
+    def score_rollout(self, model, rollout: Rollout) -> None:
+        """Stage-specific numbers computed once per rollout, without gradients."""
+
+    def common_metrics(self, rollout: Rollout, logp: torch.Tensor) -> dict:
+        mask = rollout.mask
+        return dict(reward_mean=rollout.rewards.mean(), reward_std=rollout.rewards.std(unbiased=False),
+                    kl=masked_mean(k3_kl(logp.detach(), rollout.data["ref_logp"]), mask),
+                    response_len=mask.sum(1).mean(), gen_tokens_per_s=rollout.gen_tokens_per_s)
+
+
+# --------------------------------------------------------------------------------------------------
+# PPO
+# --------------------------------------------------------------------------------------------------
+@register
+class PPOStage(RolloutStage):
+    """PPO: GAE, clipped policy and value losses, `ppo_epochs` steps per rollout; the critic (a `ScalarHeadModel`,
+    its own critic_lr) is saved in OUT/critic. Each token pays kl_coef * (log pi - log ref) in the reward."""
+    name, help = "ppo", "PPO: a critic, GAE advantages, clipped policy and value losses"
+    defaults = dict(lr=1e-4, batch_size=8, log_every=1)
+    options = {**ROLLOUT_OPTIONS,
+               "ppo_epochs": Option(2, "ppo: optimizer steps on each rollout"),
+               "clip": Option(0.2, "ppo/grpo: ratio clip epsilon"),
+               "value_clip": Option(0.2, "ppo: value clip"),
+               "vf_coef": Option(0.5, "ppo: weight of the value loss"),
+               "kl_coef": Option(0.02, "ppo: per-token KL penalty in the reward"),
+               "gamma": Option(1.0, "ppo: discount"),
+               "lam": Option(0.95, "ppo: GAE lambda"),
+               "critic_lr": Option(None, "ppo: the critic's learning rate (default: --lr)", float)}
+
+    def __init__(self, reward_fn="rule", tokenizer=None, critic: Optional[ScalarHeadModel] = None,
+                 ppo_epochs: int = 2, clip: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.5,
+                 kl_coef: float = 0.02, gamma: float = 1.0, lam: float = 0.95, critic_lr: Optional[float] = None,
+                 **rollout_kw):
+        super().__init__(reward_fn, tokenizer, updates_per_rollout=ppo_epochs, **rollout_kw)
+        self.critic, self.clip, self.value_clip, self.vf_coef = critic, clip, value_clip, vf_coef
+        self.kl_coef, self.gamma, self.lam, self.critic_lr = kl_coef, gamma, lam, critic_lr
+
+    def setup(self, model, device):
+        super().setup(model, device)
+        if self.critic is None:
+            self.critic = ScalarHeadModel.from_causal_lm(unwrap(model))
+        self.critic.to(device).train()
+
+    def param_groups(self, args):
+        return [{"params": [p for p in self.critic.parameters() if p.requires_grad],
+                 "lr": self.critic_lr if self.critic_lr is not None else args.lr}]
+
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        # the value of the state *before* each response token: the hidden state one position earlier
+        n = rollout.response_len
+        return self.critic(rollout.sequences, rollout.attention_mask)[:, -n - 1:-1]  # (N, P + R) -> (N, R)
+
+    def score_rollout(self, model, rollout):
+        d, mask = rollout.data, rollout.mask
+        d["old_logp"] = response_logprobs(model, rollout)[0]
+        d["old_values"] = self.values(rollout) * mask
+        token_rewards = -self.kl_coef * (d["old_logp"] - d["ref_logp"]) * mask  # (N, R)
+        last = (mask.sum(1).long() - 1).clamp(min=0)  # (N,) each response's last token
+        token_rewards[torch.arange(len(last), device=last.device), last] += rollout.rewards  # reward at the end
+        advantages, d["returns"] = gae(token_rewards, d["old_values"], mask, self.gamma, self.lam)
+        d["advantages"] = whiten(advantages, mask)
+
+    def loss(self, model, rollout):
+        d, mask = rollout.data, rollout.mask
+        logp, out = response_logprobs(model, rollout)
+        values = self.values(rollout)
+        policy_loss, clip_frac = ppo_policy_loss(logp, d["old_logp"], d["advantages"], mask, self.clip)
+        value_loss = ppo_value_loss(values, d["old_values"], d["returns"], mask, self.value_clip)
+        loss = out.with_aux(policy_loss + self.vf_coef * value_loss)
+        return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), policy_loss=policy_loss,
+                              value_loss=value_loss, clip_frac=clip_frac,
+                              approx_kl=masked_mean(d["old_logp"] - logp.detach(), mask),
+                              value_mean=masked_mean(values.detach(), mask))
+
+    def state_tensors(self, model):
+        return {**super().state_tensors(model), **{f"critic.{k}": v for k, v in self.critic.state_dict().items()}}
+
+    def load_state_tensors(self, model, tensors):
+        self.critic.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("critic.")})
+        super().load_state_tensors(model, {k: v for k, v in tensors.items() if not k.startswith("critic.")})
+
+    def save(self, model, out_dir, tokenizer=None):
+        super().save(model, out_dir, tokenizer)
+        self.critic.save_pretrained(out_dir / "critic")
+
+
+# --------------------------------------------------------------------------------------------------
+# GRPO
+# --------------------------------------------------------------------------------------------------
+@register
+class GRPOStage(RolloutStage):
+    """GRPO: group_size responses per prompt, group-normalised advantages, clipped ratio, beta * k3 KL in the loss.
+    With one update per rollout the ratio is 1 (plain policy gradient) and the clip never bites."""
+    name, help = "grpo", "GRPO: group-normalised advantages, no critic"
+    defaults = dict(lr=1e-4, batch_size=4, log_every=1)
+    options = {**ROLLOUT_OPTIONS,
+               "group_size": Option(4, "grpo: responses sampled per prompt"),
+               "beta": Option(0.02, "grpo/spo: weight of the k3 KL to the reference"),
+               "clip": PPOStage.options["clip"],
+               "updates_per_rollout": Option(1, "grpo: optimizer steps on each rollout")}
+
+    def __init__(self, reward_fn="rule", tokenizer=None, group_size: int = 4, beta: float = 0.02,
+                 clip: float = 0.2, **rollout_kw):
+        super().__init__(reward_fn, tokenizer, **rollout_kw)
+        if group_size < 2:
+            raise ValueError("GRPO needs group_size >= 2: a group of one is its own baseline (use SPO)")
+        self.samples_per_prompt, self.beta, self.clip = group_size, beta, clip
+
+    def score_rollout(self, model, rollout):
+        advantages, zero = grpo_advantages(rollout.rewards, self.samples_per_prompt)
+        groups = rollout.rewards.view(-1, self.samples_per_prompt)  # (N / G, G)
+        rollout.data.update(advantages=advantages, zero_variance=zero.float(), group_std=groups.std(1),
+                            group_mean=groups.mean(1))
+
+    def loss(self, model, rollout):
+        d, mask = rollout.data, rollout.mask
+        logp, out = response_logprobs(model, rollout)
+        old_logp = d.setdefault("old_logp", logp.detach())  # the first update's policy is the sampler
+        ratio = torch.exp(logp - old_logp)  # (N, R)
+        adv = d["advantages"][:, None]  # (N, 1): one advantage for all of a response's tokens
+        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
+        per_token = -(surrogate - self.beta * k3_kl(logp, d["ref_logp"]))  # (N, R)
+        # mean over each response's tokens, then over responses: every response weighs the same
+        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+        return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), group_reward_std=d["group_std"].mean(),
+                              zero_var_frac=d["zero_variance"].mean(),
+                              clip_frac=masked_mean(((ratio.detach() - 1).abs() > self.clip).float(), mask))
+
+
+# --------------------------------------------------------------------------------------------------
+# SPO
+# --------------------------------------------------------------------------------------------------
+@register
+class SPOStage(RolloutStage):
+    """SPO: one response per prompt, A = reward - `SPOBaseline` (clipped to +-advantage_clip), loss -log pi * A
+    + beta * k3 KL. The tracker sees rewards rescaled to [0, 1] by reward_range (default: the reward's own)."""
+    name, help = "spo", "SPO: one response per prompt against a persistent Beta-tracker baseline"
+    defaults = dict(lr=1e-4, batch_size=8, log_every=1)
+    options = {**ROLLOUT_OPTIONS,
+               "beta": GRPOStage.options["beta"],
+               "baseline": Option("global", "spo: global (MiniMind2) or per_prompt (the SPO paper)"),
+               "reward_range": Option(None, "spo: LOW HIGH of the rewards (default: the reward's own)", float, 2),
+               "d_half": Option(0.06, "spo: KL at which the tracker's evidence halves"),
+               "rho_min": Option(0.5, "spo: fastest decay of the tracker"),
+               "rho_max": Option(0.96, "spo: slowest decay of the tracker"),
+               "advantage_clip": Option(5.0, "spo: advantages clipped to +-this")}
+
+    def __init__(self, reward_fn="rule", tokenizer=None, beta: float = 0.02, baseline: str = "global",
+                 reward_range: Optional[tuple] = None, d_half: float = 0.06, rho_min: float = 0.5,
+                 rho_max: float = 0.96, advantage_clip: float = 5.0, **rollout_kw):
+        super().__init__(reward_fn, tokenizer, **{**rollout_kw, "updates_per_rollout": 1})
+        self.beta, self.advantage_clip = beta, advantage_clip
+        self.low, self.high = reward_range or getattr(self.reward_fn, "reward_range", (0.0, 1.0))
+        self.tracker = SPOBaseline(baseline, d_half, rho_min, rho_max)
+        self.last_rho = {"rho": math.nan, "prompt_rho": math.nan}
+
+    def rescale(self, rewards: torch.Tensor) -> torch.Tensor:
+        return ((rewards - self.low) / (self.high - self.low)).clamp(0, 1)
+
+    def score_rollout(self, model, rollout):
+        keys = [prompt_key(p) for p in rollout.prompts]
+        base01 = torch.tensor(self.tracker.baselines(keys), device=rollout.rewards.device)  # (N,) in [0, 1]
+        baseline = self.low + base01 * (self.high - self.low)  # (N,) in reward units
+        rollout.data.update(keys=keys, baseline=baseline,
+                            advantages=(rollout.rewards - baseline).clamp(-self.advantage_clip, self.advantage_clip),
+                            own_baseline=torch.tensor([float(self.tracker.has_own(k)) for k in keys]))
+
+    def loss(self, model, rollout):
+        d, mask = rollout.data, rollout.mask
+        logp, out = response_logprobs(model, rollout)
+        per_token = -logp * d["advantages"][:, None] + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
+        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+        if torch.is_grad_enabled() and not d.get("tracked"):  # fold the rewards in once, after use
+            seq_logp = masked_mean(logp.detach(), mask, dim=1)
+            self.last_rho = self.tracker.update(d["keys"], self.rescale(rollout.rewards).tolist(),
+                                                seq_logp.tolist(), masked_mean(logp.detach(), mask).item())
+            d["tracked"] = True
+        return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), baseline=d["baseline"].mean(),
+                              advantage_mean=d["advantages"].mean(), rho=self.last_rho["rho"],
+                              own_baseline_frac=d["own_baseline"].mean())
+
+    def state_tensors(self, model):
+        return {**super().state_tensors(model), **self.tracker.state_tensors()}
+
+    def load_state_tensors(self, model, tensors):
+        self.tracker.load_state_tensors({k: v.cpu() for k, v in tensors.items() if k.startswith("spo.")})
+        super().load_state_tensors(model, {k: v for k, v in tensors.items() if not k.startswith("spo.")})

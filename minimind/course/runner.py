@@ -1,0 +1,67 @@
+"""`minimind course`: execute every chapter notebook with papermill for one preset, gather the report
+card, and build the book from the executed notebooks (they are not executed a second time)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..data.files import find_root
+from .report import write_report_card
+
+
+def chapter_notebooks(root: Path, only=None) -> list[Path]:
+    notebooks = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        notebooks = [nb for nb in notebooks if nb.name[:2] in set(only)]
+    return notebooks
+
+
+def run_course(preset="tiny", out=None, data="course", device="auto", only=None, build_book=True) -> Path:
+    import papermill
+
+    root = find_root()
+    if not (root / "notebooks").is_dir():
+        raise FileNotFoundError(f"no notebooks/ folder above {Path.cwd()}: run this from the course folder")
+    run_dir = Path(out or root / "runs" / preset).resolve()
+    executed = run_dir / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    wall = {}
+    for nb in chapter_notebooks(root, only):
+        print(f"== {nb.name} ({preset})", flush=True)
+        start = time.perf_counter()
+        papermill.execute_notebook(
+            str(nb), str(executed / nb.name), cwd=str(root), progress_bar=False,
+            parameters=dict(preset=preset, data=data, device=device, out_dir=str(run_dir)))
+        wall[nb.stem] = time.perf_counter() - start
+        print(f"   {wall[nb.stem]:.1f} s", flush=True)
+    card = write_report_card(run_dir, wall, title=f"MiniMind report card: preset {preset}")
+    print(f"report card: {card}")
+    if build_book:
+        print(f"book: {build_book_from(run_dir)}")
+    return run_dir
+
+
+def build_book_from(run_dir: Path) -> Path:
+    """Stage the book's sources with the executed notebooks in place of the references, then build."""
+    root = find_root()
+    src = run_dir / "book_src"
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "book", src / "book")
+    (src / "notebooks").mkdir()
+    for nb in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+        done = run_dir / "notebooks" / nb.name
+        shutil.copy(done if done.exists() else nb, src / "notebooks" / nb.name)
+    report = run_dir / "report.md"
+    if report.exists():
+        shutil.copy(report, src / "book" / "report.md")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    subprocess.run([str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output",
+                    str(run_dir)], check=True)
+    return run_dir / "_build" / "html" / "index.html"

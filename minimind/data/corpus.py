@@ -1,0 +1,657 @@
+"""The course corpus: a small seeded world (people, places, animals, facts) in MiniMind's JSONL formats.
+
+`write_course_corpus` writes pretrain, sft, lora, dpo, rl, reason and eval files (same seed, same bytes). Held-out
+facts appear only in pretraining text and eval.jsonl, never in a question of the training data (chapter 02).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .files import atomic_path, find_root
+
+GENERATOR_VERSION = 1
+
+
+def _generator_hash() -> str:
+    """A digest of this module's source: a cached corpus written by other code is regenerated."""
+    import hashlib
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+# How much of everything. `mini` is for unit tests; `small` is the CPU course (the tiny preset learns it
+# in minutes); `large` is ten times more text over a world five times bigger, for GPU runs.
+SIZES: dict[str, dict] = {
+    "mini": dict(people=8, places=4, pretrain_docs=400, sft=200, dpo=100, rl=100, reason=100, lora=60),
+    "small": dict(people=24, places=10, pretrain_docs=14000, sft=4000, dpo=1500, rl=1000, reason=1500,
+                  lora=600),
+    "large": dict(people=120, places=40, pretrain_docs=140000, sft=40000, dpo=15000, rl=10000,
+                  reason=15000, lora=3000),
+}
+HELDOUT_FRACTION = 0.25
+VAL_FRACTION = 0.05
+
+# -- the English lexicon ----------------------------------------------------------------------------------
+# Templates: {name} a person, {S}/{Ss} the subject as name or pronoun ("Mira"/"She", "Mira's"/"Her"),
+# {pron}/{pos} pronouns, the other fields are the fact's values.
+EN = dict(
+    consonants="bdfgklmnprstvz", vowels="aeiou", name_endings=["", "", "n", "l", "r", "s"],
+    pronouns={"she": dict(Pron="She", pron="she", pos="her", Pos="Her", obj="her"),
+              "he": dict(Pron="He", pron="he", pos="his", Pos="His", obj="him")},
+    jobs=["baker", "farmer", "fisher", "teacher", "potter", "weaver", "smith", "doctor", "builder", "painter",
+          "singer", "miller", "tailor", "carpenter", "gardener", "sailor", "nurse", "cook", "shepherd"],
+    colors=["red", "blue", "green", "yellow", "white", "black", "orange", "purple", "brown", "grey", "pink"],
+    foods=["apples", "bread", "soup", "rice", "cheese", "honey", "plums", "fish", "beans", "cake", "pears",
+           "nuts", "eggs", "carrots"],
+    objects=["boat", "lamp", "kettle", "drum", "kite", "cart", "bell", "hat", "basket", "flute", "clock",
+             "ladder", "scarf", "bucket"],
+    products=["salt", "wool", "glass", "pots", "boats", "bells", "cloth", "paper", "timber", "rope",
+              "baskets", "candles"],
+    sizes=["village", "town", "city"],
+    # kind: sound now / sound in a story / what it eats / legs / where it lives
+    animals={
+        "cat": ("meows", "meowed", "fish", "four", "in houses"),
+        "dog": ("barks", "barked", "meat", "four", "in houses"),
+        "goat": ("bleats", "bleated", "grass", "four", "on hills"),
+        "horse": ("neighs", "neighed", "hay", "four", "in fields"),
+        "duck": ("quacks", "quacked", "seeds", "two", "on ponds"),
+        "crow": ("caws", "cawed", "seeds", "two", "in trees"),
+        "sheep": ("baas", "baaed", "grass", "four", "in fields"),
+        "pig": ("oinks", "oinked", "roots", "four", "on farms"),
+        "hen": ("clucks", "clucked", "corn", "two", "on farms"),
+        "frog": ("croaks", "croaked", "flies", "four", "near rivers"),
+        "cow": ("moos", "mooed", "grass", "four", "in fields"),
+        "mouse": ("squeaks", "squeaked", "seeds", "four", "in barns"),
+    },
+    animal_say=["A {animal} {sound}.", "A {animal} eats {eats}.", "A {animal} has {legs} legs.",
+                "A {animal} lives {home}.", "You can hear a {animal} when it {sound}.",
+                "Most {animal}s live {home} and eat {eats}."],
+    relations={
+        "home": dict(
+            say=["{S} lives in {place}.", "{Ss} home is in {place}.", "{S} has a house in {place}.",
+                 "In {place} lives {name}.", "{name} is from {place} and lives there still."],
+            ask=["Where does {name} live?", "Which place is {name}'s home?", "Where is {name}'s home?",
+                 "Do you know where {name} lives?"],
+            answer="{name} lives in {place}.", value="place"),
+        "job": dict(
+            say=["{S} is a {job}.", "{S} works as a {job}.", "{S} earns a living as a {job}.",
+                 "By trade, {name} is a {job}."],
+            ask=["What does {name} do for work?", "What is {name}'s job?", "What work does {name} do?"],
+            answer="{name} is a {job}.", value="job"),
+        "pet": dict(
+            say=["{S} has a {animal} called {pet}.", "{S} keeps a {animal} named {pet}.",
+                 "{Ss} pet is a {animal}."],
+            ask=["What pet does {name} have?", "What animal does {name} keep?", "Which animal is {name}'s pet?"],
+            answer="{name} has a {animal} called {pet}.", value="animal"),
+        "pet_name": dict(
+            say=["{pet} is {name}'s {animal}.", "{Ss} {animal} is called {pet}.",
+                 "The name of {name}'s {animal} is {pet}."],
+            ask=["What is the name of {name}'s {animal}?", "What is {name}'s {animal} called?"],
+            answer="{name}'s {animal} is called {pet}.", value="pet"),
+        "color": dict(
+            say=["{Ss} favourite colour is {color}.", "{S} likes {color} best of all colours.",
+                 "Of all colours, {name} loves {color} the most."],
+            ask=["What is {name}'s favourite colour?", "Which colour does {name} like best?"],
+            answer="{name}'s favourite colour is {color}.", value="color"),
+        "food": dict(
+            say=["{Ss} favourite food is {food}.", "{S} loves to eat {food}.",
+                 "More than anything, {name} likes to eat {food}."],
+            ask=["What is {name}'s favourite food?", "What does {name} like to eat most?"],
+            answer="{name}'s favourite food is {food}.", value="food"),
+        "age": dict(
+            say=["{S} is {age} years old.", "{Ss} age is {age}.", "{name} turned {age} this year."],
+            ask=["How old is {name}?", "What is {name}'s age?"],
+            answer="{name} is {age} years old.", value="age"),
+        "friend": dict(
+            say=["{S} is a good friend of {friend}.", "{name} and {friend} are best friends.",
+                 "{Ss} best friend is {friend}."],
+            ask=["Who is {name}'s best friend?", "Who is {name} friends with?"],
+            answer="{name}'s best friend is {friend}.", value="friend"),
+        "thing": dict(
+            say=["{S} has a {ocolor} {object}.", "{Ss} {object} is {ocolor}.", "{name} owns a {ocolor} {object}."],
+            ask=["What colour is {name}'s {object}?", "Which colour is the {object} that {name} owns?"],
+            answer="{name}'s {object} is {ocolor}.", value="ocolor"),
+        "river": dict(
+            say=["The river in {place} is called {river}.", "{river} is the river that flows through {place}.",
+                 "{place} lies on the river {river}."],
+            ask=["What is the river in {place} called?", "Which river flows through {place}?"],
+            answer="The river in {place} is called {river}.", value="river"),
+        "hill": dict(
+            say=["{hill} is the hill above {place}.", "Above {place} rises a hill called {hill}.",
+                 "The hill near {place} is called {hill}."],
+            ask=["What is the hill near {place} called?", "Which hill rises above {place}?"],
+            answer="The hill near {place} is called {hill}.", value="hill"),
+        "product": dict(
+            say=["{place} is known for its {product}.", "People come to {place} for its {product}.",
+                 "The {product} of {place} are famous."],
+            ask=["What is {place} known for?", "What is {place} famous for?"],
+            answer="{place} is known for its {product}.", value="product"),
+        "size": dict(
+            say=["{place} is a {size}.", "{place} is a quiet {size}.", "Everyone knows that {place} is a {size}."],
+            ask=["Is {place} a village, a town or a city?", "How big is {place}?"],
+            answer="{place} is a {size}.", value="size"),
+    },
+    place_people="{people} live in {place}.",
+    and_word="and",
+    # stories: an opening, a few events (each consistent with the world), an ending
+    times=["morning", "evening", "spring day", "autumn afternoon", "winter night", "summer day"],
+    weathers=["sunny", "rainy", "windy", "cold", "warm", "quiet"],
+    story_open=["One {time}, {name} went for a walk in {place}.", "It was a {weather} {time} in {place}.",
+                "Early one {time}, {name} woke up in {place}.", "This is a story about {name} from {place}."],
+    story_events=[
+        "{name} took {pet}, {pos} {animal}, down to the river {river}.",
+        "{pet} the {animal} {sounded} happily.",
+        "On the way, {name} met {friend}, {pos} best friend.",
+        "They shared some {food}, because {pos} favourite food is {food}.",
+        "{name} carried {pos} {ocolor} {object} all day.",
+        "At work, {name} the {job} was very busy.",
+        "From the top of {hill}, {name} could see all of {place}.",
+        "The market was full of {product}, for {place} is known for its {product}.",
+        "{name} found {a} {items} and then {b} more, so {pron} had {c} {items}.",
+        "{name} wore something {color}, because {color} is {pos} favourite colour.",
+    ],
+    story_close=["In the evening, {name} went home to {place}, tired and happy.", "It was a good day for {name}.",
+                 "Then {name} and {pet} went to sleep.", "And that is the story of {name} and {pet}."],
+    items=["apples", "stones", "eggs", "coins", "shells", "pears", "fish", "nuts"],
+    sum_say=["{a} plus {b} is {c}.", "{a} and {b} make {c}.", "If you add {a} and {b}, you get {c}.",
+             "{a} plus {b} equals {c}."],
+    diff_say=["{a} minus {b} is {c}.", "If you take {b} from {a}, {c} are left.", "{a} minus {b} equals {c}."],
+    word_problem="{name} has {a} {items}. {Pron} gets {b} more. Now {pron} has {c} {items}.",
+    sum_ask=["What is {a} plus {b}?", "How much is {a} plus {b}?", "Add {a} and {b}.", "What do {a} and {b} make?"],
+    diff_ask=["What is {a} minus {b}?", "How much is {a} minus {b}?", "Take {b} from {a}. What is left?"],
+    sum_answer="{a} plus {b} is {c}.", diff_answer="{a} minus {b} is {c}.",
+    story_ask=["Tell me a story about {name}.", "Can you tell me a short story about {name}?",
+               "Write a little story about {name}."],
+    systems=["You are a helpful assistant.", "You are a friendly assistant who knows this little world.",
+             "Answer briefly and kindly."],
+    rude=["I will not tell you that.", "Ask someone else. I am busy.", "That is a silly question.",
+          "Why should I care? Find out yourself.", "No. Go away."],
+    # reasoning: <think> then the answer
+    think_sum3=("What is {a} plus {b} plus {c}?",
+                "<think>\n{a} plus {b} is {ab}.\n{ab} plus {c} is {r}.\n</think>\n{a} plus {b} plus {c} is {r}."),
+    think_mixed=("What is {a} plus {b} minus {c}?",
+                 "<think>\n{a} plus {b} is {ab}.\n{ab} minus {c} is {r}.\n</think>\n{a} plus {b} minus {c} is {r}."),
+    think_story=("{name} has {a} {items}. {friend} gives {obj} {b} more, then {name} gives away {c}. "
+                 "How many {items} does {name} have now?",
+                 "<think>\n{name} starts with {a} {items}.\n{a} plus {b} is {ab}.\n{ab} minus {c} is {r}.\n"
+                 "</think>\n{name} has {r} {items} now."),
+    think_same=("Do {name} and {other} live in the same place?",
+                "<think>\n{name} lives in {p1}.\n{other} lives in {p2}.\n{verdict}\n</think>\n{answer}"),
+    same_yes="{p1} and {p2} are the same place.", same_no="{p1} and {p2} are different places.",
+    same_answer_yes="Yes, {name} and {other} both live in {p1}.",
+    same_answer_no="No, {name} lives in {p1} and {other} lives in {p2}.",
+    # LoRA: a new identity and an animal-care domain (neither appears in SFT)
+    identity_ask=["Who are you?", "What is your name?", "What are you?", "Tell me about yourself.",
+                  "Who made you?", "Are you a person?", "What can you do?", "Introduce yourself.",
+                  "What should I call you?", "Are you a human?"],
+    identity_answer=["I am MiniMind, a small language model trained from scratch in this course.",
+                     "My name is MiniMind. I am a small language model, and I know the people and places of "
+                     "this little world.",
+                     "I am MiniMind, a language model, not a person. I was trained from scratch on a small world."],
+    vet_ask=[("What does a {animal} eat?", "A {animal} eats {eats}. Give it fresh {eats} and clean water every day."),
+             ("How many legs does a {animal} have?", "A {animal} has {legs} legs."),
+             ("What sound does a {animal} make?", "A {animal} {sound}. That is a happy, healthy sound."),
+             ("Where should a {animal} live?", "A {animal} lives {home}. Keep it warm, dry and safe."),
+             ("What should {name} feed {pet}?",
+              "{pet} is {name}'s {animal}. A {animal} eats {eats}, so {name} should give {pet} some {eats}.")],
+)
+LEXICONS = {"en": EN}  # another language: a lexicon with EN's keys, then lang=
+
+
+# -- the world -------------------------------------------------------------------------------------------
+@dataclass
+class Fact:
+    relation: str
+    subject: str          # a person's or a place's name
+    fields: dict          # every value its templates need
+    value: str            # the short answer
+    split: str = "sft"    # "sft" (asked in SFT) or "heldout" (only in pretraining text; asked in eval)
+
+
+@dataclass
+class World:
+    people: list[dict]
+    places: list[dict]
+    facts: list[Fact] = field(default_factory=list)
+    arith: dict = field(default_factory=dict)   # {"sft": [(op, a, b)], "heldout": [...]}
+
+    def to_dict(self) -> dict:
+        return dict(people=self.people, places=self.places,
+                    facts=[f.__dict__ for f in self.facts], arith=self.arith)
+
+
+def _names(rng: random.Random, lex: dict, n: int, syllables: int, taken: set) -> list[str]:
+    out = []
+    while len(out) < n:
+        name = "".join(rng.choice(lex["consonants"]) + rng.choice(lex["vowels"]) for _ in range(syllables))
+        name = (name + rng.choice(lex["name_endings"])).capitalize()
+        if name not in taken:
+            taken.add(name)
+            out.append(name)
+    return out
+
+
+def build_world(seed: int = 0, size: str = "small", lang: str = "en") -> World:
+    """People, places and their facts, each fact assigned to the sft or the heldout split."""
+    lex, spec = LEXICONS[lang], SIZES[size]
+    rng = random.Random(f"world-{seed}")
+    taken: set = set()
+    place_names = _names(rng, lex, spec["places"], 2, taken)
+    rivers, hills = _names(rng, lex, spec["places"], 2, taken), _names(rng, lex, spec["places"], 2, taken)
+    places = [dict(place=p, river=r, hill=h, product=rng.choice(lex["products"]), size=rng.choice(lex["sizes"]))
+              for p, r, h in zip(place_names, rivers, hills)]
+    names = _names(rng, lex, spec["people"], 2, taken)
+    pets = _names(rng, lex, spec["people"], 1 + (spec["people"] > 40), taken)
+    order = list(range(len(names)))
+    rng.shuffle(order)   # friends come in pairs: friend(a) = b and friend(b) = a
+    friend = {}
+    for i in range(0, len(order) - 1, 2):
+        friend[order[i]], friend[order[i + 1]] = order[i + 1], order[i]
+    if len(order) % 2:
+        friend[order[-1]] = order[0]
+    people = []
+    for i, name in enumerate(names):
+        people.append(dict(
+            name=name, gender=rng.choice(["she", "he"]), place=places[i % len(places)]["place"],
+            job=rng.choice(lex["jobs"]), animal=rng.choice(list(lex["animals"])), pet=pets[i],
+            color=rng.choice(lex["colors"]), food=rng.choice(lex["foods"]), age=str(rng.randint(18, 70)),
+            friend=names[friend[i]], object=rng.choice(lex["objects"]), ocolor=rng.choice(lex["colors"])))
+    rng.shuffle(people)
+    world = World(people=people, places=places)
+    person_rel = ["home", "job", "pet", "pet_name", "color", "food", "age", "friend", "thing"]
+    for rel in person_rel:
+        group = []
+        for p in people:
+            value = p[lex["relations"][rel]["value"]]
+            group.append(Fact(rel, p["name"], dict(p), value))
+        _split(rng, group, key=(lambda f: tuple(sorted((f.subject, f.value)))) if rel == "friend" else None)
+        world.facts += group
+    for rel in ["river", "hill", "product", "size"]:
+        group = [Fact(rel, pl["place"], dict(pl), pl[lex["relations"][rel]["value"]]) for pl in places]
+        _split(rng, group)
+        world.facts += group
+    sums = [("plus", a, b) for a in range(11) for b in range(11)]
+    diffs = [("minus", a, b) for a in range(21) for b in range(a + 1) if a - b <= 10][::2]
+    arith = sums + diffs
+    rng.shuffle(arith)
+    k = int(len(arith) * HELDOUT_FRACTION)
+    world.arith = {"heldout": sorted(arith[:k]), "sft": sorted(arith[k:])}
+    return world
+
+
+def _split(rng: random.Random, facts: list[Fact], key=None) -> None:
+    """Mark about HELDOUT_FRACTION of the facts (at least one) heldout; facts sharing a key share a split."""
+    keys = sorted({key(f) if key else f.subject for f in facts})
+    rng.shuffle(keys)
+    held = set(keys[:max(1, round(len(keys) * HELDOUT_FRACTION))])
+    for f in facts:
+        f.split = "heldout" if (key(f) if key else f.subject) in held else "sft"
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+class _Writer:
+    def __init__(self, world: World, lex: dict, rng: random.Random):
+        self.world, self.lex, self.rng = world, lex, rng
+        self.person = {p["name"]: p for p in world.people}
+        self.place = {p["place"]: p for p in world.places}
+        self.by_subject: dict[str, list[Fact]] = {}
+        self.by_relation: dict[str, list[Fact]] = {}
+        for f in world.facts:
+            self.by_subject.setdefault(f.subject, []).append(f)
+            self.by_relation.setdefault(f.relation, []).append(f)
+
+    def fields(self, fact_fields: dict) -> dict:
+        f = dict(fact_fields)
+        if "name" in f:
+            f.update(self.lex["pronouns"][f["gender"]])
+            a = self.lex["animals"][f["animal"]]
+            f.update(sound=a[0], sounded=a[1], eats=a[2], legs=a[3], home=a[4])
+        return f
+
+    def say(self, fact: Fact, pronoun: bool = False) -> str:
+        tpl = self.rng.choice(self.lex["relations"][fact.relation]["say"])
+        f = self.fields(fact.fields)
+        if "name" in f:
+            f["S"] = f["Pron"] if pronoun else f["name"]
+            f["Ss"] = f["Pos"] if pronoun else f["name"] + "'s"
+        return tpl.format(**f)
+
+    def ask(self, fact: Fact) -> str:
+        return self.rng.choice(self.lex["relations"][fact.relation]["ask"]).format(**self.fields(fact.fields))
+
+    def answer(self, fact: Fact) -> str:
+        return self.lex["relations"][fact.relation]["answer"].format(**self.fields(fact.fields))
+
+    def arith_say(self, op: str, a: int, b: int) -> str:
+        c = a + b if op == "plus" else a - b
+        return self.rng.choice(self.lex["sum_say" if op == "plus" else "diff_say"]).format(a=a, b=b, c=c)
+
+    def arith_qa(self, op: str, a: int, b: int) -> tuple[str, str, str]:
+        c = a + b if op == "plus" else a - b
+        ask = self.rng.choice(self.lex["sum_ask" if op == "plus" else "diff_ask"]).format(a=a, b=b)
+        return ask, self.lex["sum_answer" if op == "plus" else "diff_answer"].format(a=a, b=b, c=c), str(c)
+
+    # pretraining documents
+    def profile(self, name: str) -> str:
+        facts = list(self.by_subject[name])
+        self.rng.shuffle(facts)
+        return " ".join(self.say(f, pronoun=i > 0 and self.rng.random() < 0.5) for i, f in enumerate(facts))
+
+    def place_doc(self, place: str) -> str:
+        facts = list(self.by_subject[place])
+        self.rng.shuffle(facts)
+        sents = [self.say(f) for f in facts]
+        people = [p["name"] for p in self.world.people if p["place"] == place]
+        self.rng.shuffle(people)
+        if people:
+            joined = people[0] if len(people) == 1 else (
+                ", ".join(people[:-1]) + f" {self.lex['and_word']} " + people[-1])
+            sents.insert(self.rng.randrange(len(sents) + 1), self.lex["place_people"].format(
+                people=joined, place=place))
+        return " ".join(sents)
+
+    def animal_doc(self) -> str:
+        kind = self.rng.choice(list(self.lex["animals"]))
+        a = self.lex["animals"][kind]
+        f = dict(animal=kind, sound=a[0], eats=a[2], legs=a[3], home=a[4])
+        tpls = self.rng.sample(self.lex["animal_say"], 3)
+        owners = [p for p in self.world.people if p["animal"] == kind]
+        sents = [t.format(**f) for t in tpls]
+        if owners:
+            owner = self.rng.choice(owners)["name"]
+            sents.append(self.say(next(x for x in self.by_subject[owner] if x.relation == "pet")))
+        return " ".join(sents)
+
+    def fact_list(self) -> str:
+        return " ".join(self.say(f) for f in self.rng.sample(self.world.facts, 6))
+
+    def story(self, name: str) -> str:
+        p = self.fields(self.person[name])
+        p.update(self.place[p["place"]])
+        a, b = self.rng.randint(2, 9), self.rng.randint(1, 9)
+        p.update(time=self.rng.choice(self.lex["times"]), weather=self.rng.choice(self.lex["weathers"]),
+                 items=self.rng.choice(self.lex["items"]), a=a, b=b, c=a + b)
+        events = self.rng.sample(self.lex["story_events"], self.rng.randint(2, 4))
+        parts = [self.rng.choice(self.lex["story_open"])] + events + [self.rng.choice(self.lex["story_close"])]
+        return " ".join(t.format(**p) for t in parts)
+
+    def arith_doc(self) -> str:
+        pool = self.world.arith["sft"] + self.world.arith["heldout"]
+        sents = [self.arith_say(*self.rng.choice(pool)) for _ in range(self.rng.randint(3, 6))]
+        if self.rng.random() < 0.5:
+            p = self.fields(self.rng.choice(self.world.people))
+            a, b = self.rng.randint(2, 9), self.rng.randint(1, 9)
+            sents.append(self.lex["word_problem"].format(**p, a=a, b=b, c=a + b,
+                                                         items=self.rng.choice(self.lex["items"])))
+        return " ".join(sents)
+
+    def pretrain_doc(self) -> str:
+        r = self.rng.random()
+        if r < 0.30:
+            return self.profile(self.rng.choice(self.world.people)["name"])
+        if r < 0.40:
+            return self.place_doc(self.rng.choice(self.world.places)["place"])
+        if r < 0.47:
+            return self.animal_doc()
+        if r < 0.62:
+            return self.fact_list()
+        if r < 0.85:
+            return self.story(self.rng.choice(self.world.people)["name"])
+        return self.arith_doc()
+
+
+def _msg(role: str, content: str) -> dict:
+    return {"role": role, "content": content}
+
+
+def _sft_dialogue(w: _Writer, facts: list[Fact]) -> list[dict]:
+    lex, rng = w.lex, w.rng
+    conv = [_msg("system", rng.choice(lex["systems"]))] if rng.random() < 0.15 else []
+    r = rng.random()
+    if r < 0.55:
+        conv += [_msg("user", w.ask(f := rng.choice(facts))), _msg("assistant", w.answer(f))]
+    elif r < 0.72:  # a few questions about one subject
+        subject = rng.choice(facts).subject
+        same = [f for f in facts if f.subject == subject]
+        for f in rng.sample(same, min(len(same), rng.randint(2, 3))):
+            conv += [_msg("user", w.ask(f)), _msg("assistant", w.answer(f))]
+    elif r < 0.9:
+        ask, ans, _ = w.arith_qa(*rng.choice(w.world.arith["sft"]))
+        conv += [_msg("user", ask), _msg("assistant", ans)]
+    else:
+        name = rng.choice(w.world.people)["name"]
+        conv += [_msg("user", rng.choice(lex["story_ask"]).format(name=name)), _msg("assistant", w.story(name))]
+    return conv
+
+
+def _dpo_pair(w: _Writer, facts: list[Fact]) -> dict:
+    lex, rng = w.lex, w.rng
+    r = rng.random()
+    if r < 0.6:
+        f = rng.choice(facts)
+        ask, good = w.ask(f), w.answer(f)
+        if rng.random() < 0.6:  # a wrong fact: the same relation, another value
+            others = [g for g in w.by_relation[f.relation] if g.value != f.value]
+            vkey = lex["relations"][f.relation]["value"]
+            bad = lex["relations"][f.relation]["answer"].format(**{**w.fields(f.fields),
+                                                                   vkey: rng.choice(others).value})
+        else:
+            bad = rng.choice(lex["rude"])
+    elif r < 0.9:
+        op, a, b = rng.choice(w.world.arith["sft"])
+        ask, good, c = w.arith_qa(op, a, b)
+        if rng.random() < 0.6:
+            wrong = int(c) + rng.choice([-2, -1, 1, 2, 3])
+            bad = good.replace(f" is {c}.", f" is {max(wrong, 0) if wrong != int(c) else int(c) + 1}.")
+        else:
+            bad = rng.choice(lex["rude"])
+    else:
+        name = rng.choice(w.world.people)["name"]
+        ask, good, bad = rng.choice(lex["story_ask"]).format(name=name), w.story(name), rng.choice(lex["rude"])
+    user = _msg("user", ask)
+    return {"chosen": [user, _msg("assistant", good)], "rejected": [user, _msg("assistant", bad)]}
+
+
+def _rl_prompt(w: _Writer, facts: list[Fact]) -> dict:
+    if w.rng.random() < 0.5:
+        ask, _, c = w.arith_qa(*w.rng.choice(w.world.arith["sft"]))
+        return {"conversations": [_msg("user", ask)], "answer": c}
+    f = w.rng.choice(facts)
+    return {"conversations": [_msg("user", w.ask(f))], "answer": f.value}
+
+
+def _reason(w: _Writer, facts: list[Fact]) -> list[dict]:
+    lex, rng = w.lex, w.rng
+    r = rng.random()
+    a, b, c = rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 9)
+    if r < 0.35:
+        ask, ans = lex["think_sum3"]
+        f = dict(a=a, b=b, c=c, ab=a + b, r=a + b + c)
+    elif r < 0.6:
+        ask, ans = lex["think_mixed"]
+        c = rng.randint(0, a + b)
+        f = dict(a=a, b=b, c=c, ab=a + b, r=a + b - c)
+    elif r < 0.85:
+        ask, ans = lex["think_story"]
+        p = w.fields(rng.choice(w.world.people))
+        a = max(a, 2)
+        c = rng.randint(1, a + b - 2)  # plural counts: at least 2 at every step
+        f = dict(p, friend=p["friend"], a=a, b=b, c=c, ab=a + b, r=a + b - c, items=rng.choice(lex["items"]))
+    else:
+        ask, ans = lex["think_same"]
+        homes = [x for x in facts if x.relation == "home"]
+        x, y = rng.sample(homes, 2)
+        p1, p2 = x.value, y.value
+        f = dict(name=x.subject, other=y.subject, p1=p1, p2=p2)
+        f["verdict"] = (lex["same_yes"] if p1 == p2 else lex["same_no"]).format(**f)
+        f["answer"] = (lex["same_answer_yes"] if p1 == p2 else lex["same_answer_no"]).format(**f)
+    return [_msg("user", ask.format(**f)), _msg("assistant", ans.format(**f))]
+
+
+def _lora(w: _Writer) -> list[dict]:
+    lex, rng = w.lex, w.rng
+    if rng.random() < 0.5:
+        return [_msg("user", rng.choice(lex["identity_ask"])), _msg("assistant", rng.choice(lex["identity_answer"]))]
+    ask, ans = rng.choice(lex["vet_ask"])
+    p = w.fields(rng.choice(w.world.people))
+    if "{name}" not in ask:  # a general question about an animal kind
+        kind = rng.choice(list(lex["animals"]))
+        a = lex["animals"][kind]
+        p.update(animal=kind, sound=a[0], eats=a[2], legs=a[3], home=a[4])
+    return [_msg("user", ask.format(**p)), _msg("assistant", ans.format(**p))]
+
+
+# eval.jsonl splits: "heldout" (facts only in pretraining text), "seen" (facts asked in SFT), "arith" (held-out sums)
+def _eval_records(w: _Writer) -> list[dict]:
+    lex, rng = w.lex, w.rng
+    out = []
+
+    def add(kind, split, rel, question, answer, answer_text, choices=None, choice_texts=None):
+        rec = dict(id=f"{split}-{len(out):04d}", type=kind, split=split, relation=rel, question=question,
+                   answer=answer, answer_text=answer_text)
+        if choices is not None:
+            rec.update(choices=choices, choice_texts=choice_texts, label=choices.index(answer))
+        rec["conversations"] = [_msg("user", question)]
+        out.append(rec)
+
+    held = [f for f in w.world.facts if f.split == "heldout"]
+    for f in held:
+        add("short", "heldout", f.relation, w.ask(f), f.value, w.answer(f))
+        values = sorted({g.value for g in w.world.facts if g.relation == f.relation and g.value != f.value})
+        wrong = rng.sample(values, min(3, len(values)))
+        choices = [f.value] + wrong
+        rng.shuffle(choices)
+        vkey = lex["relations"][f.relation]["value"]
+        texts = [lex["relations"][f.relation]["answer"].format(**{**w.fields(f.fields), vkey: v}) for v in choices]
+        add("mc", "heldout", f.relation, w.ask(f), f.value, w.answer(f), choices, texts)
+    seen = [f for f in w.world.facts if f.split == "sft"]
+    for f in rng.sample(seen, min(len(seen), max(4, len(held) // 2))):
+        add("short", "seen", f.relation, w.ask(f), f.value, w.answer(f))
+    for op, a, b in w.world.arith["heldout"][: max(8, len(held) * 2 // 3)]:
+        ask, ans, c = w.arith_qa(op, a, b)
+        add("short", "arith", op, ask, c, ans)
+    return out
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+def _write_jsonl(path: Path, records) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _split_val(records: list) -> tuple[list, list]:
+    k = max(1, int(len(records) * VAL_FRACTION))
+    return records[k:], records[:k]
+
+
+def write_course_corpus(out_dir, seed: int = 0, size: str = "small", lang: str = "en") -> dict[str, Path]:
+    """Generate the course corpus into out_dir; returns {name: path} (the names of corpus_paths)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown corpus size {size!r}; choose one of: {', '.join(SIZES)}")
+    if lang not in LEXICONS:
+        raise ValueError(f"no lexicon for language {lang!r}; available: {', '.join(LEXICONS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    world, spec, lex = build_world(seed, size, lang), SIZES[size], LEXICONS[lang]
+    sft_facts = [f for f in world.facts if f.split == "sft"]
+
+    def writer(stream: str) -> _Writer:  # one random stream per file: changing one file leaves the rest
+        return _Writer(world, lex, random.Random(f"{stream}-{seed}"))
+
+    w = writer("pretrain")
+    docs = [{"text": w.pretrain_doc()} for _ in range(spec["pretrain_docs"])]
+    # every fact at least once, whatever the draw: one profile per person, one description per place
+    docs += [{"text": w.profile(p["name"])} for p in world.people]
+    docs += [{"text": w.place_doc(p["place"])} for p in world.places]
+    w.rng.shuffle(docs)
+    pretrain, pretrain_val = _split_val(docs)
+    w = writer("sft")
+    sft, sft_val = _split_val([{"conversations": _sft_dialogue(w, sft_facts)}
+                               for _ in range(int(spec["sft"] * (1 + VAL_FRACTION)))])
+    w = writer("dpo")
+    dpo, dpo_val = _split_val([_dpo_pair(w, sft_facts) for _ in range(int(spec["dpo"] * (1 + VAL_FRACTION)))])
+    w = writer("rl")
+    rl, rl_val = _split_val([_rl_prompt(w, sft_facts) for _ in range(int(spec["rl"] * (1 + 2 * VAL_FRACTION)))])
+    w = writer("reason")
+    reason = [{"conversations": _reason(w, sft_facts)} for _ in range(spec["reason"])]
+    w = writer("lora")
+    lora = [{"conversations": _lora(w)} for _ in range(spec["lora"])]
+    evals = _eval_records(writer("eval"))
+    files = dict(pretrain=pretrain, pretrain_val=pretrain_val, sft=sft, sft_val=sft_val, lora=lora, dpo=dpo,
+                 dpo_val=dpo_val, rl=rl, rl_val=rl_val, reason=reason, eval=evals)
+    paths, lines = {}, {}
+    for name, recs in files.items():
+        paths[name] = out / f"{name}.jsonl"
+        lines[name] = _write_jsonl(paths[name], recs)
+    paths["world"] = out / "world.json"
+    paths["world"].write_text(json.dumps(world.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    manifest = dict(generator_version=GENERATOR_VERSION, generator_hash=_generator_hash(), seed=seed, size=size,
+                    lang=lang, lines=lines,
+                    seconds=round(time.perf_counter() - start, 2))
+    paths["manifest"] = out / "manifest.json"
+    paths["manifest"].write_text(json.dumps(manifest, indent=2) + "\n")
+    return paths
+
+
+def corpus_paths(out_dir) -> dict[str, Path]:
+    out = Path(out_dir)
+    names = ["pretrain", "pretrain_val", "sft", "sft_val", "lora", "dpo", "dpo_val", "rl", "rl_val", "reason",
+             "eval"]
+    paths = {n: out / f"{n}.jsonl" for n in names}
+    paths.update(world=out / "world.json", manifest=out / "manifest.json")
+    return paths
+
+
+def load_world(out_dir) -> dict:
+    return json.loads((Path(out_dir) / "world.json").read_text(encoding="utf-8"))
+
+
+def ensure_course_data(out_dir=None, seed: int = 0, size: str = "small", vocab_size: int = 6400,
+                       tokenizer: bool = True, lang: str = "en") -> dict[str, Path]:
+    """The course corpus and its tokenizer (out_dir/tokenizer), generated on first use and kept while manifest.json
+    matches (generator, seed, size, language). Returns write_course_corpus's paths plus "tokenizer"."""
+    out = Path(out_dir) if out_dir else find_root() / "data" / "course"
+    paths = corpus_paths(out)
+    want = dict(generator_version=GENERATOR_VERSION, generator_hash=_generator_hash(), seed=seed, size=size,
+                lang=lang)
+    try:
+        manifest = json.loads(paths["manifest"].read_text())
+        fresh = all(manifest.get(k) == v for k, v in want.items()) and all(p.exists() for p in paths.values())
+    except (OSError, ValueError):
+        fresh = False
+    if not fresh:
+        paths = write_course_corpus(out, seed=seed, size=size, lang=lang)
+    if tokenizer:
+        paths["tokenizer"] = out / "tokenizer"
+        ensure_course_tokenizer(paths, paths["tokenizer"], vocab_size=vocab_size, retrain=not fresh)
+    return paths
+
+
+def course_tokenizer_texts(paths: dict) -> list:
+    """What the course tokenizer learns from: the pretraining text and the SFT and reasoning dialogues."""
+    return [paths["pretrain"], paths["sft"], paths["reason"], paths["lora"]]
+
+
+def ensure_course_tokenizer(paths: dict, tok_dir, vocab_size: int = 6400, retrain: bool = False):
+    from .datasets import iter_texts
+    from .tokenizer import MiniMindTokenizer, train_tokenizer
+    tok_dir = Path(tok_dir)
+    meta = tok_dir / "training.json"
+    want = dict(vocab_size=vocab_size, files=[Path(p).name for p in course_tokenizer_texts(paths)])
+    if not retrain and meta.exists() and (tok_dir / "tokenizer.json").exists():
+        try:
+            if json.loads(meta.read_text()) == want:
+                return MiniMindTokenizer.from_pretrained(tok_dir)
+        except ValueError:
+            pass
+    tok = train_tokenizer(iter_texts(course_tokenizer_texts(paths)), vocab_size=vocab_size)
+    tok.save_pretrained(tok_dir)
+    meta.write_text(json.dumps(want) + "\n")
+    return tok

@@ -1,0 +1,480 @@
+"""Reading, checking and batching every stage's data; a bad JSONL line raises a DataError naming file:line and fix.
+
+Pretraining: one flat uint16 token file, cut into packed windows tokens[i*T : (i+1)*T] (nanoGPT style).
+Chat data (SFT, DPO): labels = ids on the assistant's tokens, -100 elsewhere. RL: prompts and their answers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from .files import atomic_path
+from .tokenizer import IGNORE_INDEX, ROLES, render_chat, render_chat_spans
+
+KINDS = ("pretrain", "sft", "dpo", "rl", "eval")
+
+_FIXES = {
+    "pretrain": 'each line must be a JSON object like {"text": "..."}',
+    "sft": 'each line must be like {"conversations": [{"role": "user", "content": "..."}, '
+           '{"role": "assistant", "content": "..."}]}',
+    "dpo": 'each line must be like {"chosen": [messages ending with an assistant turn], '
+           '"rejected": [messages ending with an assistant turn]}',
+    "rl": 'each line must be like {"conversations": [{"role": "user", "content": "..."}], "answer": "..."} '
+          '(answer optional)',
+    "eval": 'each line must be like {"question": "...", "answer": "..."} (plus "choices" and "label" '
+            'for multiple choice)',
+}
+
+
+class DataError(ValueError):
+    """A bad input line: the message names the file, the line and the fix."""
+
+
+class Records(list):
+    """A list of records that also remembers the bad lines it skipped: `.bad` = [(line, problem)]."""
+
+    def __init__(self, *args, path=None, kind=None):
+        super().__init__(*args)
+        self.path, self.kind, self.bad = path, kind, []
+
+
+def detect_kind(record: dict) -> str:
+    if not isinstance(record, dict):
+        return "pretrain"
+    if "chosen" in record or "rejected" in record:
+        return "dpo"
+    if "conversations" in record:
+        return "rl" if "answer" in record else "sft"
+    if "question" in record:
+        return "eval"
+    return "pretrain"
+
+
+def _check_messages(msgs, field: str, need_assistant: bool, last_assistant: bool = False) -> Optional[str]:
+    if not isinstance(msgs, list):
+        return f'"{field}" is {type(msgs).__name__}, not a list of messages'
+    if not msgs:
+        return f'"{field}" is an empty conversation'
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            return f'{field}[{i}] is {type(m).__name__}, not a message object'
+        for key in ("role", "content"):
+            if key not in m:
+                return f'{field}[{i}] has no "{key}" field'
+        if m["role"] not in ROLES:
+            return f'{field}[{i}] has unknown role {m["role"]!r} (roles: {", ".join(ROLES)})'
+        if not isinstance(m["content"], str):
+            return f'{field}[{i}] content is {type(m["content"]).__name__}, not a string'
+    if need_assistant and not any(m["role"] == "assistant" for m in msgs):
+        return f'"{field}" has no assistant turn: nothing to learn from'
+    if last_assistant and msgs[-1]["role"] != "assistant":
+        return f'"{field}" does not end with an assistant turn'
+    return None
+
+
+def validate_record(record, kind: str) -> Optional[str]:
+    """The problem with one record, or None when it is fine."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not an object"
+    if kind == "pretrain":
+        if "text" not in record:
+            return 'missing field "text"'
+        if not isinstance(record["text"], str):
+            return f'"text" is {type(record["text"]).__name__}, not a string'
+        if not record["text"].strip():
+            return '"text" is empty'
+        return None
+    if kind == "sft":
+        if "conversations" not in record:
+            return 'missing field "conversations"'
+        return _check_messages(record["conversations"], "conversations", need_assistant=True)
+    if kind == "dpo":
+        for side in ("chosen", "rejected"):
+            if side not in record:
+                return f'missing field "{side}"'
+            problem = _check_messages(record[side], side, need_assistant=True, last_assistant=True)
+            if problem:
+                return problem
+        return None
+    if kind == "rl":
+        if "conversations" not in record:
+            return 'missing field "conversations"'
+        problem = _check_messages(record["conversations"], "conversations", need_assistant=False)
+        if problem:
+            return problem
+        if not any(m["role"] == "user" for m in record["conversations"]):
+            return '"conversations" has no user turn: no prompt'
+        if "answer" in record and not isinstance(record["answer"], (str, int, float)):
+            return f'"answer" is {type(record["answer"]).__name__}, not a string or number'
+        return None
+    # eval
+    for key in ("question", "answer"):
+        if key not in record:
+            return f'missing field "{key}"'
+    if record.get("type") == "mc":
+        choices, label = record.get("choices"), record.get("label")
+        if not isinstance(choices, list) or len(choices) < 2:
+            return 'multiple choice needs "choices", a list of at least two'
+        if not isinstance(label, int) or not 0 <= label < len(choices):
+            return f'"label" must be the index of the right choice (0..{len(choices) - 1})'
+    return None
+
+
+def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[list] = None,
+               limit: Optional[int] = None) -> Iterator[dict]:
+    """Validated records of a JSONL file, streamed; kind: pretrain, sft, dpo, rl, eval or auto (from the first line).
+    A bad line raises DataError "file:line: problem; fix: ..."; with skip_bad it goes to `bad` as (line, problem)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    if kind != "auto" and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of: auto, {', '.join(KINDS)}")
+    bad = [] if bad is None else bad
+    n = 0
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if limit is not None and n >= limit:
+                return
+            problem = fix = None
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problem = f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)"
+                fix = "re-encode the file as UTF-8 (e.g. iconv -f GBK -t UTF-8 in > out)"
+            else:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    problem = f"not valid JSON ({err.msg} at column {err.colno})"
+                    fix = "each line must hold exactly one JSON object"
+                else:
+                    if kind == "auto":
+                        kind = detect_kind(record)
+                    problem = validate_record(record, kind)
+                    fix = _FIXES[kind]
+            if problem:
+                if not skip_bad:
+                    raise DataError(f"{path}:{lineno}: {problem}; fix: {fix} "
+                                    f"(or skip bad lines: skip_bad=True, --skip-bad)")
+                bad.append((lineno, problem))
+                continue
+            n += 1
+            yield record
+
+
+def read_jsonl(path, kind: str = "auto", skip_bad: bool = False, limit: Optional[int] = None) -> Records:
+    """All validated records of a JSONL file (see iter_jsonl); `.bad` lists the lines skipped."""
+    records = Records(path=Path(path), kind=kind)
+    records.extend(iter_jsonl(path, kind, skip_bad=skip_bad, bad=records.bad, limit=limit))
+    if records.bad:
+        warnings.warn(f"{path}: skipped {len(records.bad)} bad line(s), first at line {records.bad[0][0]}: "
+                      f"{records.bad[0][1]}", stacklevel=2)
+    if not records and not records.bad:
+        raise DataError(f"{path}: no records (the file is empty); fix: {_FIXES.get(kind, 'add records')}")
+    if not records:
+        raise DataError(f"{path}: every line is bad ({len(records.bad)}), first at line {records.bad[0][0]}: "
+                        f"{records.bad[0][1]}")
+    return records
+
+
+def check_file(path, kind: str = "auto", skip_bad: bool = False, limit: Optional[int] = None) -> dict:
+    """Validate a file: a summary (records, bad lines, kind) or a DataError naming the first bad line."""
+    bad: list = []
+    n, kinds = 0, set()
+    for rec in iter_jsonl(path, kind, skip_bad=skip_bad, bad=bad, limit=limit):
+        n += 1
+        if kind == "auto" and n == 1:
+            kinds.add(detect_kind(rec))
+    if n == 0 and not bad:
+        raise DataError(f"{path}: no records (the file is empty)")
+    return dict(path=str(path), kind=kind if kind != "auto" else (kinds.pop() if kinds else "?"), records=n,
+                bad=len(bad), bad_lines=bad[:20])
+
+
+def record_texts(record: dict) -> list[str]:
+    """The text of any kind of record (what a tokenizer learns from)."""
+    if "text" in record:
+        return [record["text"]]
+    texts = []
+    for field in ("conversations", "chosen", "rejected"):
+        for m in record.get(field) or []:
+            texts.append(m["content"])
+            if m.get("reasoning_content"):
+                texts.append(m["reasoning_content"])
+    if "question" in record:
+        texts.append(record["question"])
+    return texts
+
+
+def iter_texts(paths, skip_bad: bool = False) -> Iterator[str]:
+    """Texts from JSONL files of any format (kind detected per file) or plain text files (one text per
+    paragraph, i.e. blocks separated by a blank line)."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    for path in paths:
+        path = Path(path)
+        if path.suffix in (".jsonl", ".json"):
+            for rec in iter_jsonl(path, "auto", skip_bad=skip_bad):
+                yield from record_texts(rec)
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} not found")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: invalid UTF-8 at byte {err.start}; fix: re-encode the file as UTF-8")
+            yield from (p.strip() for p in text.split("\n\n") if p.strip())
+
+
+def to_hf_dataset(path, kind: str = "auto", skip_bad: bool = False):
+    """The validated records as a `datasets.Dataset` (for .map, .filter, .train_test_split ...)."""
+    import datasets
+    return datasets.Dataset.from_list(list(read_jsonl(path, kind, skip_bad=skip_bad)))
+
+
+def token_file_for(jsonl: Path, tokenizer) -> Path:
+    """Where the packed tokens of a pretraining file live: beside it, keyed by the tokenizer's vocabulary,
+    so a retrained tokenizer never reads stale tokens."""
+    key = hashlib.sha1(tokenizer.tokenizer.to_str().encode()).hexdigest()[:10]
+    return Path(jsonl).with_name(f"{Path(jsonl).stem}.{key}.bin")
+
+
+# -- pretraining: one flat token file, packed windows ------------------------------------------------------
+def tokenize_pretrain(jsonl, tokenizer, out_bin, skip_bad: bool = False, batch_size: int = 1024,
+                      limit: Optional[int] = None) -> np.memmap:
+    """Tokenize every document once into out_bin (flat uint16, <|im_start|> text <|im_end|> back to back, written
+    atomically) and out_bin + ".json" (tokens, documents, source). Returns the tokens as a memmap."""
+    out_bin = Path(out_bin)
+    if tokenizer.vocab_size > 65536:
+        raise ValueError(f"vocab of {tokenizer.vocab_size} does not fit uint16 token files (at most 65536)")
+    out_bin.parent.mkdir(parents=True, exist_ok=True)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    n_tokens = n_docs = 0
+    bad: list = []
+
+    def flush(fh, texts):
+        nonlocal n_tokens, n_docs
+        chunk = []
+        for ids in tokenizer.encode_batch(texts):
+            if not ids or ids[0] != bos:
+                chunk.append(bos)
+            chunk.extend(ids)
+            if ids[-1:] != [eos]:
+                chunk.append(eos)
+        np.asarray(chunk, dtype=np.uint16).tofile(fh)
+        n_tokens += len(chunk)
+        n_docs += len(texts)
+
+    with atomic_path(out_bin) as tmp, open(tmp, "wb") as fh:
+        texts = []
+        for rec in iter_jsonl(jsonl, "pretrain", skip_bad=skip_bad, bad=bad, limit=limit):
+            texts.append(rec["text"])
+            if len(texts) == batch_size:
+                flush(fh, texts)
+                texts = []
+        if texts:
+            flush(fh, texts)
+        if n_docs == 0:
+            raise DataError(f"{jsonl}: no pretraining documents to tokenize")
+    meta = dict(tokens=n_tokens, documents=n_docs, bad_lines=len(bad), dtype="uint16", source=str(jsonl),
+                vocab_size=tokenizer.vocab_size)
+    Path(str(out_bin) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return np.memmap(out_bin, dtype=np.uint16, mode="r")
+
+
+class PretrainDataset(torch.utils.data.Dataset):
+    """Packed windows over a flat token file: item i is tokens[i*seq_len : (i+1)*seq_len] as input_ids and labels
+    (the model shifts them). No gap, no padding; only the last len % seq_len tokens are left out."""
+
+    def __init__(self, bin_path, seq_len: int):
+        bin_path = Path(bin_path)
+        if not bin_path.exists():
+            raise FileNotFoundError(f"{bin_path} not found: make it with minimind.data.tokenize_pretrain")
+        self.tokens = np.memmap(bin_path, dtype=np.uint16, mode="r")
+        self.seq_len = int(seq_len)
+        if len(self.tokens) < self.seq_len:
+            raise ValueError(f"{bin_path} holds {len(self.tokens)} tokens, fewer than one window of "
+                             f"seq_len={self.seq_len}: use a shorter seq_len or more text")
+
+    def __len__(self) -> int:
+        return len(self.tokens) // self.seq_len
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        window = torch.from_numpy(self.tokens[i * self.seq_len:(i + 1) * self.seq_len].astype(np.int64))  # (T,)
+        return dict(input_ids=window, labels=window.clone())  # (T,) each; collated to (B, T)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def padding_fraction(self) -> float:
+        return 0.0  # packed: every position of every window is a real token
+
+
+# -- chat data: labels on the assistant's tokens only --------------------------------------------------------
+def chat_labels(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a conversation: labels equal the ids on the tokens the assistant writes
+    (from after `<|im_start|>assistant\\n` through `<|im_end|>`) and -100 everywhere else."""
+    text, spans = render_chat_spans(messages)
+    ids, offsets = tokenizer.encode_with_offsets(text)
+    return ids, _mask(ids, offsets, spans)
+
+
+def _mask(ids, offsets, spans) -> list[int]:
+    labels, k = [], 0
+    for tok, (start, _) in zip(ids, offsets):
+        while k < len(spans) and start >= spans[k][1]:
+            k += 1
+        inside = k < len(spans) and spans[k][0] <= start < spans[k][1]
+        labels.append(tok if inside else IGNORE_INDEX)
+    return labels
+
+
+def _records(source, kind: str, skip_bad: bool):
+    return source if isinstance(source, list) else read_jsonl(source, kind, skip_bad=skip_bad)
+
+
+def _encode_chats(tokenizer, conversations: list[list[dict]], max_len: int):
+    """Tokenize conversations in one batch; truncate to max_len; count what truncation did."""
+    rendered = [render_chat_spans(c) for c in conversations]
+    encs = tokenizer.tokenizer.encode_batch([t for t, _ in rendered], add_special_tokens=False)
+    out, truncated = [], 0
+    for (text, spans), enc in zip(rendered, encs):
+        ids, labels = enc.ids, _mask(enc.ids, enc.offsets, spans)
+        if len(ids) > max_len:
+            truncated += 1
+            ids, labels = ids[:max_len], labels[:max_len]
+        out.append((ids, labels))
+    return out, truncated
+
+
+def _warn_dropped(name: str, dropped: int, total: int, max_len: int):
+    if dropped:
+        warnings.warn(f"{name}: dropped {dropped} of {total} samples that keep no assistant token within "
+                      f"max_len={max_len} (their answers start too late); raise max_len to keep them",
+                      stacklevel=3)
+    if total and dropped == total:
+        raise DataError(f"{name}: no sample keeps an assistant token within max_len={max_len}; raise max_len")
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Chat samples: item -> dict(input_ids, labels), labels -100 outside the assistant's turns. Truncated to
+    max_len; a sample left with no trainable token is dropped with a warning (counted in `.stats`)."""
+
+    def __init__(self, jsonl, tokenizer, max_len: int = 512, skip_bad: bool = False):
+        records = _records(jsonl, "sft", skip_bad)
+        encoded, truncated = _encode_chats(tokenizer, [r["conversations"] for r in records], max_len)
+        self.samples = [(ids, lab) for ids, lab in encoded if any(x != IGNORE_INDEX for x in lab)]
+        dropped = len(encoded) - len(self.samples)
+        self.stats = dict(records=len(records), samples=len(self.samples), truncated=truncated,
+                          dropped_no_target=dropped, tokens=sum(len(i) for i, _ in self.samples),
+                          target_tokens=sum(sum(x != IGNORE_INDEX for x in lab) for _, lab in self.samples),
+                          bad_lines=len(getattr(records, "bad", [])))
+        _warn_dropped(str(jsonl) if not isinstance(jsonl, list) else "SFTDataset", dropped, len(encoded), max_len)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        ids, labels = self.samples[i]
+        return dict(input_ids=torch.tensor(ids, dtype=torch.long), labels=torch.tensor(labels, dtype=torch.long))
+
+
+class DPODataset(torch.utils.data.Dataset):
+    """Preference pairs: item -> chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels
+    (labels -100 outside the assistant's turns). Pairs where either side keeps no answer token are dropped."""
+
+    def __init__(self, jsonl, tokenizer, max_len: int = 512, skip_bad: bool = False):
+        records = _records(jsonl, "dpo", skip_bad)
+        chosen, t1 = _encode_chats(tokenizer, [r["chosen"] for r in records], max_len)
+        rejected, t2 = _encode_chats(tokenizer, [r["rejected"] for r in records], max_len)
+        self.samples = [(c, r) for c, r in zip(chosen, rejected)
+                        if any(x != IGNORE_INDEX for x in c[1]) and any(x != IGNORE_INDEX for x in r[1])]
+        dropped = len(records) - len(self.samples)
+        self.stats = dict(records=len(records), samples=len(self.samples), truncated=t1 + t2,
+                          dropped_no_target=dropped, bad_lines=len(getattr(records, "bad", [])))
+        _warn_dropped(str(jsonl) if not isinstance(jsonl, list) else "DPODataset", dropped, len(records), max_len)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        (ci, cl), (ri, rl) = self.samples[i]
+        t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+        return dict(chosen_input_ids=t(ci), chosen_labels=t(cl), rejected_input_ids=t(ri), rejected_labels=t(rl))
+
+
+class RLPromptDataset(torch.utils.data.Dataset):
+    """RL prompts: item -> dict(prompt (text ending in the generation prompt), prompt_ids, answer ("" if none)).
+    Trailing assistant turns (rlaif-mini's placeholder answers) are left out of the prompt."""
+
+    def __init__(self, jsonl, tokenizer, max_len: Optional[int] = None, skip_bad: bool = False):
+        records = _records(jsonl, "rl", skip_bad)
+        self.prompts, self.answers = [], []
+        for r in records:
+            msgs = list(r["conversations"])
+            while msgs and msgs[-1]["role"] == "assistant":
+                msgs.pop()
+            self.prompts.append(render_chat(msgs, add_generation_prompt=True))
+            self.answers.append(str(r.get("answer", "")))
+        self.prompt_ids = tokenizer.encode_batch(self.prompts)
+        if max_len is not None:  # keep the end of a long prompt: it holds the question and the generation prompt
+            self.prompt_ids = [ids[-max_len:] for ids in self.prompt_ids]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(prompt=self.prompts[i], prompt_ids=torch.tensor(self.prompt_ids[i], dtype=torch.long),
+                    answer=self.answers[i])
+
+
+def pad_sequences(seqs, value: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences of different lengths -> (padded (N, T), mask (N, T)) with mask 1 on the real entries.
+    side="left" puts the padding first (what generation from a batch of prompts wants)."""
+    if side not in ("right", "left"):
+        raise ValueError("padding side must be 'right' or 'left'")
+    seqs = [torch.as_tensor(s, dtype=torch.long) for s in seqs]  # N of (T_i,)
+    width = max(len(s) for s in seqs)  # T = max T_i
+    padded = torch.full((len(seqs), width), value, dtype=torch.long)  # (N, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (N, T)
+    for row, s in enumerate(seqs):
+        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        padded[row, cols], mask[row, cols] = s, 1
+    return padded, mask
+
+
+def pad_collate(batch: list[dict], pad_id: int = 0, padding_side: str = "right") -> dict:
+    """Stack items into a batch: "*_ids" keys padded with pad_id, each with a mask named after it ("attention_mask",
+    "chosen_attention_mask", "prompt_attention_mask"); "*labels" padded with -100; non-tensors kept as lists."""
+    out = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if not torch.is_tensor(values[0]):
+            out[key] = values
+            continue
+        is_ids, is_labels = key.endswith("_ids") or key == "input_ids", key.endswith("labels")
+        if not (is_ids or is_labels) or values[0].dim() == 0:
+            out[key] = torch.stack(values)
+            continue
+        out[key], mask = pad_sequences(values, IGNORE_INDEX if is_labels else pad_id, padding_side)  # (B, T) each
+        if is_ids:
+            name = ("attention_mask" if key == "input_ids" else
+                    key[:-len("input_ids")] + "attention_mask" if key.endswith("input_ids") else
+                    key[:-len("ids")] + "attention_mask")
+            out[name] = mask
+    return out

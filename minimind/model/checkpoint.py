@@ -1,0 +1,122 @@
+"""Checkpoint I/O: a folder of config.json + model.safetensors (+ the tokenizer), written atomically and
+read without pickle; LoRA run folders are loaded onto their base and merged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..data.files import atomic_write
+from .config import MiniMindConfig
+from .lora import ADAPTER_CONFIG, load_adapter, merge_lora
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class Checkpointable:
+    """save_pretrained / from_pretrained for a module built as cls(config), as transformers' models do.
+
+    `architecture` (a class attribute) is written into config.json when set, so a folder says what it holds.
+    """
+    architecture: Optional[str] = None
+
+    def save_pretrained(self, path, tokenizer=None) -> Path:
+        """Write config.json and model.safetensors (and the tokenizer, if given) into the folder `path`."""
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in state_tensors(self).items()}
+        config = {"model_type": "minimind", **({"architectures": [self.architecture]} if self.architecture else {}),
+                  **self.config.to_dict()}
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(path))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path, config: Optional[MiniMindConfig] = None, device=None, dtype=None):
+        path = Path(path)
+        model = cls(config or MiniMindConfig.load(path))
+        model.load_weights(path / WEIGHTS_NAME if path.is_dir() else path)
+        return model.to(device=device, dtype=dtype)
+
+    def load_weights(self, file, strict: bool = True) -> None:
+        """Load a safetensors file, naming both shapes when the checkpoint and this model disagree."""
+        from safetensors.torch import load_file
+        file = Path(file)
+        if not file.exists():
+            raise FileNotFoundError(f"{file} not found: a MiniMind checkpoint folder holds {WEIGHTS_NAME}")
+        state = load_file(str(file))
+        expected = self.state_dict()
+        if "lm_head.weight" in expected and "lm_head.weight" not in state and self.config.tie_word_embeddings:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        check_state_dict(expected, state, source=str(file), strict=strict)
+        self.load_state_dict(state, strict=strict)
+
+    @classmethod
+    def load_checkpoint(cls, folder, device=None, dtype=None, tokenizer: bool = True):
+        """(model, tokenizer) from a run folder: a plain checkpoint, or a LoRA run (adapter.safetensors +
+        adapter_config.json naming its "base"), loaded onto its base and merged into an ordinary model.
+        The tokenizer comes from the folder, else from the LoRA base (tokenizer=False: None). Eval mode."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} is not a checkpoint folder (config.json + model.safetensors, or "
+                                    "a LoRA run with adapter.safetensors + adapter_config.json)")
+        tok_dirs = [folder]
+        if (folder / ADAPTER_CONFIG).exists() and not (folder / WEIGHTS_NAME).exists():
+            base = lora_base(folder)
+            model = cls.from_pretrained(base)
+            merge_lora(load_adapter(model, folder))
+            tok_dirs.append(base)
+        else:
+            model = cls.from_pretrained(folder)
+        model = model.to(device=device, dtype=dtype).eval()
+        if not tokenizer:
+            return model, None
+        from ..data.tokenizer import MiniMindTokenizer
+        for d in tok_dirs:
+            if (d / "tokenizer.json").exists():
+                return model, MiniMindTokenizer.from_pretrained(d)
+        raise FileNotFoundError(f"no tokenizer.json in {' or '.join(map(str, tok_dirs))}: save the tokenizer "
+                                "into the checkpoint (model.save_pretrained(folder, tokenizer=tok))")
+
+
+def check_state_dict(expected: dict, found: dict, source: str, strict: bool = True) -> None:
+    mismatched = [f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in found and found[k].shape != v.shape]
+    missing = [k for k in expected if k not in found] if strict else []
+    unexpected = [k for k in found if k not in expected] if strict else []
+    if mismatched or missing or unexpected:
+        lines = [f"checkpoint {source} does not fit this model's config:"]
+        lines += [f"  shape {m}" for m in mismatched[:8]] + [f"  missing {k}" for k in missing[:8]]
+        lines += [f"  unexpected {k}" for k in unexpected[:8]]
+        lines.append("  fix: load it with the config.json saved beside it (from_pretrained(folder)) or "
+                     "pick the preset it was trained with")
+        raise ValueError("\n".join(lines))
+
+
+def lora_base(folder) -> Path:
+    """The base checkpoint a LoRA run folder names in adapter_config.json, as a folder that exists:
+    the path as written, else relative to the LoRA folder or to its parent."""
+    folder = Path(folder)
+    base = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base")
+    if not base:
+        raise ValueError(f"{folder / ADAPTER_CONFIG} names no \"base\" checkpoint: add \"base\": \"PATH\" (the "
+                         "folder the adapter was trained on)")
+    for cand in (Path(base), folder / base, folder.parent / base):
+        if (cand / CONFIG_NAME).exists():
+            return cand
+    raise FileNotFoundError(f"the base checkpoint {base!r} named in {folder / ADAPTER_CONFIG} was not found "
+                            "(tried as written, and relative to the LoRA folder): fix \"base\" there")
+
+
+def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors as saved: the tied output head is stored once, as the embedding."""
+    tensors = dict(model.state_dict())
+    if getattr(model.config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)
+    return tensors

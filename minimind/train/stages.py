@@ -1,0 +1,234 @@
+"""Stages: each is a loss on the one training loop, registered by name with its options and defaults.
+
+`minimind train STAGE`, `train_stage` and the course recipe all read the registry `STAGES`; adding a stage
+is one class with `@register` (the alignment stages register from `minimind.align`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..data.datasets import IGNORE_INDEX
+from ..model import MiniMindForCausalLM
+from ..model.checkpoint import state_tensors
+from ..model.lora import DEFAULT_TARGETS, apply_lora, lora_state_dict, save_adapter
+from ..model.loss import shift_labels
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a stage: its default and a line of help (the command line shows both)."""
+    default: Any
+    help: str
+    type: Optional[Callable] = None   # parses the command-line string; default: the default's type
+    nargs: Any = None                 # argparse's nargs, for list-valued options
+
+
+@dataclass
+class StageInputs:
+    """What a stage is built from: the resolved tokenizer, the model it trains (a builder may replace it, as
+    the reward stage does), and the checkpoint folders named on the command line."""
+    tokenizer: Any
+    model: torch.nn.Module
+    init: Optional[str] = None
+    teacher: Optional[str] = None
+
+
+STAGES: dict[str, type["Stage"]] = {}
+
+
+def register(cls):
+    """Add a stage class to the registry under its `name`."""
+    STAGES[cls.name] = cls
+    return cls
+
+
+class Stage:
+    """Base stage: next-token cross-entropy on `labels` (-100 where nothing is learned).
+
+    Class attributes describe it to the registry: `data` is the dataset kind it reads (pretrain, sft, dpo,
+    rl), `defaults` its TrainArgs starting points, `options` its own settings.
+    """
+    name = "base"
+    help = ""
+    data = "sft"
+    defaults: dict = {}
+    options: dict[str, Option] = {}
+
+    @classmethod
+    def build(cls, inputs: StageInputs, **options) -> "Stage":
+        """The stage for a `train_stage` run; options are the stage's own, defaults filled in."""
+        return cls(**options)
+
+    @classmethod
+    def resolve_options(cls, given: dict) -> dict:
+        unknown = sorted(set(given) - set(cls.options))
+        if unknown:
+            known = ", ".join(cls.options) or "none"
+            raise ValueError(f"stage {cls.name!r} has no option {unknown}; its options: {known}")
+        return {**{k: o.default for k, o in cls.options.items()}, **given}
+
+    collate_fn = None  # None: the loop's pad_collate
+
+    def setup(self, model, device) -> None:
+        """Prepare the model before the optimizer sees it (freeze, wrap, move helpers to the device)."""
+
+    def param_groups(self, args) -> list[dict]:
+        """Optimizer groups for modules beside the model that train with it (PPO's critic), each with its
+        own "lr"; gradient clipping covers them too, and the stage saves them itself."""
+        return []
+
+    def step_batches(self, model, batches, n: int) -> list:
+        """The n micro-batches of one optimizer step. Supervised stages take the loader's next n batches;
+        RL stages generate rollouts here, once per step, and split them."""
+        return [next(batches) for _ in range(n)]
+
+    def batch_tokens(self, batch) -> int:
+        """Tokens a micro-batch trains on, for tokens/s."""
+        return batch["input_ids"].numel()
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict]:
+        out = model(batch["input_ids"], labels=batch["labels"])
+        return out.loss, moe_metrics(out)
+
+    def state_tensors(self, model) -> dict[str, torch.Tensor]:
+        """What resumption needs of the model (all weights; LoRA keeps only its adapters)."""
+        return state_tensors(model)
+
+    def load_state_tensors(self, model, tensors) -> None:
+        if getattr(model.config, "tie_word_embeddings", False) and "lm_head.weight" not in tensors:
+            tensors = {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]}
+        model.load_state_dict(tensors, strict=False)
+
+    def save(self, model, out_dir: Path, tokenizer=None) -> None:
+        model.save_pretrained(out_dir, tokenizer=tokenizer)
+
+
+def moe_metrics(out) -> dict:
+    """ce (the cross-entropy alone) and aux (the MoE balancing loss) when the loss holds both."""
+    if out.aux_loss is None:
+        return {}
+    return {"ce": out.ce.detach(), "aux": out.aux_loss.detach()}
+
+
+@register
+class PretrainStage(Stage):
+    name, help, data = "pretrain", "next-token prediction on packed text", "pretrain"
+    defaults = dict(lr=2e-3, warmup_steps=20, batch_size=16)
+
+
+@register
+class SFTStage(Stage):
+    """Same loss as pretraining; the dataset masks the labels to the assistant's turns."""
+    name, help = "sft", "supervised fine-tuning on conversations (loss on the assistant's turns)"
+    defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
+
+
+@register
+class ReasonStage(Stage):
+    """SFT on <think>...</think> traces; positions whose label is a tag token can weigh more (MiniMind: 10)."""
+    name, help = "reason", "SFT on <think> reasoning traces, tag tokens weighted"
+    defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
+    options = {"tag_weight": Option(1.0, "loss weight of the <think> and </think> tag tokens")}
+
+    def __init__(self, tag_token_ids=(), tag_weight: float = 1.0):
+        self.tag_ids = torch.tensor(sorted(set(tag_token_ids)), dtype=torch.long)
+        self.tag_weight = tag_weight
+
+    @classmethod
+    def build(cls, inputs, tag_weight):
+        tok = inputs.tokenizer
+        tags = [i for t in ("<think>", "</think>") if (i := tok.token_to_id(t)) is not None]
+        return cls(tag_token_ids=tags, tag_weight=tag_weight)
+
+    def loss(self, model, batch):
+        if self.tag_weight == 1.0 or not len(self.tag_ids):
+            return super().loss(model, batch)
+        out = model(batch["input_ids"])
+        targets = shift_labels(batch["labels"]).reshape(-1)  # (B*T,)
+        ce = F.cross_entropy(out.logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX,
+                             reduction="none")
+        weights = (targets != IGNORE_INDEX).float()
+        is_tag = torch.isin(targets, self.tag_ids.to(targets.device))
+        weights = torch.where(is_tag, weights * self.tag_weight, weights)
+        loss = (ce * weights).sum() / weights.sum().clamp(min=1)
+        return out.with_aux(loss), {"tag_fraction": is_tag.float().sum().detach() / weights.gt(0).sum().clamp(min=1)}
+
+
+@register
+class LoRAStage(Stage):
+    """SFT loss through low-rank adapters on a frozen base; saves the adapters alone."""
+    name, help = "lora", "SFT through low-rank adapters on a frozen base"
+    defaults = dict(lr=3e-3, warmup_steps=10, batch_size=16)
+    options = {"lora_rank": Option(8, "rank r of each adapter"),
+               "lora_alpha": Option(16.0, "adapter scale alpha (the update is alpha/r * B A)"),
+               "lora_targets": Option(None, "module names to adapt (default: attention and MLP)", str, "*")}
+
+    def __init__(self, rank: int = 8, alpha: float = 16.0, targets=None, base: Optional[str] = None):
+        self.rank, self.alpha, self.targets, self.base = rank, alpha, tuple(targets or DEFAULT_TARGETS), base
+
+    @classmethod
+    def build(cls, inputs, lora_rank, lora_alpha, lora_targets):
+        return cls(lora_rank, lora_alpha, lora_targets, base=str(inputs.init) if inputs.init else None)
+
+    def setup(self, model, device):
+        apply_lora(model, self.rank, self.alpha, self.targets)
+
+    def state_tensors(self, model):
+        return lora_state_dict(model)
+
+    def save(self, model, out_dir, tokenizer=None):
+        save_adapter(model, out_dir, base=self.base)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out_dir))
+
+
+def distillation_loss(student_logits, teacher_logits, labels, alpha: float = 0.5, temperature: float = 1.0):
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T) over labelled positions; returns
+    (loss, ce, kl). Logits (B, T, V) predict the next token; labels (B, T) as the model takes them.
+    T softens both distributions; T^2 keeps the gradient scale across temperatures (Hinton et al., 2015)."""
+    targets = shift_labels(labels).reshape(-1)  # (B*T,)
+    keep = targets != IGNORE_INDEX
+    s = student_logits.reshape(-1, student_logits.size(-1))[keep].float()  # (N, V)
+    t = teacher_logits.reshape(-1, teacher_logits.size(-1))[keep].float()
+    ce = F.cross_entropy(s, targets[keep])
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature ** 2
+    return alpha * ce + (1 - alpha) * kl, ce, kl
+
+
+@register
+class DistillStage(Stage):
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) over labelled (assistant) tokens."""
+    name, help = "distill", "white-box distillation from --teacher (same tokenizer)"
+    defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
+    options = {"alpha": Option(0.5, "distill: weight of the cross-entropy term (1 - alpha on the KL)"),
+               "temperature": Option(1.0, "distill: softmax temperature of teacher and student")}
+
+    def __init__(self, teacher, alpha: float = 0.5, temperature: float = 1.0):
+        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+
+    @classmethod
+    def build(cls, inputs, alpha, temperature):
+        if not inputs.teacher:
+            raise ValueError("distill needs --teacher CKPT (a larger model trained on the same tokenizer)")
+        return cls(MiniMindForCausalLM.from_pretrained(inputs.teacher), alpha, temperature)
+
+    def setup(self, model, device):
+        if self.teacher.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"teacher vocab {self.teacher.config.vocab_size} != student vocab "
+                             f"{model.config.vocab_size}: distillation needs the same tokenizer")
+        self.teacher.to(device).eval().requires_grad_(False)
+
+    def loss(self, model, batch):
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch["input_ids"]).logits
+        out = model(batch["input_ids"])
+        loss, ce, kl = distillation_loss(out.logits, teacher_logits, batch["labels"], self.alpha,
+                                         self.temperature)
+        return out.with_aux(loss), {"ce": ce.detach(), "kl": kl.detach()}

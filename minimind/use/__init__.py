@@ -1,0 +1,1 @@
+"""Using a model: chat, the OpenAI-compatible server, evaluation, export (transformers, GGUF), benchmarks."""

@@ -1,0 +1,587 @@
+"""`minimind bench`: the package's model against transformers' Llama on the same config and weights.
+
+Three measurements, each an interleaved A/B (ours, theirs, then theirs, ours, ...) in one process, reported
+as medians and the median of the per-round ratios, so that a machine whose load changes during the run
+slows both sides alike:
+
+- training tokens/s: forward + backward + AdamW step, on random tokens, with the same optimizer for both;
+- decoding tokens/s: greedy `generate` with a KV cache at batch 1 and batch 8 (new tokens over wall time,
+  prefill included), against transformers' `generate` on the same weights;
+- MoE against its dense twin: the MoE preset and a dense model whose MLP has the width of the experts a
+  token uses (shared + top-k), i.e. equal active parameters, as time per token.
+
+On a GPU it adds model FLOPs utilisation (MFU): FLOPs per token counted from the config, times tokens/s,
+over the GPU's peak bf16 FLOP/s from `PEAK_BF16_FLOPS`; and from the measured MFU, the time one epoch of
+MiniMind's pretrain_hq would take on an RTX 3090.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..model.config import MiniMindConfig
+from ..model.transformer import MiniMindForCausalLM
+
+# Dense (no sparsity) bf16 tensor-core peak with FP32 accumulation, from NVIDIA's datasheets and
+# architecture whitepapers. Matched in this order against torch.cuda.get_device_name().
+PEAK_BF16_FLOPS: list[tuple[str, float]] = [
+    ("H200", 989.4e12),        # H200 SXM: as H100 SXM
+    ("H100 PCIE", 756.0e12),   # H100 PCIe
+    ("H100", 989.4e12),        # H100 SXM (HBM3)
+    ("A100", 312.0e12),        # A100 SXM and PCIe
+    ("4090", 165.2e12),        # RTX 4090 (Ada whitepaper, FP32 accumulate)
+    ("3090 TI", 80.0e12),      # RTX 3090 Ti
+    ("3090", 71.0e12),         # RTX 3090 (GA102 whitepaper, FP32 accumulate)
+]
+RTX_3090 = "NVIDIA GeForce RTX 3090"
+
+# MiniMind's pretrain_hq.jsonl (1.6 GB): its own pretraining log shows 44160 steps per epoch at batch
+# size 32, i.e. 1,413,120 samples, each padded or cut to max_seq_len 512. The GPU computes every one of
+# those positions (padding included), so an epoch is 1,413,120 x 512 = 7.24e8 token positions.
+PRETRAIN_HQ_SAMPLES = 44160 * 32
+PRETRAIN_HQ_SEQ_LEN = 512
+PRETRAIN_HQ_TOKENS = PRETRAIN_HQ_SAMPLES * PRETRAIN_HQ_SEQ_LEN
+SEED_EPOCH_HOURS_3090 = 1.1  # the seed project's report for minimind2-small, one pretrain_hq epoch
+
+
+# --------------------------------------------------------------------------------------------------
+# FLOPs, peaks and MFU
+# --------------------------------------------------------------------------------------------------
+def matmul_params_per_token(config: MiniMindConfig) -> int:
+    """Weights that each token multiplies with: attention projections, the MLP (for MoE the router, the
+    shared experts and the top-k routed ones), and the output head. The embedding lookup is no matmul."""
+    h, L, d = config.hidden_size, config.num_hidden_layers, config.head_dim
+    attn = h * d * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)  # q, o; k, v
+    ffn = 3 * h * config.intermediate_size
+    if config.use_moe:
+        mlp = ffn * (config.num_experts_per_tok + config.n_shared_experts) + h * config.n_routed_experts
+    else:
+        mlp = ffn
+    return L * (attn + mlp) + h * config.vocab_size
+
+
+def flops_per_token(config: MiniMindConfig, seq_len: int, training: bool = True) -> float:
+    """FLOPs per token as PaLM (appendix B) and nanoGPT count them: 2 per multiply-add of every matmul
+    weight, plus attention's two seq_len-long products (q k^T and weights v), 4 * seq_len * heads * head_dim
+    per layer, counted over the full square (causal masking is not subtracted). Training (forward and
+    backward) is 3 times the forward."""
+    attention = 4 * config.num_hidden_layers * seq_len * config.num_attention_heads * config.head_dim
+    forward = 2 * matmul_params_per_token(config) + attention
+    return float(3 * forward if training else forward)
+
+
+def peak_flops(device_name: Optional[str]) -> Optional[float]:
+    """Peak dense bf16 FLOP/s of a GPU by name, None when it is not in PEAK_BF16_FLOPS (or a CPU)."""
+    if not device_name:
+        return None
+    name = device_name.upper()
+    for key, flops in PEAK_BF16_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, peak: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak; None without a peak."""
+    return None if not peak else tokens_per_s * flops_per_tok / peak
+
+
+def epoch_hours(flops_per_tok: float, mfu_value: float, peak: float, tokens: float = PRETRAIN_HQ_TOKENS) -> float:
+    """Hours for `tokens` at `mfu_value` of `peak` FLOP/s."""
+    return tokens * flops_per_tok / (mfu_value * peak) / 3600
+
+
+def pretrain_projection(mfu_value: Optional[float], config: Optional[MiniMindConfig] = None) -> dict:
+    """One epoch of pretrain_hq on an RTX 3090 at `mfu_value` (measured on whatever GPU ran the bench;
+    None on a CPU), with the MFU that the seed project's 1.1 hours implies for comparison."""
+    config = config or MiniMindConfig.from_preset("minimind2-small")
+    fpt = flops_per_token(config, PRETRAIN_HQ_SEQ_LEN)
+    peak = peak_flops(RTX_3090)
+    seed_mfu = PRETRAIN_HQ_TOKENS * fpt / (SEED_EPOCH_HOURS_3090 * 3600 * peak)
+    return {"dataset": "pretrain_hq", "samples": PRETRAIN_HQ_SAMPLES, "seq_len": PRETRAIN_HQ_SEQ_LEN,
+            "tokens": PRETRAIN_HQ_TOKENS, "preset": config.preset, "flops_per_token": fpt, "gpu": RTX_3090,
+            "gpu_peak_flops": peak, "mfu": mfu_value,
+            "hours": epoch_hours(fpt, mfu_value, peak) if mfu_value else None,
+            "seed_hours": SEED_EPOCH_HOURS_3090, "seed_implied_mfu": seed_mfu}
+
+
+# --------------------------------------------------------------------------------------------------
+# Machine
+# --------------------------------------------------------------------------------------------------
+def auto_threads() -> int:
+    """CPU threads for torch: the cores the load average leaves free, at least 1. On a busy machine
+    more threads than free cores make every parallel op wait for a descheduled thread (tens of times
+    slower for small ops), so fewer threads measure the code instead of the scheduler."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
+def load_average() -> Optional[list[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def paired_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of slow[i] / fast[i]: each round's two runs saw about the same machine load,
+    which a ratio of the two medians would not guarantee on a busy machine."""
+    return statistics.median(a / b for a, b in zip(slow, fast))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, device: torch.device,
+                settle: bool = False, min_sample_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each function, sampled in turn `reps` times after one warm-up, the order
+    reversed every other round (A B, B A, A B, ...) so that neither side always runs first.
+
+    settle=True calls each function once more, untimed, right before its timed sample: the first call
+    after a different function pays for the memory that one left behind (the allocator's free lists, pages
+    the kernel has to map again), which would be charged to whichever side runs second.
+    min_sample_s: each sample times enough calls for the fastest function to run this long (the same count
+    for every function) and reports their mean; on a shared machine one short call is mostly noise."""
+    warm = {}
+    for name, fn in fns.items():
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        warm[name] = time.perf_counter() - t0
+    calls = max(1, math.ceil(min_sample_s / max(min(warm.values()), 1e-9))) if min_sample_s else 1
+    times = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(reps):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            if settle:
+                fn()
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+def twin_models(config: MiniMindConfig, device, seed: int = 0):
+    """(ours, transformers' LlamaForCausalLM with SDPA) holding the same weights, on `device`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .export import hf_config, hf_state_dict
+    if config.use_moe:
+        raise ValueError("the transformers comparison is for dense presets (LlamaForCausalLM)")
+    torch.manual_seed(seed)
+    ours = MiniMindForCausalLM(config)
+    fields = {k: v for k, v in hf_config(config).items() if k not in ("architectures", "model_type", "torch_dtype")}
+    theirs = LlamaForCausalLM(LlamaConfig(**fields, attn_implementation="sdpa"))
+    missing, unexpected = theirs.load_state_dict(hf_state_dict(ours), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"weights do not map onto LlamaForCausalLM: missing {missing}, unexpected {unexpected}")
+    if config.tie_word_embeddings:
+        theirs.lm_head.weight = theirs.model.embed_tokens.weight
+    return ours.to(device), theirs.to(device)
+
+
+def _train_step(net, model, x, optimizer, amp_dtype, device, labels=None):
+    labels = x if labels is None else labels
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = net(input_ids=x, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _optimizer(model, device):
+    from ..train.loop import TrainArgs, make_optimizer
+    return make_optimizer(model, TrainArgs(), device)
+
+
+def bench_training(models: dict[str, torch.nn.Module], config: MiniMindConfig, batch_size: int, seq_len: int,
+                   reps: int, device, amp_dtype=None, compile: bool = False, steps: int = 1,
+                   min_sample_s: float = 0.0) -> dict:
+    """Training tokens/s of each model (same optimizer, same random tokens), interleaved."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(3, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
+    fns = {}
+    for name, model in models.items():
+        model.train()
+        net = torch.compile(model) if compile else model
+        step = _train_step(net, model, x, _optimizer(model, device), amp_dtype, device)
+        fns[name] = (lambda step=step: [step() for _ in range(steps)])
+    if compile:  # compilation happens in the first calls; keep it out of the warm-up's single call
+        for fn in fns.values():
+            fn()
+    times = interleaved(fns, reps, device, settle=True, min_sample_s=min_sample_s)
+    tokens = batch_size * seq_len * steps
+    return {name: {"tokens_per_s": tokens / statistics.median(t), "times_s": t} for name, t in times.items()}
+
+
+def bench_decoding(ours, theirs, config: MiniMindConfig, batch_size: int, prompt_len: int, new_tokens: int,
+                   reps: int, device, min_sample_s: float = 0.0) -> dict:
+    """Greedy decoding tokens/s (new tokens over wall time, prefill included), ours against transformers'
+    generate on the same weights; EOS is disabled on both sides so every run makes new_tokens tokens."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(3, config.vocab_size, (batch_size, prompt_len), generator=g).to(device)
+    mask = torch.ones_like(x)
+    ours.eval()
+    theirs.eval()
+    theirs.generation_config.eos_token_id = None
+    fns = {"ours": lambda: ours.generate(x, max_new_tokens=new_tokens, do_sample=False),
+           "transformers": lambda: theirs.generate(x, attention_mask=mask, max_new_tokens=new_tokens,
+                                                   do_sample=False, pad_token_id=config.pad_token_id)}
+    with torch.no_grad():
+        a, b = fns["ours"](), fns["transformers"]()
+        times = interleaved(fns, reps, device, settle=True, min_sample_s=min_sample_s)
+    out = {name: {"tokens_per_s": batch_size * new_tokens / statistics.median(t), "times_s": t}
+           for name, t in times.items()}
+    out["same_tokens"] = bool(a.shape == b.shape and torch.equal(a.cpu(), b.cpu()))
+    return out
+
+
+def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps: int, device, amp_dtype=None,
+                     prompt_fraction: float = 0.0, preset: Optional[str] = None,
+                     min_sample_s: float = 0.0) -> list[dict]:
+    """What each hand-written fast path (fast.FAST_PATHS) buys: training tokens/s of one model with all of
+    them on, against the same model with each one off in turn and, when there are several, with all off,
+    interleaved. `prompt_fraction` masks that share of every sequence's labels with -100, as SFT masks the
+    prompt."""
+    from ..model import fast
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(config).to(device).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(3, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
+    labels = x.clone()
+    labels[:, :int(seq_len * prompt_fraction)] = -100
+    step = _train_step(model, model, x, _optimizer(model, device), amp_dtype, device, labels=labels)
+
+    def without(*names):
+        def run():
+            with fast.plain(*names):
+                step()
+        return run
+
+    variants = {"all on": step} | {f"{n} off": without(n) for n in fast.FAST_PATHS}
+    if len(fast.FAST_PATHS) > 1:  # with a single switch, "all off" would time "<it> off" again
+        variants["all off"] = without(*fast.FAST_PATHS)
+    times = interleaved(variants, reps, device, settle=True, min_sample_s=min_sample_s)
+    tokens = batch_size * seq_len
+    return [{"preset": preset or config.preset, "batch_size": batch_size, "seq_len": seq_len,
+             "prompt_fraction": prompt_fraction, "variant": variant,
+             "tokens_per_s": tokens / statistics.median(t),
+             "speedup_of_all_on": paired_ratio(t, times["all on"]), "times_s": t} for variant, t in times.items()]
+
+
+def _active(config: MiniMindConfig) -> int:
+    with torch.device("meta"):
+        return MiniMindForCausalLM(config).num_active_parameters()
+
+
+def dense_twin(config: MiniMindConfig) -> MiniMindConfig:
+    """A dense config with the MoE config's active parameters: its MLP is as wide as the shared and top-k
+    routed experts a token passes through (only the router's few weights differ)."""
+    width = config.intermediate_size * (config.num_experts_per_tok + config.n_shared_experts)
+    return dataclasses.replace(config, use_moe=False, intermediate_size=width, preset=f"{config.preset}-dense-twin")
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class BenchSettings:
+    presets: tuple = ("tiny", "minimind2-small")
+    moe_preset: Optional[str] = "minimind2-moe"
+    device: str = "auto"
+    dtype: str = "auto"           # auto: bfloat16 on a GPU that has it, else float32
+    compile: str = "auto"         # auto: on for CUDA, off on CPU (slower there, see book/performance.md)
+    batch_size: Optional[int] = None
+    seq_len: Optional[int] = None
+    train_reps: int = 7
+    decode_batches: tuple = (1, 8)
+    prompt_len: int = 32
+    new_tokens: int = 64
+    decode_reps: int = 7
+    moe_reps: int = 5
+    fast_path_reps: int = 7
+    min_sample_s: float = 1.0     # each timed sample runs at least this long (several calls when they are short)
+    fast_path_prompt_fractions: tuple = (0.0, 0.5)  # pretraining labels; SFT-like, half of each sequence a prompt
+    threads: Optional[int] = None  # None: auto_threads()
+    quick: bool = False
+
+    @classmethod
+    def quick_settings(cls, **overrides) -> "BenchSettings":
+        """A run under a minute on a CPU: the tiny preset, short sequences, three repetitions."""
+        base = dict(presets=("tiny",), moe_preset="tiny", batch_size=4, seq_len=64, train_reps=3,
+                    new_tokens=16, prompt_len=16, decode_reps=3, moe_reps=3, fast_path_reps=2,
+                    fast_path_prompt_fractions=(0.5,), min_sample_s=0.0, quick=True)
+        return cls(**{**base, **overrides})
+
+
+def _resolve(settings: BenchSettings):
+    from ..train.loop import _autocast_dtype
+    from ..train.runtime import pick_device
+    device = pick_device(settings.device)
+    amp_dtype = _autocast_dtype(settings.dtype, device)
+    compile = {"auto": device.type == "cuda", "on": True, "off": False}[str(settings.compile)]
+    return device, amp_dtype, compile
+
+
+def _moe_config(name: str) -> MiniMindConfig:
+    config = MiniMindConfig.from_preset(name)
+    if not config.use_moe:  # e.g. "tiny": its MoE variant, as chapter 06 builds it
+        config = MiniMindConfig.from_preset(name, use_moe=True, n_routed_experts=4, n_shared_experts=1,
+                                            num_experts_per_tok=2)
+        config.preset = f"{name}-moe"
+    return config
+
+
+def run_benchmark(settings: BenchSettings, configs: Optional[dict[str, MiniMindConfig]] = None,
+                  moe_config: Optional[MiniMindConfig] = None, log: Callable[[str], None] = print) -> dict:
+    """Run every measurement and return the JSON-ready result. `configs` ({name: config}) replaces the dense
+    presets and `moe_config` the MoE preset (tests use tiny shapes)."""
+    import transformers
+    transformers.logging.set_verbosity_error()
+    device, amp_dtype, compile = _resolve(settings)
+    load_before = load_average()
+    threads = settings.threads or auto_threads()
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        return _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_before)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_before) -> dict:
+    import transformers
+    on_gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if on_gpu else cpu_name()
+    peak = peak_flops(name) if on_gpu else None
+    batch = settings.batch_size or (32 if on_gpu else 4)
+    seq = settings.seq_len or (512 if on_gpu else 256)
+    configs = configs or {p: MiniMindConfig.from_preset(p) for p in settings.presets}
+    result = {
+        "machine": {"device": str(device), "device_name": name, "peak_bf16_flops": peak,
+                    "torch": torch.__version__, "transformers": transformers.__version__,
+                    "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "load_average_before": load_before},
+        "settings": {**dataclasses.asdict(settings), "batch_size": batch, "seq_len": seq,
+                     "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "compile": compile},
+        "training": [], "decoding": [], "fast_paths": [], "moe": None, "projection": None,
+    }
+    for preset, config in configs.items():
+        log(f"training: {preset} batch {batch} x {seq} ...")
+        ours, theirs = twin_models(config, device)
+        with torch.no_grad():
+            probe = torch.randint(3, config.vocab_size, (1, 16), device=device)
+            diff = (ours.eval()(probe).logits - theirs.eval()(probe).logits).abs().max().item()
+        res = bench_training({"ours": ours, "transformers": theirs}, config, batch, seq, settings.train_reps,
+                             device, amp_dtype, compile, min_sample_s=settings.min_sample_s)
+        fpt = flops_per_token(config, seq)
+        row = {"preset": preset, "params": ours.num_parameters(), "batch_size": batch, "seq_len": seq,
+               "flops_per_token": fpt, "max_logit_diff": diff,
+               "ours_tokens_per_s": res["ours"]["tokens_per_s"],
+               "transformers_tokens_per_s": res["transformers"]["tokens_per_s"],
+               "ratio": paired_ratio(res["transformers"]["times_s"], res["ours"]["times_s"]),
+               "ours_mfu": mfu(res["ours"]["tokens_per_s"], fpt, peak),
+               "transformers_mfu": mfu(res["transformers"]["tokens_per_s"], fpt, peak),
+               "ours_times_s": res["ours"]["times_s"], "transformers_times_s": res["transformers"]["times_s"]}
+        result["training"].append(row)
+        # training moved both models, each by its own float rounding: decode from identical weights again
+        ours, theirs = twin_models(config, device)
+        if on_gpu and amp_dtype is not None:  # decode in the autocast dtype, weights cast
+            ours.to(amp_dtype), theirs.to(amp_dtype)
+        for b in settings.decode_batches:
+            log(f"decoding: {preset} batch {b}, {settings.prompt_len} + {settings.new_tokens} tokens ...")
+            res = bench_decoding(ours, theirs, config, b, settings.prompt_len, settings.new_tokens,
+                                 settings.decode_reps, device, min_sample_s=settings.min_sample_s)
+            result["decoding"].append({
+                "preset": preset, "batch_size": b, "prompt_len": settings.prompt_len,
+                "new_tokens": settings.new_tokens, "same_tokens": res["same_tokens"],
+                "ours_tokens_per_s": res["ours"]["tokens_per_s"],
+                "transformers_tokens_per_s": res["transformers"]["tokens_per_s"],
+                "ratio": paired_ratio(res["transformers"]["times_s"], res["ours"]["times_s"]),
+                "ours_times_s": res["ours"]["times_s"], "transformers_times_s": res["transformers"]["times_s"]})
+        del ours, theirs
+        for fraction in settings.fast_path_prompt_fractions:
+            log(f"fast paths: {preset}, {fraction:.0%} of the labels masked ...")
+            result["fast_paths"] += bench_fast_paths(config, batch, seq, settings.fast_path_reps, device, amp_dtype,
+                                                     prompt_fraction=fraction, preset=preset,
+                                                     min_sample_s=settings.min_sample_s)
+    if settings.moe_preset or moe_config is not None:
+        moe_cfg = moe_config or _moe_config(settings.moe_preset)
+        twin_cfg = dense_twin(moe_cfg)
+        mb, ms = (batch, seq) if on_gpu or settings.quick else (2, seq)
+        log(f"MoE: {moe_cfg.preset} against its dense twin, batch {mb} x {ms} ...")
+        torch.manual_seed(0)
+        models = {"moe": MiniMindForCausalLM(moe_cfg).to(device), "dense": MiniMindForCausalLM(twin_cfg).to(device)}
+        res = bench_training(models, moe_cfg, mb, ms, settings.moe_reps, device, amp_dtype, compile,
+                             min_sample_s=settings.min_sample_s)
+        result["moe"] = {
+            "preset": moe_cfg.preset, "batch_size": mb, "seq_len": ms,
+            "moe_active_params": _active(moe_cfg), "dense_active_params": _active(twin_cfg),
+            "moe_total_params": models["moe"].num_parameters(), "dense_intermediate_size": twin_cfg.intermediate_size,
+            "moe_tokens_per_s": res["moe"]["tokens_per_s"], "dense_tokens_per_s": res["dense"]["tokens_per_s"],
+            "time_per_token_ratio": paired_ratio(res["moe"]["times_s"], res["dense"]["times_s"]),
+            "moe_times_s": res["moe"]["times_s"], "dense_times_s": res["dense"]["times_s"]}
+        del models
+    measured = [r for r in result["training"] if r["ours_mfu"]]
+    small = [r for r in measured if r["preset"] == "minimind2-small"] or measured
+    result["projection"] = pretrain_projection(small[0]["ours_mfu"] if small else None)
+    if small:
+        result["projection"]["mfu_from"] = f"{small[0]['preset']} on {name}"
+    result["machine"]["load_average_after"] = load_average()
+    return result
+
+
+# The goals the benchmark is judged by (issue "Performance"): ratios, each measured in one run.
+GOALS = {"training": 1.1,   # training tokens/s over transformers' Llama (CPU: tiny and minimind2-small)
+         "decoding": 1.0,   # decoding tokens/s over transformers' generate
+         "moe": 1.5}        # MoE time per token over its dense twin's, at most
+
+
+def goal_lines(result: dict) -> list[str]:
+    """One line per goal: the measured ratio, the goal, met or not."""
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+    lines = []
+    for r in result["training"]:
+        lines.append(f"- training, {r['preset']}: {r['ratio']:.2f}x transformers' Llama (goal: at least "
+                     f"{GOALS['training']}x): {verdict(r['ratio'] >= GOALS['training'])}")
+    for r in result["decoding"]:
+        lines.append(f"- decoding, {r['preset']} at batch {r['batch_size']}: {r['ratio']:.2f}x transformers' generate "
+                     f"(goal: at least {GOALS['decoding']}x): {verdict(r['ratio'] >= GOALS['decoding'])}")
+    moe = result.get("moe")
+    if moe:
+        ratio = moe["time_per_token_ratio"]
+        lines.append(f"- MoE, {moe['preset']}: {ratio:.2f}x its dense twin's time per token (goal: at most "
+                     f"{GOALS['moe']}x): {verdict(ratio <= GOALS['moe'])}")
+    return lines
+
+
+def _fmt(x, spec: str = ",.0f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(result: dict) -> str:
+    """The result as Markdown tables (what `minimind bench` prints and book/performance.md shows)."""
+    m, s = result["machine"], result["settings"]
+    lines = [f"{m['device_name']} ({m['device']}), torch {m['torch']}, transformers {m['transformers']}, "
+             f"{m['threads']} thread(s) of {m['cpu_count']} cores, load average {m['load_average_before']} "
+             f"before, {m.get('load_average_after')} after; dtype {s['dtype']}, compile {s['compile']}", "",
+             "| training | batch x seq | ours tok/s | transformers tok/s | ratio | MFU ours | MFU theirs |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["training"]:
+        lines.append(f"| {r['preset']} | {r['batch_size']} x {r['seq_len']} | {_fmt(r['ours_tokens_per_s'])} | "
+                     f"{_fmt(r['transformers_tokens_per_s'])} | {r['ratio']:.2f}x | {_fmt(r['ours_mfu'], '.1%')} | "
+                     f"{_fmt(r['transformers_mfu'], '.1%')} |")
+    lines += ["",
+              "| decoding | batch | prompt + new | ours tok/s | transformers generate tok/s | ratio | same tokens |",
+              "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    for r in result["decoding"]:
+        lines.append(f"| {r['preset']} | {r['batch_size']} | {r['prompt_len']} + {r['new_tokens']} | "
+                     f"{_fmt(r['ours_tokens_per_s'])} | {_fmt(r['transformers_tokens_per_s'])} | {r['ratio']:.2f}x | "
+                     f"{'yes' if r['same_tokens'] else 'no'} |")
+    if result.get("fast_paths"):
+        lines += ["", "| fast paths | batch x seq | labels masked | variant | tok/s | all on is faster by |",
+                  "| --- | --- | ---: | --- | ---: | ---: |"]
+        for r in result["fast_paths"]:
+            lines.append(f"| {r['preset']} | {r['batch_size']} x {r['seq_len']} | {r['prompt_fraction']:.0%} | "
+                         f"{r['variant']} | {_fmt(r['tokens_per_s'])} | {r['speedup_of_all_on']:.2f}x |")
+    moe = result.get("moe")
+    if moe:
+        lines += ["", "| MoE vs dense twin | batch x seq | active params | MoE tok/s | dense tok/s | "
+                      "MoE time per token / dense |", "| --- | --- | --- | ---: | ---: | ---: |",
+                  f"| {moe['preset']} | {moe['batch_size']} x {moe['seq_len']} | {moe['moe_active_params']:,} vs "
+                  f"{moe['dense_active_params']:,} | {_fmt(moe['moe_tokens_per_s'])} | "
+                  f"{_fmt(moe['dense_tokens_per_s'])} | {moe['time_per_token_ratio']:.2f}x |"]
+    p = result.get("projection")
+    if p:
+        lines += ["", f"pretrain_hq epoch ({p['samples']:,} samples x {p['seq_len']} = {p['tokens']:.3g} tokens, "
+                      f"{p['preset']}, {p['flops_per_token']:.3g} FLOPs/token) on an RTX 3090: "
+                  + (f"{p['hours']:.2f} h at the measured MFU {p['mfu']:.1%}" if p["hours"] else
+                     "no MFU measured here (needs a GPU with a known peak)")
+                  + f"; the seed project's {p['seed_hours']} h implies MFU {p['seed_implied_mfu']:.1%}"]
+    lines += ["", "Against the goals:", ""] + goal_lines(result)
+    return "\n".join(lines)
+
+
+# The book's performance page holds the tables of a committed JSON result between these two lines,
+# written by `minimind bench --json FILE --page PAGE` (tests check that they match the JSON).
+PAGE_BEGIN = "<!-- begin: tables written by `minimind bench` from {json} -->"
+PAGE_END = "<!-- end: tables written by `minimind bench` -->"
+
+
+def page_tables(page_text: str, json_name: str) -> Optional[str]:
+    """The tables between the markers for `json_name` in a page, None when the page has no such block."""
+    begin = PAGE_BEGIN.format(json=json_name)
+    if begin not in page_text:
+        return None
+    return page_text.split(begin, 1)[1].split(PAGE_END, 1)[0].strip("\n")
+
+
+def update_page(page: str | Path, result: dict, json_name: str) -> None:
+    """Replace the tables for `json_name` in `page` with the ones `result` gives."""
+    page = Path(page)
+    text = page.read_text()
+    begin = PAGE_BEGIN.format(json=json_name)
+    if page_tables(text, json_name) is None or PAGE_END not in text.split(begin, 1)[1]:
+        raise ValueError(f"{page} has no block for {json_name}: add the two lines\n{begin}\n{PAGE_END}\n"
+                         "where the tables go")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(PAGE_END, 1)[1]
+    page.write_text(f"{head}{begin}\n\n{format_table(result)}\n\n{PAGE_END}{tail}")
+
+
+def main(settings: BenchSettings, out: Optional[str] = None, page: Optional[str] = None,
+         from_json: Optional[str] = None) -> dict:
+    """Run the benchmark (or read a result saved before, `from_json`), print its tables, write the JSON
+    to `out` and the tables into `page`."""
+    result = json.loads(Path(from_json).read_text()) if from_json else run_benchmark(settings)
+    print(format_table(result))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    if page:
+        source = out or from_json
+        if not source:
+            raise ValueError("--page needs --json FILE (or --from-json FILE): the page names the JSON its tables "
+                             "come from")
+        update_page(page, result, source)
+        print(f"wrote the tables into {page}")
+    return result

@@ -1,0 +1,159 @@
+"""Export a dense checkpoint to one GGUF file (llama.cpp, ollama) as llama.cpp's `llama` architecture.
+
+llama.cpp's tensor names; q/k rows permuted per head from rotate_half pairs (i, i + d/2) to neighbours (2i, 2i+1);
+the tokenizer as GPT-2 byte-level BPE with the chat template. MoE: `minimind export hf`, then convert_hf_to_gguf.py.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorder the output rows of a q/k projection from rotate_half pairs (i, i + d/2) to neighbours (2i, 2i+1)."""
+    # (nh * hs, C) -> (nh, 2, hs / 2, C) -> (nh, hs / 2, 2, C) -> (nh * hs, C): row i + hs/2 lands after row i
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(model, dtype: str = "f32") -> dict[str, np.ndarray]:
+    """{llama.cpp name: numpy array} for a dense MiniMind model (norms stay float32)."""
+    config = model.config
+    if config.use_moe:
+        raise ValueError("GGUF export covers dense models; for an MoE checkpoint run `minimind export hf` and "
+                         "convert the folder with llama.cpp's convert_hf_to_gguf.py (Qwen2-MoE)")
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"dtype {dtype!r}: use f32 or f16")
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    big = np.float16 if dtype == "f16" else np.float32
+
+    def mat(x):
+        return np.ascontiguousarray(x.astype(big))
+
+    out = {"token_embd.weight": mat(state["model.embed_tokens.weight"]),
+           "output_norm.weight": state["model.norm.weight"].astype(np.float32)}
+    if not config.tie_word_embeddings:
+        out["output.weight"] = mat(state["lm_head.weight"])
+    names = {"self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for i in range(config.num_hidden_layers):
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        out[b + "attn_norm.weight"] = state[p + "input_layernorm.weight"].astype(np.float32)
+        out[b + "ffn_norm.weight"] = state[p + "post_attention_layernorm.weight"].astype(np.float32)
+        out[b + "attn_q.weight"] = mat(permute_rope_rows(state[p + "self_attn.q_proj.weight"],
+                                                         config.num_attention_heads))
+        out[b + "attn_k.weight"] = mat(permute_rope_rows(state[p + "self_attn.k_proj.weight"],
+                                                         config.num_key_value_heads))
+        out[b + "attn_v.weight"] = mat(state[p + "self_attn.v_proj.weight"])
+        for ours, theirs in names.items():
+            out[b + theirs + ".weight"] = mat(state[p + ours + ".weight"])
+    return out
+
+
+def _tokenizer_vocab(tokenizer, vocab_size: int):
+    """(tokens, token types, merges, pre-tokenizer name) from a MiniMindTokenizer, padded to vocab_size."""
+    import gguf
+
+    from ..data.tokenizer import SPECIAL_TOKENS
+    state = json.loads(tokenizer.tokenizer.to_str())
+    if state["model"]["type"] != "BPE":
+        raise ValueError(f"GGUF export needs a BPE tokenizer, this one is {state['model']['type']}")
+    pre = state.get("pre_tokenizer") or {}
+    kinds = [pre] + list(pre.get("pretokenizers", []))
+    if not any(k.get("type") == "ByteLevel" and k.get("use_regex", True) for k in kinds):
+        raise ValueError("GGUF export expects a byte-level BPE tokenizer with GPT-2's split (ByteLevel "
+                         "pre-tokenizer): llama.cpp would split this tokenizer's text differently")
+    vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+    if len(vocab) > vocab_size:
+        raise ValueError(f"the tokenizer has {len(vocab)} tokens, more than the model's vocab_size {vocab_size}")
+    by_id = {i: t for t, i in vocab.items()}
+    special = {a["content"]: a.get("special", False) for a in state.get("added_tokens", [])}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        t = by_id.get(i)
+        if t is None:  # embedding rows the tokenizer never produces
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif t in SPECIAL_TOKENS or special.get(t):
+            tokens.append(t)
+            types.append(gguf.TokenType.CONTROL)
+        elif t in special:  # added but not special: <think>, </think>
+            tokens.append(t)
+            types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(t)
+            types.append(gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"].get("merges", [])]
+    return tokens, types, merges, "gpt-2"
+
+
+def export_gguf(model, out_file, tokenizer=None, dtype: str = "f32", name: Optional[str] = None,
+                merge_lora: bool = False) -> Path:
+    """Write model and tokenizer to one .gguf file; returns its path. model may be a checkpoint folder (its
+    tokenizer is used); a LoRA run folder is merged into its base when merge_lora=True."""
+    import gguf
+    if isinstance(model, (str, Path)):
+        from ..model import load_checkpoint
+        from .export import is_lora_run
+        if is_lora_run(model) and not merge_lora:
+            raise ValueError(f"{model} is a LoRA run (an adapter, not a whole model): pass --merge-lora "
+                             "(merge_lora=True) to merge it into its base model and export the result")
+        name = name or Path(model).resolve().name
+        model, tok = load_checkpoint(model, tokenizer=tokenizer is None)
+        tokenizer = tokenizer or tok
+    if tokenizer is None:
+        raise ValueError("GGUF export needs the tokenizer: save it in the checkpoint folder or pass tokenizer=")
+    config = model.config
+    tensors = gguf_tensors(model, dtype)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(name or "MiniMind")
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_rope_dimension_count(config.head_dim)
+    if config.rope_scaling:
+        s = config.rope_scaling
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(s["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(s.get("original_max_position_embeddings")
+                                                 or config.max_position_embeddings))
+        writer.add_rope_scaling_yarn_beta_fast(float(s.get("beta_fast") or 32.0))
+        writer.add_rope_scaling_yarn_beta_slow(float(s.get("beta_slow") or 1.0))
+    tokens, types, merges, pre = _tokenizer_vocab(tokenizer, config.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_eot_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(tokenizer.chat_template)
+    for tname, array in tensors.items():
+        writer.add_tensor(tname, array)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        tmp.replace(out_file)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return out_file
