@@ -133,7 +133,8 @@ runs = {}
 for name, stage in [("direct", "sft"), ("traces", "reason")]:
     runs[name] = train_stage(stage, run_dir / ("reason" if name == "traces" else "reason_direct"),
                              data=folder / f"{name}.jsonl", tokenizer=tokenizer, init=teacher_dir,
-                             max_steps=reason_steps, device=device, stage_kwargs=dict(tag_weight=2.0))
+                             max_steps=reason_steps, device=device,
+                             stage_kwargs=dict(tag_weight=2.0) if stage == "reason" else None)
 
 
 def is_right(reply, reference):
