@@ -84,7 +84,7 @@ class Stage:
 
     def step_batches(self, model, batches, n: int) -> list:
         """The n micro-batches of one optimizer step. Supervised stages take the loader's next n batches;
-        RL stages generate rollouts here, once per step, and split them."""
+        RL stages generate the step's rollouts here (one per batch of prompts), before any backward pass."""
         return [next(batches) for _ in range(n)]
 
     def batch_tokens(self, batch) -> int:
