@@ -1,0 +1,64 @@
+"""Every stage trains under autocast on the CPU: bf16 (and fp16 with a grad scaler) losses of the first steps
+agree with float32 within bf16's precision, and pretraining and SFT under torch.compile agree with eager."""
+import json
+import math
+
+import pytest
+from course_helpers import course
+
+from minimind.train import STAGES, read_metrics, train_stage
+
+COMMON = dict(max_steps=1, batch_size=2, seq_len=64, device="cpu", progress=False, log_every=1, seed=0)
+OPTIONS = {"lora": dict(lora_rank=4), "grpo": dict(group_size=2, max_new_tokens=6),
+           "ppo": dict(max_new_tokens=6), "spo": dict(max_new_tokens=6)}
+DATA = {"pretrain": "pretrain", "sft": "sft", "reason": "reason", "lora": "lora", "distill": "sft", "dpo": "dpo",
+        "reward": "dpo", "ppo": "rl", "grpo": "rl", "spo": "rl"}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A random tiny model saved as a checkpoint: the distillation teacher."""
+    paths = course()
+    out = tmp_path_factory.mktemp("teacher")
+    train_stage("pretrain", out, data=paths["pretrain"], tokenizer=paths["tokenizer"], **COMMON)
+    return out
+
+
+def losses(stage, out, teacher, **extra):
+    """The loss of each step of a short run of `stage` (tiny preset, course corpus)."""
+    paths = course()
+    train_stage(stage, out, data=paths[DATA[stage]], tokenizer=paths["tokenizer"], preset="tiny",
+                teacher=teacher if stage == "distill" else None, stage_kwargs=OPTIONS.get(stage),
+                **{**COMMON, **extra})
+    values = [r["loss"] for r in read_metrics(out)]
+    assert all(math.isfinite(v) for v in values), values
+    return values
+
+
+def test_every_stage_is_covered():
+    assert set(DATA) == set(STAGES), "a new stage needs a precision test: add it to DATA"
+
+
+@pytest.mark.parametrize("stage", sorted(DATA))
+def test_bf16_first_steps_match_float32(stage, tmp_path, teacher):
+    # two steps: the second starts from weights that one bf16 update moved (and DPO's policy has left its
+    # reference, so its loss is no longer log 2 whatever the precision)
+    full = losses(stage, tmp_path / "fp32", teacher, dtype="float32", max_steps=2)
+    half = losses(stage, tmp_path / "bf16", teacher, dtype="bfloat16", max_steps=2)
+    # bf16 keeps 8 bits of mantissa: about 0.4% per rounding, a few percent after a model's worth of them
+    assert half == pytest.approx(full, rel=0.03, abs=0.03), (stage, full, half)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "grpo"])
+def test_fp16_with_a_grad_scaler_trains(stage, tmp_path, teacher):
+    losses(stage, tmp_path / "fp16", teacher, dtype="float16", max_steps=2)
+    state = json.loads((tmp_path / "fp16" / "resume" / "state.json").read_text())
+    assert state["scaler"] and state["scaler"]["scale"] > 0  # the scaler ran and is saved for --resume
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_compiled_first_steps_match_eager(stage, tmp_path, teacher):
+    eager = losses(stage, tmp_path / "eager", teacher, max_steps=2)
+    compiled = losses(stage, tmp_path / "compiled", teacher, max_steps=2, compile=True)
+    assert compiled == pytest.approx(eager, rel=1e-4)  # the start and the step after it
