@@ -428,6 +428,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
         print(f"minimind {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:  # the training loop saved first when it could (TrainingInterrupted)
+        print(f"minimind {args.command}: {stop or 'interrupted'}", file=sys.stderr)
+        return getattr(stop, "exit_code", 130)
     return 0
 
 

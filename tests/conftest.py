@@ -1,7 +1,13 @@
+import os
+import tempfile
+
 import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+
+# token caches of the test session go to a fresh folder (notebook kernels and CLI subprocesses inherit it)
+os.environ.setdefault("MINIMIND_CACHE", tempfile.mkdtemp(prefix="minimind-cache-"))
 
 
 def small_config(**overrides) -> MiniMindConfig:

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from .files import atomic_path
+from .files import atomic_path, cache_dir, content_key
 from .tokenizer import IGNORE_INDEX, ROLES, render_chat, render_chat_spans
 
 KINDS = ("pretrain", "sft", "dpo", "rl", "eval")
@@ -242,11 +242,12 @@ def to_hf_dataset(path, kind: str = "auto", skip_bad: bool = False):
     return datasets.Dataset.from_list(list(read_jsonl(path, kind, skip_bad=skip_bad)))
 
 
-def token_file_for(jsonl: Path, tokenizer) -> Path:
-    """Where the packed tokens of a pretraining file live: beside it, keyed by the tokenizer's vocabulary,
-    so a retrained tokenizer never reads stale tokens."""
-    key = hashlib.sha1(tokenizer.tokenizer.to_str().encode()).hexdigest()[:10]
-    return Path(jsonl).with_name(f"{Path(jsonl).stem}.{key}.bin")
+def token_file_for(jsonl: Path, tokenizer, cache=None) -> Path:
+    """Where the packed tokens of a pretraining file live: in the cache folder (`cache_dir()` unless given),
+    keyed by the file's content and the tokenizer's vocabulary, so an edited file or a retrained tokenizer
+    never reads stale tokens."""
+    key = hashlib.sha1((content_key(jsonl) + tokenizer.tokenizer.to_str()).encode()).hexdigest()[:16]
+    return Path(cache or cache_dir()) / "tokens" / f"{Path(jsonl).stem}.{key}.bin"
 
 
 # -- pretraining: one flat token file, packed windows ------------------------------------------------------

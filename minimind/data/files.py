@@ -1,7 +1,8 @@
-"""Files that appear whole or not at all, and where the course folder is."""
+"""Files that appear whole or not at all, where the course folder is, and where caches live (keyed by content)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -36,3 +37,24 @@ def find_root(start: Path | None = None) -> Path:
         if (folder / "_toc.yml").exists() and (folder / "notebooks").is_dir():
             return folder
     return start
+
+
+def cache_dir() -> Path:
+    """Where token caches live: $MINIMIND_CACHE, else $XDG_CACHE_HOME/minimind, else ~/.cache/minimind (never
+    beside the data, whose folder may be read-only or someone else's)."""
+    if os.environ.get("MINIMIND_CACHE"):
+        return Path(os.environ["MINIMIND_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minimind"
+
+
+def content_key(path, blocks: int = 16, block_size: int = 1 << 16) -> str:
+    """A fingerprint of a file's content, cheap at any size: its size, mtime and `blocks` sampled blocks
+    (the first, the last and evenly between), hashed. Any edit changes the size, the mtime or both."""
+    path = Path(path)
+    stat = path.stat()
+    digest = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with path.open("rb") as fh:
+        for i in range(blocks):
+            fh.seek(max(0, stat.st_size - block_size) * i // max(1, blocks - 1))
+            digest.update(fh.read(block_size))
+    return digest.hexdigest()

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from ..data.datasets import pad_collate
+from ..data.files import atomic_write
 from . import state as ckpt
-from .runtime import pick_device
+from .runtime import TrainingInterrupted, pick_device, stop_requests
 from .stages import Stage
 
 
@@ -122,6 +124,18 @@ def make_optimizer(model, args: TrainArgs, device, extra_groups=()):
     return torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas), fused=device.type in ("cuda", "cpu"))
 
 
+def clean_run_folder(out_dir: Path, keep_metrics_to: Optional[int]) -> None:
+    """Before a run writes into out_dir: remove temporary files a killed run left, and start metrics.jsonl
+    afresh (a new run) or cut it back to the resumed step (records a killed run wrote after its last save
+    would otherwise appear twice)."""
+    for tmp in out_dir.glob(".*.tmp"):
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    file = out_dir / "metrics.jsonl"
+    if file.exists():
+        kept = [r for r in read_metrics(out_dir) if keep_metrics_to is not None and r.get("step", 0) <= keep_metrics_to]
+        atomic_write(file, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in kept)))
+
+
 class MetricsLog:
     """metrics.jsonl in the run folder (rank 0 only), plus wandb/swanlab when asked for and installed."""
 
@@ -204,8 +218,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    if out_dir and is_main and not resume and (out_dir / "metrics.jsonl").exists():
-        (out_dir / "metrics.jsonl").unlink()  # a fresh run starts a fresh log; a resumed one continues it
+    if out_dir and is_main:
+        clean_run_folder(out_dir, keep_metrics_to=state["step"] if resume else None)
     log = MetricsLog(out_dir, is_main, args.logger, {**asdict(args), "stage": stage.name})
 
     def save():
@@ -229,69 +243,70 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
     loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
     summary = {}
-    while state["step"] < total:
-        lr = lr_at(state["step"], total, args)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr / args.lr
-        # the step: grad_accum micro-batches (RL stages generate their rollouts here), forward, backward
-        for micro, batch in enumerate(stage.step_batches(net, batches, args.grad_accum)):
-            batch = _to(batch, device)  # {"input_ids": (B, T), "labels": (B, T), ...}, or an RL rollout
-            sync = micro == args.grad_accum - 1 or world == 1  # DDP all-reduces grads on the last micro-batch only
-            ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-            with ctx, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, metrics = stage.loss(net, batch)  # scalar; metrics: {name: scalar tensor}
-            scaler.scale(loss / args.grad_accum).backward()  # grads sum over the micro-batches: their mean
-            loss_sum += loss.detach().float()
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0) + v.float()
-            n_sum += 1
-            tokens_since += stage.batch_tokens(batch) * world
-        if args.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        step = state["step"]
-        state["elapsed"] = time.perf_counter() - start
-        last = (step == total or (args.max_time and state["elapsed"] > args.max_time)
-                or (args.stop_at is not None and step >= args.stop_at))
-        evaluating = bool(args.eval_every) and (step % args.eval_every == 0 or last)
-        if step % args.log_every == 0 or last or evaluating:
-            values = torch.stack([loss_sum] + [metric_sums[k] for k in sorted(metric_sums)]) / n_sum  # (1 + M,)
-            if world > 1:  # the mean over all processes, as one process with the whole batch would see
-                torch.distributed.all_reduce(values)
-                values /= world
-            now = time.perf_counter()
-            record = {"step": step, "loss": values[0].item(), "lr": lr,
-                      **{k: values[i + 1].item() for i, k in enumerate(sorted(metric_sums))},
-                      "tokens_per_s": tokens_since / (now - time_since), "elapsed": state["elapsed"]}
-            state["tokens"] += tokens_since
-            tokens_since, time_since = 0, now
-            loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
-            if evaluating:
-                if val_data is not None:
-                    record["val_loss"] = evaluate(model, stage, val_data, args, collate_fn, device, amp_dtype)
-                for callback in callbacks:
-                    record.update(callback(step, model) or {})
-                model.train()
-                time_since = time.perf_counter()  # evaluation time is not training throughput
-            log.write(record)
-            summary = record
-            if print_every and (step % print_every == 0 or last):
-                extra = f" val_loss {record['val_loss']:.3f}" if "val_loss" in record else ""
-                print(f"{stage.name} step {step}/{total}  loss {record['loss']:.3f}{extra}  lr {lr:.1e}  "
-                      f"{record['tokens_per_s']:,.0f} tok/s  {state['elapsed']:.0f} s", flush=True)
+    with stop_requests() as requested:  # Ctrl-C / SIGTERM: finish the step, save, then stop
+        while state["step"] < total:
+            lr = lr_at(state["step"], total, args)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr / args.lr
+            # the step: grad_accum micro-batches (RL stages generate their rollouts here), forward, backward
+            for micro, batch in enumerate(stage.step_batches(net, batches, args.grad_accum)):
+                batch = _to(batch, device)  # {"input_ids": (B, T), "labels": (B, T), ...}, or an RL rollout
+                sync = micro == args.grad_accum - 1 or world == 1  # DDP all-reduces grads on the last micro-batch only
+                ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                with ctx, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    loss, metrics = stage.loss(net, batch)  # scalar; metrics: {name: scalar tensor}
+                scaler.scale(loss / args.grad_accum).backward()  # grads sum over the micro-batches: their mean
+                loss_sum += loss.detach().float()
+                for k, v in metrics.items():
+                    metric_sums[k] = metric_sums.get(k, 0) + v.float()
+                n_sum += 1
+                tokens_since += stage.batch_tokens(batch) * world
+            if args.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            step = state["step"]
+            state["elapsed"] = time.perf_counter() - start
+            last = (step == total or (args.max_time and state["elapsed"] > args.max_time)
+                    or (args.stop_at is not None and step >= args.stop_at) or bool(requested))
+            evaluating = bool(args.eval_every) and (step % args.eval_every == 0 or last)
+            if step % args.log_every == 0 or last or evaluating:
+                values = torch.stack([loss_sum] + [metric_sums[k] for k in sorted(metric_sums)]) / n_sum  # (1 + M,)
+                if world > 1:  # the mean over all processes, as one process with the whole batch would see
+                    torch.distributed.all_reduce(values)
+                    values /= world
+                now = time.perf_counter()
+                record = {"step": step, "loss": values[0].item(), "lr": lr,
+                          **{k: values[i + 1].item() for i, k in enumerate(sorted(metric_sums))},
+                          "tokens_per_s": tokens_since / (now - time_since), "elapsed": state["elapsed"]}
+                state["tokens"] += tokens_since
+                tokens_since, time_since = 0, now
+                loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
+                if evaluating:
+                    if val_data is not None:
+                        record["val_loss"] = evaluate(model, stage, val_data, args, collate_fn, device, amp_dtype)
+                    for callback in callbacks:
+                        record.update(callback(step, model) or {})
+                    model.train()
+                    time_since = time.perf_counter()  # evaluation time is not training throughput
+                log.write(record)
+                summary = record
+                if print_every and (step % print_every == 0 or last):
+                    extra = f" val_loss {record['val_loss']:.3f}" if "val_loss" in record else ""
+                    print(f"{stage.name} step {step}/{total}  loss {record['loss']:.3f}{extra}  lr {lr:.1e}  "
+                          f"{record['tokens_per_s']:,.0f} tok/s  {state['elapsed']:.0f} s", flush=True)
+                if bar:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
             if bar:
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}",
-                                tok_s=f"{record['tokens_per_s']:.0f}")
-        if bar:
-            bar.update(1)
-        if args.save_every and step % args.save_every == 0 and not last:
-            save()
-        if last:
-            break
+                bar.update(1)
+            if args.save_every and step % args.save_every == 0 and not last:
+                save()
+            if last:
+                break
     if bar:
         bar.close()
     save()
@@ -299,6 +314,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
                "wall_time": state["elapsed"]}
     if world > 1:
         torch.distributed.barrier()
+    if requested and state["step"] < total:
+        raise TrainingInterrupted(state["step"], out_dir, requested["signal"])
     return summary
 
 

@@ -1,8 +1,11 @@
-"""Where the course runs: device choice and a short account of the environment."""
+"""Where the course runs: device choice, a short account of the environment, and stopping on signals."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
+import threading
 
 import torch
 
@@ -29,3 +32,35 @@ def environment() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu memory (GiB)"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving a resumable state; `exit_code` is 130 or 143."""
+
+    def __init__(self, step: int, out_dir, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}"
+                         + (f"; resumable state saved in {out_dir}: run the same command with --resume"
+                            if out_dir else " (no run folder: nothing saved)"))
+        self.step, self.out_dir, self.exit_code = step, out_dir, 128 + signum
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Within the block, SIGINT and SIGTERM ask the training loop to stop after the current step (the dict it
+    yields gets a "signal" key); a second SIGINT interrupts at once. Outside the main thread: no handlers."""
+    requested: dict = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def ask(signum, frame):
+        if signum == signal.SIGINT and requested:  # pressed twice: stop now, not after the step
+            raise KeyboardInterrupt
+        requested["signal"] = signum
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
