@@ -120,3 +120,20 @@ def test_a_signal_saves_and_a_resume_continues_cleanly(tmp_path, sig, code):
 
 def read_lines(file):
     return file.read_text().splitlines() if file.exists() else []
+
+
+def test_damaged_resume_state_and_tokenizer_are_explained(tmp_path, capsys):
+    paths, out = course(), tmp_path / "run"
+    base = ["train", "pretrain", "--data", str(paths["pretrain"]), "--tokenizer", str(paths["tokenizer"]),
+            "--out", str(out), *COMMON]
+    assert cli(base) == 0
+    state = json.loads((out / "resume" / "state.json").read_text())
+    del state["rng"]
+    (out / "resume" / "state.json").write_text(json.dumps(state))
+    assert cli(base + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "resume" in err and "Traceback" not in err
+    (out / "tokenizer.json").write_text("garbage")
+    assert cli(["train", "sft", "--data", str(paths["sft"]), "--init", str(out), "--out", str(tmp_path / "sft"),
+                *COMMON]) == 2
+    assert "is not a tokenizer file" in capsys.readouterr().err

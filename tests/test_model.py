@@ -252,3 +252,34 @@ def test_bad_configs_are_explained():
         MiniMindConfig.from_preset("huge")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         random_model(small_config(max_position_embeddings=8))(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes(b""), "not a readable safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
+     "not a readable safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64), "not a readable safetensors file"),
+    (lambda d: _edit_config(d, hidden_size="big"), "hidden_size='big' should be int"),
+    (lambda d: _edit_config(d, num_attention_heads=0), "num_attention_heads=0: every size"),
+    (lambda d: (d / "config.json").write_text("{not json"), "config.json"),
+    (lambda d: _poison_weights(d), "NaN or inf values"),
+])
+def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, dense, damage, message):
+    dense.save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(ValueError, match=message) as err:
+        MiniMindForCausalLM.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(err.value)  # names the file
+
+
+def _edit_config(folder, **changes):
+    import json
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _poison_weights(folder):
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(folder / "model.safetensors"))
+    state["model.norm.weight"][0] = float("nan")
+    save_file(state, str(folder / "model.safetensors"))

@@ -172,8 +172,12 @@ class MiniMindTokenizer:
         if not file.exists():
             raise FileNotFoundError(
                 f"{file} not found: train a tokenizer first (minimind tokenizer train --data FILE --out "
-                f"{directory}), or use the course's: minimind.corpus.ensure_course_data()")
-        return cls(Tokenizer.from_file(str(file)))
+                f"{directory}), or use the course's: minimind.data.corpus.ensure_course_data()")
+        try:
+            return cls(Tokenizer.from_file(str(file)))
+        except Exception as err:  # tokenizers raises a plain Exception for a damaged file
+            raise ValueError(f"{file} is not a tokenizer file ({err}): restore it, or train the tokenizer "
+                             "again (minimind tokenizer train)") from None
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400, min_frequency: int = 2) -> MiniMindTokenizer:

@@ -50,7 +50,15 @@ class Checkpointable:
         file = Path(file)
         if not file.exists():
             raise FileNotFoundError(f"{file} not found: a MiniMind checkpoint folder holds {WEIGHTS_NAME}")
-        state = load_file(str(file))
+        try:
+            state = load_file(str(file))
+        except Exception as err:  # safetensors raises its own error type for a cut or damaged file
+            raise ValueError(f"{file} is not a readable safetensors file ({err}): the checkpoint is damaged or "
+                             "was cut short; save it again or restore it") from None
+        broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            raise ValueError(f"{file}: NaN or inf values in {broken[:4]}: the run diverged before this save; "
+                             "load an earlier checkpoint, or train again with a lower learning rate")
         expected = self.state_dict()
         if "lm_head.weight" in expected and "lm_head.weight" not in state and self.config.tie_word_embeddings:
             state["lm_head.weight"] = state["model.embed_tokens.weight"]

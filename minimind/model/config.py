@@ -14,6 +14,11 @@ def _swiglu_width(hidden_size: int) -> int:
     return 64 * math.ceil(hidden_size * 8 / 3 / 64)
 
 
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "dict": dict}
+_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+          "intermediate_size", "max_position_embeddings")
+
+
 @dataclass
 class MiniMindConfig:
     vocab_size: int = 6400
@@ -47,8 +52,12 @@ class MiniMindConfig:
     preset: Optional[str] = None
 
     def __post_init__(self):
+        self._check_types()
         if self.intermediate_size is None:
             self.intermediate_size = _swiglu_width(self.hidden_size)
+        small = [f"{n}={getattr(self, n)}" for n in _SIZES if getattr(self, n) < 1]
+        if small:
+            raise ValueError(f"{', '.join(small)}: every size of the model must be at least 1")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
@@ -60,6 +69,17 @@ class MiniMindConfig:
         if self.use_moe and not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
             raise ValueError(f"num_experts_per_tok={self.num_experts_per_tok} must be between 1 and "
                              f"n_routed_experts={self.n_routed_experts}")
+
+    def _check_types(self) -> None:
+        """A config read from JSON may hold anything: refuse a wrong type by name (`"hidden_size": "big"`)."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = kind.startswith("Optional[")
+            kind = kind.removeprefix("Optional[").removesuffix("]")
+            if value is None and optional or kind not in _TYPES:
+                continue
+            if not isinstance(value, _TYPES[kind]) or (kind in ("int", "float") and isinstance(value, bool)):
+                raise ValueError(f"{f.name}={value!r} should be {'null or ' if optional else ''}{kind}")
 
     @property
     def head_dim(self) -> int:
@@ -95,7 +115,10 @@ class MiniMindConfig:
             path = path / "config.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: a MiniMind checkpoint folder holds config.json")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as err:  # bad JSON, unknown fields, wrong types, impossible shapes
+            raise ValueError(f"{path}: {err}; fix the file or save the checkpoint again") from None
 
 
 PRESETS: dict[str, dict] = {

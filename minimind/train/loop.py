@@ -194,13 +194,17 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         found = ckpt.find_resume_state(out_dir) if out_dir else None
         if found is None:
             raise FileNotFoundError(f"--resume: no resume state in {out_dir}; start without --resume")
-        model_t, opt_t, rng_t, meta = ckpt.load_resume_state(found)
-        stage.load_state_tensors(model, {k: v.to(device) for k, v in model_t.items()})
-        ckpt.optimizer_from_tensors(optimizer, opt_t, meta["optimizer"])
-        if meta["scaler"]:
-            scaler.load_state_dict(meta["scaler"])
-        state.update(meta["trainer"])
-        ckpt.set_rng_state(rng_t, meta["rng"])
+        try:
+            model_t, opt_t, rng_t, meta = ckpt.load_resume_state(found)
+            stage.load_state_tensors(model, {k: v.to(device) for k, v in model_t.items()})
+            ckpt.optimizer_from_tensors(optimizer, opt_t, meta["optimizer"])
+            if meta["scaler"]:
+                scaler.load_state_dict(meta["scaler"])
+            state.update(meta["trainer"])
+            ckpt.set_rng_state(rng_t, meta["rng"])
+        except Exception as err:  # a cut file, a missing key, a shape that no longer fits: all mean damaged
+            raise ValueError(f"--resume: the state in {found} cannot be read ({type(err).__name__}: {err}); "
+                             "delete that folder and start without --resume, or restore it") from None
 
     sampler = ResumableBatchSampler(len(train_data), args.batch_size, args.seed, rank, world, state["consumed"])
     total = args.max_steps or max(1, math.ceil(args.epochs * sampler.per_epoch / args.grad_accum))
