@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -426,8 +427,17 @@ def main(argv=None) -> int:
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, not a traceback
+        if os.environ.get("MINIMIND_DEBUG"):
+            raise
         print(f"minimind {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine said no: a read-only folder, a full disk, a port in use
+        if os.environ.get("MINIMIND_DEBUG"):
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"minimind {args.command}: error: {err.strerror or err}{where} (set MINIMIND_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as stop:  # the training loop saved first when it could (TrainingInterrupted)
         print(f"minimind {args.command}: {stop or 'interrupted'}", file=sys.stderr)
         return getattr(stop, "exit_code", 130)

@@ -157,6 +157,9 @@ def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[l
                 except json.JSONDecodeError as err:
                     problem = f"not valid JSON ({err.msg} at column {err.colno})"
                     fix = "each line must hold exactly one JSON object"
+                except RecursionError:
+                    problem = "JSON nested too deeply to read"
+                    fix = "each line must hold one record in MiniMind's format"
                 else:
                     if kind == "auto":
                         kind = detect_kind(record)

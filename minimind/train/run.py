@@ -68,6 +68,8 @@ def train_stage(stage: str, out, data=None, tokenizer=None, preset: str = "tiny"
         raise ValueError(f"{stage} needs --data FILE")
     if not Path(data).exists():
         raise FileNotFoundError(f"--data {data} does not exist")
+    if Path(data).is_dir():
+        raise ValueError(f"--data {data} is a folder: name the JSONL file inside it")
     if tokenizer is None and init is None:
         raise ValueError(f"{stage} needs --tokenizer DIR (or --init CKPT, whose tokenizer it then uses)")
     known = {f.name for f in fields(TrainArgs)}

@@ -62,6 +62,11 @@ def _stop(body: dict) -> list[str]:
 
 def _content(value, i: int) -> str:
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text
+            raise APIError(400, f"messages[{i}].content holds a lone UTF-16 surrogate: send valid Unicode",
+                           f"messages[{i}].content", "invalid_value") from None
         return value
     if isinstance(value, list):  # content parts: [{"type": "text", "text": ...}]
         parts = []
@@ -125,6 +130,8 @@ class Engine:
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise APIError(400, f"'seed' must be an integer, got {seed!r}", "seed", "invalid_type")
+        if seed is not None and not 0 <= seed < 2 ** 63:  # torch's generator takes a 64-bit seed
+            raise APIError(400, f"'seed' is {seed}: it must be between 0 and 2**63 - 1", "seed", "invalid_value")
         return GenerationSettings(
             max_new_tokens=max_tokens, temperature=float(_number(body, "temperature", 0.7, 0.0, 2.0)),
             top_p=float(_number(body, "top_p", 0.9, 0.0, 1.0)) or 1e-6,
@@ -204,7 +211,7 @@ class Handler(BaseHTTPRequestHandler):
     engine: Engine = None
     api_key: Optional[str] = None
     server_version = "MiniMind"
-    timeout = 120  # seconds a client may take to send its request
+    timeout = 30  # seconds a client may take to send its request (then 408)
 
     def log_message(self, fmt, *args):  # quiet unless asked
         if getattr(self.server, "verbose", False):
@@ -248,17 +255,46 @@ class Handler(BaseHTTPRequestHandler):
             length = int(length)
         except ValueError:
             raise APIError(400, "bad Content-Length header", code="invalid_request") from None
+        if length < 0:
+            raise APIError(400, f"Content-Length is {length}: it must be the body's size in bytes",
+                           code="invalid_request")
         if length > MAX_BODY:
             raise APIError(413, f"the request body is {length} bytes; at most {MAX_BODY} are accepted",
                            code="request_too_large")
-        raw = self.rfile.read(length)
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise APIError(408, f"the body did not arrive within {self.timeout} s (Content-Length {length})",
+                           code="request_timeout") from None
+        if len(raw) < length:
+            self.close_connection = True
+            raise APIError(400, f"the body has {len(raw)} bytes, not the {length} of Content-Length",
+                           code="invalid_request")
         try:
             body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise APIError(400, f"the request body is not valid JSON: {err}", code="invalid_json") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as err:
+            why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise APIError(400, f"the request body is not valid JSON: {why}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object", code="invalid_type")
         return body
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's errors (a bad request line, an unknown method) as JSON, like every other."""
+        if code == 501:  # a method without a do_ handler
+            code, message = 405, f"method {self.command} is not allowed: use GET or POST"
+        self.close_connection = True
+        try:
+            self._send_json(code, APIError(code, message or explain or "bad request").body(),
+                            {"Allow": "GET, POST, OPTIONS"} if code == 405 else None)
+        except OSError:
+            pass
+
+    def do_PUT(self):
+        self.send_error(501)
+
+    do_DELETE = do_PATCH = do_PUT
 
     # -- routes -----------------------------------------------------------------------------------------
     def do_OPTIONS(self):
@@ -427,6 +463,7 @@ class Handler(BaseHTTPRequestHandler):
 class MiniMindServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog: a burst of clients waits instead of being reset
     verbose = False
 
 

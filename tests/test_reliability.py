@@ -1,0 +1,117 @@
+"""The adversarial pass, kept in one place (issue "Reliability"): each test names the row of the table it
+covers. Rows 1, 2 (token caches), 4, 12, 13 (signals, leftovers, metrics) and 5 (damaged checkpoints) are
+tested beside the code they touch: tests/test_data.py, test_cli_train.py, test_train.py and test_model.py."""
+import json
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tiny_checkpoint import make_checkpoint
+
+from minimind.cli import main as cli
+from minimind.model import load_checkpoint
+from minimind.use.serve import running_server
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    model, tok = load_checkpoint(make_checkpoint(tmp_path_factory.mktemp("rel") / "ckpt"))
+    with running_server(model, tok) as server:
+        yield server.url
+
+
+def exchange(url, raw: bytes, timeout=10) -> tuple[int, dict]:
+    """Send raw bytes, read the whole answer: (status, JSON body)."""
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def post(url, body: bytes, length=None, path="/v1/chat/completions", timeout=10):
+    length = len(body) if length is None else length
+    return exchange(url, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode() + body, timeout)
+
+
+def chat(content="hi", **extra) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 2, **extra}).encode()
+
+
+# -- row 7: deep nesting -----------------------------------------------------------------------------------
+def test_row7_deeply_nested_json_is_a_400_and_a_data_error(url, tmp_path, capsys):
+    status, body = post(url, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nested too deeply" in body["error"]["message"]
+    bad = tmp_path / "sft.jsonl"
+    good = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad.write_text(json.dumps(good) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert cli(["data", "check", str(bad), "--kind", "sft"]) != 0
+    err = capsys.readouterr()
+    assert "sft.jsonl:2" in err.out + err.err and "Traceback" not in err.err
+
+
+# -- row 8: values that used to reach the model and fail there ---------------------------------------------
+@pytest.mark.parametrize("body, where", [(chat(seed=2 ** 80), "seed"), (chat("\ud800x"), "surrogate")])
+def test_row8_out_of_range_values_are_a_400(url, body, where):
+    status, answer = post(url, body)
+    assert status == 400 and where in answer["error"]["message"]
+
+
+# -- row 9: lengths that lie ---------------------------------------------------------------------------------
+def test_row9_a_negative_or_too_large_content_length_is_answered_at_once(url):
+    status, body = post(url, chat(), length=-1)
+    assert status == 400 and "Content-Length" in body["error"]["message"]
+    host, port = url[len("http://"):].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # promises 100 bytes, sends 10, stops
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"{" * 10)
+        sock.shutdown(socket.SHUT_WR)
+        head = sock.recv(65536)
+    assert head.split()[1] == b"400"
+
+
+# -- row 10: other methods ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "BREW"])
+def test_row10_other_methods_get_a_json_405(url, method):
+    status, body = exchange(url, f"{method} /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert status == 405 and method in body["error"]["message"]
+
+
+# -- row 11: a burst on a fresh server ----------------------------------------------------------------------
+def test_row11_a_burst_of_connections_is_not_reset(tmp_path):
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "ckpt"))
+    with running_server(model, tok) as server:
+        host, port = server.url[len("http://"):].split(":")
+        barrier = threading.Barrier(64)
+
+        def health(_):
+            barrier.wait()
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return sock.makefile("rb").readline()  # the status line
+        with ThreadPoolExecutor(64) as pool:
+            answers = list(pool.map(health, range(64)))
+    assert all(a.split()[1] == b"200" for a in answers), answers
+
+
+# -- row 6: the machine says no -----------------------------------------------------------------------------
+def test_row6_io_faults_are_one_line_not_a_traceback(tmp_path, url):
+    data = tmp_path / "folder"
+    data.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    runs = [["train", "pretrain", "--data", str(data), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")],
+            ["data", "course", "--out", str(a_file / "inside")]]
+    host, port = url[len("http://"):].split(":")
+    ckpt = make_checkpoint(tmp_path / "ckpt")
+    runs.append(["serve", str(ckpt), "--host", host, "--port", port])  # the module's server holds the port
+    for args in runs:
+        done = subprocess.run([sys.executable, "-m", "minimind", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode in (1, 2), (args, done.stderr)
+        assert "Traceback" not in done.stderr and "error" in done.stderr, (args, done.stderr)
