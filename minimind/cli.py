@@ -293,11 +293,14 @@ def _add_serve(sub):
     p.add_argument("--model-name", default="minimind", help="the model id clients ask for (default: minimind)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     p.add_argument("--quiet", action="store_true", help="do not log requests")
+    p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin allowed to call the API from a browser, e.g. http://localhost:3000 "
+                        "(repeatable; '*' for any). Default: none (the chat page at / needs none)")
 
     def run(args):
         from .use.serve import serve
         serve(args.ckpt, host=args.host, port=args.port, api_key=args.api_key, model_name=args.model_name,
-              device=args.device, verbose=not args.quiet)
+              device=args.device, verbose=not args.quiet, cors_origins=args.cors)
     p.set_defaults(func=run)
 
 

@@ -115,3 +115,44 @@ def test_row6_io_faults_are_one_line_not_a_traceback(tmp_path, url):
         done = subprocess.run([sys.executable, "-m", "minimind", *args], capture_output=True, text=True, timeout=120)
         assert done.returncode in (1, 2), (args, done.stderr)
         assert "Traceback" not in done.stderr and "error" in done.stderr, (args, done.stderr)
+
+
+# -- row 14: CORS ----------------------------------------------------------------------------------------------
+def test_row14_no_cors_by_default_and_json_only(url, tmp_path):
+    hostile = {"Origin": "http://evil.example"}
+    raw = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\nContent-Type: text/plain"
+           f"\r\nContent-Length: {len(chat())}\r\nConnection: close\r\n\r\n").encode() + chat()
+    status, _ = exchange(url, raw)
+    assert status == 415  # a page elsewhere cannot post a "simple" request past the browser's preflight
+    import http.client
+    host, port = url[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=chat(), headers={"Content-Type": "application/json", **hostile})
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 200 and answer.getheader("Access-Control-Allow-Origin") is None
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "ckpt"))
+    with running_server(model, tok, cors_origins=["http://app.example"]) as server:
+        host, port = server.url[len("http://"):].split(":")
+        for origin, allowed in (("http://app.example", True), ("http://evil.example", False)):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("OPTIONS", "/v1/chat/completions", headers={"Origin": origin})
+            answer = conn.getresponse()
+            answer.read()
+            assert (answer.getheader("Access-Control-Allow-Origin") == origin) is allowed
+
+
+# -- row 17: a bounded worker pool ---------------------------------------------------------------------------
+def test_row17_slow_sockets_do_not_each_get_a_thread(tmp_path):
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "ckpt"))
+    with running_server(model, tok) as server:
+        host, port = server.url[len("http://"):].split(":")
+        before = threading.active_count()
+        slow = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
+        for sock in slow:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")  # and nothing more
+        import time
+        time.sleep(1.0)
+        assert threading.active_count() - before <= server.max_workers
+        for sock in slow:
+            sock.close()

@@ -210,6 +210,7 @@ def _usage(reply: Reply) -> dict:
 class Handler(BaseHTTPRequestHandler):
     engine: Engine = None
     api_key: Optional[str] = None
+    cors_origins: tuple = ()
     server_version = "MiniMind"
     timeout = 30  # seconds a client may take to send its request (then 408)
 
@@ -230,8 +231,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _cors(self):
-        self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        """CORS headers only for origins the user allowed (`--cors ORIGIN`); none by default, so a web page
+        elsewhere cannot read this server's answers."""
+        origin = self.headers.get("Origin") if getattr(self, "headers", None) else None
+        if origin and (origin in self.cors_origins or "*" in self.cors_origins):
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
+            self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
 
     def _error(self, err: APIError) -> None:
         self._send_json(err.status, err.body())
@@ -344,6 +350,9 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         try:
+            kind = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+            if kind != "application/json":  # text/plain etc. would let any web page post here unasked
+                raise APIError(415, f"Content-Type is {kind!r}: send application/json", code="unsupported_media_type")
             body = self._body()
             routes[path](body)
         except APIError as err:
@@ -465,13 +474,31 @@ class MiniMindServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # the listen backlog: a burst of clients waits instead of being reset
     verbose = False
+    max_workers = 32  # connections served at once; more wait in the backlog (one model serves one at a time)
+
+    def server_activate(self):
+        super().server_activate()
+        self.workers = threading.BoundedSemaphore(self.max_workers)
+
+    def process_request(self, request, client_address):
+        self.workers.acquire()  # blocks the accept loop, not the workers: excess clients queue in the backlog
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.workers.release()
 
 
 def make_server(model, tokenizer, host: str = "127.0.0.1", port: int = 8998, api_key: Optional[str] = None,
-                model_name: str = "minimind", default_max_tokens: int = 512, verbose: bool = False) -> MiniMindServer:
-    """A server bound to host:port (port 0: a free one, see server.server_address); call serve_forever()."""
+                model_name: str = "minimind", default_max_tokens: int = 512, verbose: bool = False,
+                cors_origins=()) -> MiniMindServer:
+    """A server bound to host:port (port 0: a free one, see server.server_address); call serve_forever().
+    cors_origins: web origins allowed to call it from a browser ("*" for any); none by default."""
     engine = Engine(model, tokenizer, model_name, default_max_tokens)
-    handler = type("BoundHandler", (Handler,), {"engine": engine, "api_key": api_key})
+    handler = type("BoundHandler", (Handler,), {"engine": engine, "api_key": api_key,
+                                                "cors_origins": tuple(cors_origins)})
     server = MiniMindServer((host, port), handler)
     server.verbose = verbose
     server.engine = engine
@@ -484,14 +511,14 @@ def resolve_api_key(api_key: Optional[str] = None) -> Optional[str]:
 
 
 def serve(ckpt, host: str = "127.0.0.1", port: int = 8998, api_key: Optional[str] = None,
-          model_name: Optional[str] = None, device: str = "auto", verbose: bool = True) -> None:
+          model_name: Optional[str] = None, device: str = "auto", verbose: bool = True, cors_origins=()) -> None:
     """Load a checkpoint folder (plain or LoRA run) and serve it until Ctrl-C."""
     from ..model import load_checkpoint
     from ..train.runtime import pick_device
     model, tokenizer = load_checkpoint(ckpt, device=pick_device(device))
     api_key = resolve_api_key(api_key)
     name = model_name or "minimind"
-    server = make_server(model, tokenizer, host, port, api_key, name, verbose=verbose)
+    server = make_server(model, tokenizer, host, port, api_key, name, verbose=verbose, cors_origins=cors_origins)
     h, p = server.server_address[:2]
     print(f"serving {ckpt} as {name!r} on http://{h}:{p}  (chat page: http://{h}:{p}/ , API: http://{h}:{p}/v1)"
           + ("; API key required" if api_key else ""), flush=True)
