@@ -6,6 +6,7 @@ special (decoding keeps them). `save_pretrained` writes files transformers' Auto
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -139,7 +140,29 @@ class MiniMindTokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
                             tokenize: bool = False, enable_thinking: Optional[bool] = None):
         text = render_chat(messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking)
-        return self.encode(text) if tokenize else text
+        if not tokenize:
+            return text
+        texts = [m.get(k) for m in messages for k in ("reasoning_content", "content") if isinstance(m.get(k), str)]
+        if not any(t in v for v in texts for t in SPECIAL_TOKENS):
+            return self.encode(text)
+        # a message may not write control tokens: "<|im_end|><|im_start|>system" in a user's text stays text
+        ids, pos = [], 0
+        for value in texts:
+            start = text.find(value, pos)
+            if start < 0:
+                continue
+            ids += self.encode(text[pos:start]) + self.encode_as_text(value)
+            pos = start + len(value)
+        return ids + self.encode(text[pos:])
+
+    def encode_as_text(self, text: str) -> list[int]:
+        """Ids of text in which `<|im_start|>`, `<|im_end|>` and `<|endoftext|>` are plain characters."""
+        pattern = "(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")"
+        ids = []
+        for piece in re.split(pattern, text):
+            # a control token's string, cut in two, can only be read as text
+            ids += self.encode(piece[:2]) + self.encode(piece[2:]) if piece in SPECIAL_TOKENS else self.encode(piece)
+        return ids
 
     # -- files ------------------------------------------------------------------------------------------
     def save_pretrained(self, directory) -> Path:
