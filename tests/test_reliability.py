@@ -170,3 +170,34 @@ def test_row16_control_token_strings_in_a_message_stay_text():
     plain = [{"role": "user", "content": "what is 3 plus 4?"}]  # without such strings: exactly as before
     assert tok.apply_chat_template(plain, add_generation_prompt=True, tokenize=True) == tok.encode(
         tok.apply_chat_template(plain, add_generation_prompt=True))
+
+
+# -- row 3: one huge line ----------------------------------------------------------------------------------
+def test_row3_a_huge_conversation_is_cut_before_it_is_tokenized(tmp_path):
+    from tiny_checkpoint import make_tokenizer
+
+    from minimind.data import SFTDataset
+    from minimind.data.datasets import CHARS_PER_TOKEN
+    tok = make_tokenizer()
+    seen = []
+
+    class Spy:  # what the Rust tokenizer is asked to encode
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode_batch(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return self.inner.encode_batch(texts, **kw)
+    tok.tokenizer = Spy(tok.tokenizer)
+    huge = {"conversations": [{"role": "user", "content": "tell me"},
+                              {"role": "assistant", "content": "bread and honey " * 1_000_000}]}  # 16 MB
+    small = {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps(small) + "\n" + json.dumps(huge) + "\n")
+    ds = SFTDataset(data, tok, max_len=64)
+    assert max(seen) <= 64 * CHARS_PER_TOKEN  # not 16 MB: the whole line would take minutes and gigabytes
+    assert len(ds[1]["input_ids"]) == 64 and ds.stats["truncated"] == 1
+    tok.tokenizer = tok.tokenizer.inner
+    whole = tok.encode_with_offsets(tok.apply_chat_template(huge["conversations"][:1]) + "<|im_start|>assistant\n"
+                                    + "bread and honey " * 40)[0]
+    assert ds[1]["input_ids"].tolist() == whole[:64]  # the same tokens as tokenizing all of it, then cutting

@@ -352,14 +352,20 @@ def _records(source, kind: str, skip_bad: bool):
     return source if isinstance(source, list) else read_jsonl(source, kind, skip_bad=skip_bad)
 
 
+# no token of a byte-level BPE is this many characters long: text past max_len * CHARS_PER_TOKEN characters
+# cannot be within the first max_len tokens, and is cut before tokenizing (one 50 MB line stays cheap)
+CHARS_PER_TOKEN = 64
+
+
 def _encode_chats(tokenizer, conversations: list[list[dict]], max_len: int):
     """Tokenize conversations in one batch; truncate to max_len; count what truncation did."""
     rendered = [render_chat_spans(c) for c in conversations]
-    encs = tokenizer.tokenizer.encode_batch([t for t, _ in rendered], add_special_tokens=False)
+    limit = max_len * CHARS_PER_TOKEN
+    encs = tokenizer.tokenizer.encode_batch([t[:limit] for t, _ in rendered], add_special_tokens=False)
     out, truncated = [], 0
     for (text, spans), enc in zip(rendered, encs):
         ids, labels = enc.ids, _mask(enc.ids, enc.offsets, spans)
-        if len(ids) > max_len:
+        if len(ids) > max_len or len(text) > limit:
             truncated += 1
             ids, labels = ids[:max_len], labels[:max_len]
         out.append((ids, labels))
@@ -435,7 +441,8 @@ class RLPromptDataset(torch.utils.data.Dataset):
                 msgs.pop()
             self.prompts.append(render_chat(msgs, add_generation_prompt=True))
             self.answers.append(str(r.get("answer", "")))
-        self.prompt_ids = tokenizer.encode_batch(self.prompts)
+        cut = (lambda p: p[-max_len * CHARS_PER_TOKEN:]) if max_len is not None else (lambda p: p)  # noqa: E731
+        self.prompt_ids = tokenizer.encode_batch([cut(p) for p in self.prompts])
         if max_len is not None:  # keep the end of a long prompt: it holds the question and the generation prompt
             self.prompt_ids = [ids[-max_len:] for ids in self.prompt_ids]
 
