@@ -211,6 +211,10 @@ def _add_data(sub):
         for line, problem in summary["bad_lines"]:
             print(f"{args.file}:{line}: {problem}")
         print(f"{args.file}: {summary['records']} good {summary['kind']} records, {summary['bad']} bad lines")
+        for what, count in summary["warning_counts"].items():
+            first = ", ".join(map(str, summary["warnings"][what]))
+            print(f"warning: {count} conversation(s) with {what} (records {first}{', ...' if count > 5 else ''}): "
+                  "they train, but rarely as meant")
         if summary["bad"]:
             raise ValueError(f"{summary['bad']} bad line(s) in {args.file}")
     k.set_defaults(func=run_check)

@@ -201,3 +201,23 @@ def test_row3_a_huge_conversation_is_cut_before_it_is_tokenized(tmp_path):
     whole = tok.encode_with_offsets(tok.apply_chat_template(huge["conversations"][:1]) + "<|im_start|>assistant\n"
                                     + "bread and honey " * 40)[0]
     assert ds[1]["input_ids"].tolist() == whole[:64]  # the same tokens as tokenizing all of it, then cutting
+
+
+# -- row 18: valid but unusual data, and a compressed file ----------------------------------------------------
+def test_row18_unusual_conversations_are_warned_and_gzip_is_named(tmp_path, capsys):
+    import gzip
+
+    def conv(*roles):
+        return json.dumps({"conversations": [{"role": r, "content": "x"} for r in roles]})
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join([conv("user", "assistant"), conv("assistant", "user", "assistant"),
+                               conv("user", "system", "assistant"), conv("user", "user", "assistant")]) + "\n")
+    assert cli(["data", "check", str(data), "--kind", "sft"]) == 0
+    out = capsys.readouterr().out
+    assert "starts with the assistant (records 2)" in out and "system turn after the start (records 3)" in out
+    assert "same role in a row (records 4)" in out
+    packed = tmp_path / "sft.jsonl.gz"
+    packed.write_bytes(gzip.compress(data.read_bytes()))
+    assert cli(["data", "check", str(packed)]) == 2
+    err = capsys.readouterr().err
+    assert "gzip-compressed" in err and "iconv" not in err

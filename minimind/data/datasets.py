@@ -140,6 +140,10 @@ def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[l
     bad = [] if bad is None else bad
     n = 0
     with open(path, "rb") as fh:
+        magic = fh.read(2)
+        if magic == b"\x1f\x8b":
+            raise DataError(f"{path} is gzip-compressed: unpack it first (gunzip -k {path}) and pass the .jsonl")
+        fh.seek(0)
         for lineno, raw in enumerate(fh, 1):
             if limit is not None and n >= limit:
                 return
@@ -190,18 +194,37 @@ def read_jsonl(path, kind: str = "auto", skip_bad: bool = False, limit: Optional
     return records
 
 
+def conversation_warnings(messages) -> list[str]:
+    """What is valid but unusual in a conversation's order of roles (trains, but rarely as meant)."""
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    found = []
+    turns = [r for r in roles if r != "system"]
+    if "system" in roles[1:]:
+        found.append("a system turn after the start")
+    if turns and turns[0] == "assistant":
+        found.append("starts with the assistant")
+    if any(a == b for a, b in zip(turns, turns[1:])):
+        found.append("two turns of the same role in a row")
+    return found
+
+
 def check_file(path, kind: str = "auto", skip_bad: bool = False, limit: Optional[int] = None) -> dict:
-    """Validate a file: a summary (records, bad lines, kind) or a DataError naming the first bad line."""
+    """Validate a file: a summary (records, bad lines, kind, warnings: {what: [first lines]}) or a DataError
+    naming the first bad line."""
     bad: list = []
-    n, kinds = 0, set()
+    n, kinds, warned = 0, set(), {}
     for rec in iter_jsonl(path, kind, skip_bad=skip_bad, bad=bad, limit=limit):
         n += 1
         if kind == "auto" and n == 1:
             kinds.add(detect_kind(rec))
+        for field in ("conversations", "chosen", "rejected"):
+            for what in conversation_warnings(rec.get(field) or []):
+                warned.setdefault(what, []).append(n)
     if n == 0 and not bad:
         raise DataError(f"{path}: no records (the file is empty)")
     return dict(path=str(path), kind=kind if kind != "auto" else (kinds.pop() if kinds else "?"), records=n,
-                bad=len(bad), bad_lines=bad[:20])
+                bad=len(bad), bad_lines=bad[:20], warnings={w: lines[:5] for w, lines in warned.items()},
+                warning_counts={w: len(lines) for w, lines in warned.items()})
 
 
 def record_texts(record: dict) -> list[str]:
