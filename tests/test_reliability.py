@@ -221,3 +221,29 @@ def test_row18_unusual_conversations_are_warned_and_gzip_is_named(tmp_path, caps
     assert cli(["data", "check", str(packed)]) == 2
     err = capsys.readouterr().err
     assert "gzip-compressed" in err and "iconv" not in err
+
+
+# -- row 15: a client that leaves a non-streaming request -----------------------------------------------------
+def test_row15_a_request_whose_client_left_stops_generating():
+    from tiny_checkpoint import ScriptedModel, make_tokenizer
+    tok = make_tokenizer()
+    produced = []
+
+    class Counting(ScriptedModel):
+        def stream_generate(self, *args, **kwargs):
+            for t in super().stream_generate(*args, **kwargs):
+                produced.append(t)
+                yield t
+    model = Counting(tok, "bread " * 300, context=1024, delay=0.01)  # about 3 s to generate in full
+    with running_server(model, tok) as server:
+        host, port = server.url[len("http://"):].split(":")
+        body = chat(max_tokens=600)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            while not produced:  # generation has begun
+                threading.Event().wait(0.01)
+        # the client is gone: the next request gets the model as soon as the server notices
+        status, answer = post(server.url, chat(max_tokens=1), timeout=30)
+        assert status == 200
+        assert len(produced) < len(model.reply_ids) // 2, len(produced)  # the first reply was abandoned early

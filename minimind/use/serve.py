@@ -9,6 +9,8 @@ import contextlib
 import hmac
 import json
 import os
+import select
+import socket
 import threading
 import time
 import uuid
@@ -239,6 +241,24 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Vary", "Origin")
             self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
 
+    def _client_left(self) -> bool:
+        """Whether the client closed its end: the socket reads as ready with nothing in it."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _while_connected(self, pieces, every: int = 4):
+        """The pieces of a reply sent whole at the end, abandoned (the model freed) when the client leaves."""
+        try:
+            for i, piece in enumerate(pieces):
+                if i % every == every - 1 and self._client_left():
+                    raise ConnectionResetError("the client went away")
+                yield piece
+        finally:
+            pieces.close()
+
     def _error(self, err: APIError) -> None:
         self._send_json(err.status, err.body())
 
@@ -377,7 +397,7 @@ class Handler(BaseHTTPRequestHandler):
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         extra = {"minimind": {"truncated_messages": dropped}} if dropped else {}
         if not stream:
-            for text in pieces:
+            for text in self._while_connected(pieces):
                 splitter.push(text)
             splitter.flush()
             message = {"role": "assistant", "content": splitter.content_text}
@@ -423,7 +443,7 @@ class Handler(BaseHTTPRequestHandler):
             return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
         if not stream:
-            text = head + "".join(pieces)
+            text = head + "".join(self._while_connected(pieces))
             self._send_json(200, {"id": rid, "object": "text_completion", "created": created, "model": e.name,
                                   "choices": [choice(text, reply.finish_reason)], "usage": _usage(reply)})
             return
