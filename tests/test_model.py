@@ -263,6 +263,7 @@ def test_bad_configs_are_explained():
     (lambda d: _edit_config(d, num_attention_heads=0), "num_attention_heads=0: every size"),
     (lambda d: (d / "config.json").write_text("{not json"), "config.json"),
     (lambda d: _poison_weights(d), "NaN or inf values"),
+    (lambda d: _flip_a_weight_byte(d), "do not match the checksum"),
 ])
 def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, dense, damage, message):
     dense.save_pretrained(tmp_path)
@@ -283,3 +284,17 @@ def _poison_weights(folder):
     state = load_file(str(folder / "model.safetensors"))
     state["model.norm.weight"][0] = float("nan")
     save_file(state, str(folder / "model.safetensors"))
+
+
+def _flip_a_weight_byte(folder):
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-100] ^= 0x01  # inside the last tensor's data: still a valid file, with one weight changed
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+
+
+def test_weights_without_a_checksum_still_load(tmp_path, dense):
+    from safetensors.torch import load_file, save_file
+    dense.save_pretrained(tmp_path)
+    save_file(load_file(str(tmp_path / "model.safetensors")), str(tmp_path / "model.safetensors"))  # no metadata
+    loaded = MiniMindForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), dense.state_dict().values()))

@@ -2,6 +2,7 @@
 read without pickle; LoRA run folders are loaded onto their base and merged."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -31,7 +32,8 @@ class Checkpointable:
         state = {k: v.detach().contiguous().cpu() for k, v in state_tensors(self).items()}
         config = {"model_type": "minimind", **({"architectures": [self.architecture]} if self.architecture else {}),
                   **self.config.to_dict()}
-        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        metadata = {"format": "pt", "sha256": tensors_digest(state)}  # load_weights checks it
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
         atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(path))
@@ -55,6 +57,12 @@ class Checkpointable:
         except Exception as err:  # safetensors raises its own error type for a cut or damaged file
             raise ValueError(f"{file} is not a readable safetensors file ({err}): the checkpoint is damaged or "
                              "was cut short; save it again or restore it") from None
+        from safetensors import safe_open
+        with safe_open(str(file), "pt") as f:
+            digest = (f.metadata() or {}).get("sha256")
+        if digest and digest != tensors_digest(state):  # files written by this package carry one
+            raise ValueError(f"{file}: the weights do not match the checksum saved with them: the file was "
+                             "damaged after it was written; restore it or save it again")
         broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if broken:
             raise ValueError(f"{file}: NaN or inf values in {broken[:4]}: the run diverged before this save; "
@@ -91,6 +99,16 @@ class Checkpointable:
                 return model, MiniMindTokenizer.from_pretrained(d)
         raise FileNotFoundError(f"no tokenizer.json in {' or '.join(map(str, tok_dirs))}: save the tokenizer "
                                 "into the checkpoint (model.save_pretrained(folder, tokenizer=tok))")
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: a weights file's checksum."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_state_dict(expected: dict, found: dict, source: str, strict: bool = True) -> None:
