@@ -2,7 +2,6 @@
 import json
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from minimind.data.datasets import (
     pad_collate,
     read_jsonl,
     to_hf_dataset,
-    token_file_for,
     tokenize_pretrain,
 )
 
@@ -238,30 +236,6 @@ def test_packed_windows_tile_the_token_stream(tmp_path):
     assert stream.tolist() == tokens[:len(ds) * seq].tolist() and len(tokens) - len(stream) < seq
     assert all(torch.equal(ds[i]["input_ids"], ds[i]["labels"]) for i in range(3))
     assert list(tmp_path.glob(".*tmp")) == []
-
-
-def test_token_cache_is_keyed_by_content_and_lives_apart_from_the_data(tmp_path, monkeypatch):
-    import os
-
-    from minimind.data.files import cache_dir
-    monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path / "cache"))
-    assert cache_dir() == tmp_path / "cache"
-    (tmp_path / "data").mkdir()
-    docs = [json.dumps({"text": f"document {i:03d} about Tallow"}) for i in range(200)]
-    path = Path(_write(tmp_path / "data" / "p.jsonl", docs))
-    first = token_file_for(path, tokenizer())
-    assert first.is_relative_to(tmp_path / "cache") and not first.is_relative_to(tmp_path / "data")
-    tokenize_pretrain(path, tokenizer(), first)
-    stat = path.stat()
-    _write(path, docs[:20])  # the file cut to 20 documents: a new key, so the 200-document cache is not read
-    assert token_file_for(path, tokenizer()) != first
-    # same size, same mtime, other bytes: the sampled blocks still tell them apart
-    _write(path, [d.replace("Tallow", "Vellum") for d in docs])
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert path.stat().st_size == stat.st_size and token_file_for(path, tokenizer()) != first
-    _write(path, docs)
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert token_file_for(path, tokenizer()) == first  # the same content finds its cache again
 
 
 def test_tokenize_pretrain_bad_line_leaves_no_file(tmp_path):

@@ -1,18 +1,28 @@
 """The adversarial pass, kept in one place (issue "Reliability"): each test names the row of the table it
-covers. Rows 1, 2 (token caches), 4, 12, 13 (signals, leftovers, metrics) and 5 (damaged checkpoints) are
-tested beside the code they touch: tests/test_data.py, test_cli_train.py, test_train.py and test_model.py."""
+covers, so the next pass starts from here."""
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
+from course_helpers import course, tokenizer
+from test_cli_train import COMMON
+from test_train import ARGS, fresh_model, stack_collate, toy_data
 from tiny_checkpoint import make_checkpoint
 
+from minimind import MiniMindForCausalLM
 from minimind.cli import main as cli
+from minimind.data import token_file_for, tokenize_pretrain
 from minimind.model import load_checkpoint
+from minimind.train import TrainArgs, read_metrics, train
+from minimind.train.stages import PretrainStage
 from minimind.use.serve import running_server
 
 
@@ -151,7 +161,6 @@ def test_row17_slow_sockets_do_not_each_get_a_thread(tmp_path):
         slow = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
         for sock in slow:
             sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")  # and nothing more
-        import time
         time.sleep(1.0)
         assert threading.active_count() - before <= server.max_workers
         for sock in slow:
@@ -247,3 +256,158 @@ def test_row15_a_request_whose_client_left_stops_generating():
         status, answer = post(server.url, chat(max_tokens=1), timeout=30)
         assert status == 200
         assert len(produced) < len(model.reply_ids) // 2, len(produced)  # the first reply was abandoned early
+
+
+# -- rows 1 and 2: token caches keyed by content, apart from the data ---------------------------------------
+def test_token_cache_is_keyed_by_content_and_lives_apart_from_the_data(tmp_path, monkeypatch):
+    from minimind.data.files import cache_dir
+    monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    (tmp_path / "data").mkdir()
+    docs = [json.dumps({"text": f"document {i:03d} about Tallow"}) for i in range(200)]
+    path = tmp_path / "data" / "p.jsonl"
+    path.write_text("\n".join(docs) + "\n")
+    first = token_file_for(path, tokenizer())
+    assert first.is_relative_to(tmp_path / "cache") and not first.is_relative_to(tmp_path / "data")
+    tokenize_pretrain(path, tokenizer(), first)
+    stat = path.stat()
+    # the file cut to 20 documents: a new key, so the 200-document cache is not read
+    path.write_text("\n".join(docs[:20]) + "\n")
+    assert token_file_for(path, tokenizer()) != first
+    # same size, same mtime, other bytes: the sampled blocks still tell them apart
+    path.write_text("\n".join(d.replace("Tallow", "Vellum") for d in docs) + "\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and token_file_for(path, tokenizer()) != first
+    path.write_text("\n".join(docs) + "\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert token_file_for(path, tokenizer()) == first  # the same content finds its cache again
+
+
+def test_row2_files_written_atomically_are_readable_by_others(tmp_path):
+    from minimind.data.files import atomic_write
+    new = tmp_path / "new.jsonl"
+    atomic_write(new, lambda tmp: open(tmp, "w").write("{}\n"))
+    assert new.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    new.chmod(0o640)
+    atomic_write(new, lambda tmp: open(tmp, "w").write("{}\n"))
+    assert new.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+
+
+# -- rows 4, 12, 13: signals, leftovers, metrics ----------------------------------------------------------------
+def test_interrupt_in_process_finishes_the_step_and_saves(tmp_path):
+    """Ctrl-C in a notebook: the step finishes, the state is saved, TrainingInterrupted (a KeyboardInterrupt)
+    says where; a second run with resume=True goes on from there."""
+    from minimind.train.runtime import TrainingInterrupted
+
+    class PressCtrlC(PretrainStage):
+        calls = 0
+
+        def loss(self, model, batch):
+            PressCtrlC.calls += 1
+            if PressCtrlC.calls == 2:  # in the middle of step 2
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().loss(model, batch)
+
+    args = TrainArgs(max_steps=50, **ARGS)
+    with pytest.raises(TrainingInterrupted, match="after step 2.*--resume") as stop:
+        train(fresh_model(), PressCtrlC(), toy_data(), args, tmp_path, collate_fn=stack_collate)
+    assert stop.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert json.loads((tmp_path / "resume" / "state.json").read_text())["trainer"]["step"] == 2
+    summary = train(fresh_model(), PretrainStage(), toy_data(), TrainArgs(max_steps=4, **ARGS), tmp_path,
+                    collate_fn=stack_collate, resume=True)
+    assert summary["steps"] == 4 and [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_and_a_resume_continues_cleanly(tmp_path, sig, code):
+    paths, out = course(), tmp_path / "run"
+    args = [sys.executable, "-m", "minimind", "train", "pretrain", "--data", str(paths["pretrain"]), "--tokenizer",
+            str(paths["tokenizer"]), "--out", str(out), "--batch-size", "2", "--seq-len", "32", "--device", "cpu",
+            "--no-progress", "--log-every", "1"]
+    proc = subprocess.Popen(args + ["--max-steps", "100000"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_lines(out / "metrics.jsonl")) < 3:
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "--resume" in err and "Traceback" not in err
+    saved = json.loads((out / "resume" / "state.json").read_text())["trainer"]["step"]
+    assert saved == json.loads(read_lines(out / "metrics.jsonl")[-1])["step"]  # stopped after a whole step
+    # what a run killed after its last save leaves behind: a record past the save and a half-written file
+    (out / "metrics.jsonl").open("a").write(json.dumps({"step": saved + 1, "loss": 0.0}) + "\n")
+    (out / ".model.safetensors.x1y2.tmp").write_bytes(b"half")
+    again = subprocess.run(args + ["--max-steps", str(saved + 2), "--resume"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    steps = [json.loads(line)["step"] for line in read_lines(out / "metrics.jsonl")]
+    assert steps == list(range(1, saved + 3))  # no step twice
+    assert not list(out.glob(".*.tmp"))
+
+
+def read_lines(file):
+    return file.read_text().splitlines() if file.exists() else []
+
+
+# -- row 5: damaged checkpoints, resume states and tokenizers ---------------------------------------------------
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes(b""), "not a readable safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]),
+     "not a readable safetensors file"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 64), "not a readable safetensors file"),
+    (lambda d: _edit_config(d, hidden_size="big"), "hidden_size='big' should be int"),
+    (lambda d: _edit_config(d, num_attention_heads=0), "num_attention_heads=0: every size"),
+    (lambda d: (d / "config.json").write_text("{not json"), "config.json"),
+    (lambda d: _poison_weights(d), "NaN or inf values"),
+    (lambda d: _flip_a_weight_byte(d), "do not match the checksum"),
+])
+def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, dense, damage, message):
+    dense.save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(ValueError, match=message) as err:
+        MiniMindForCausalLM.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(err.value)  # names the file
+
+
+def _edit_config(folder, **changes):
+    import json
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _poison_weights(folder):
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(folder / "model.safetensors"))
+    state["model.norm.weight"][0] = float("nan")
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def _flip_a_weight_byte(folder):
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[-100] ^= 0x01  # inside the last tensor's data: still a valid file, with one weight changed
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+
+
+def test_weights_without_a_checksum_still_load(tmp_path, dense):
+    from safetensors.torch import load_file, save_file
+    dense.save_pretrained(tmp_path)
+    save_file(load_file(str(tmp_path / "model.safetensors")), str(tmp_path / "model.safetensors"))  # no metadata
+    loaded = MiniMindForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), dense.state_dict().values()))
+
+
+def test_damaged_resume_state_and_tokenizer_are_explained(tmp_path, capsys):
+    paths, out = course(), tmp_path / "run"
+    base = ["train", "pretrain", "--data", str(paths["pretrain"]), "--tokenizer", str(paths["tokenizer"]),
+            "--out", str(out), *COMMON]
+    assert cli(base) == 0
+    state = json.loads((out / "resume" / "state.json").read_text())
+    del state["rng"]
+    (out / "resume" / "state.json").write_text(json.dumps(state))
+    assert cli(base + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "resume" in err and "Traceback" not in err
+    (out / "tokenizer.json").write_text("garbage")
+    assert cli(["train", "sft", "--data", str(paths["sft"]), "--init", str(out), "--out", str(tmp_path / "sft"),
+                *COMMON]) == 2
+    assert "is not a tokenizer file" in capsys.readouterr().err

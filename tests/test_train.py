@@ -51,32 +51,6 @@ def test_moe_logs_cross_entropy_and_balancing_loss_apart(tmp_path):
         assert r["ce"] + r["aux"] == pytest.approx(r["loss"], rel=1e-5)
 
 
-def test_interrupt_in_process_finishes_the_step_and_saves(tmp_path):
-    """Ctrl-C in a notebook: the step finishes, the state is saved, TrainingInterrupted (a KeyboardInterrupt)
-    says where; a second run with resume=True goes on from there."""
-    import signal
-
-    from minimind.train.runtime import TrainingInterrupted
-
-    class PressCtrlC(PretrainStage):
-        calls = 0
-
-        def loss(self, model, batch):
-            PressCtrlC.calls += 1
-            if PressCtrlC.calls == 2:  # in the middle of step 2
-                os.kill(os.getpid(), signal.SIGINT)
-            return super().loss(model, batch)
-
-    args = TrainArgs(max_steps=50, **ARGS)
-    with pytest.raises(TrainingInterrupted, match="after step 2.*--resume") as stop:
-        train(fresh_model(), PressCtrlC(), toy_data(), args, tmp_path, collate_fn=stack_collate)
-    assert stop.value.exit_code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert json.loads((tmp_path / "resume" / "state.json").read_text())["trainer"]["step"] == 2
-    summary = train(fresh_model(), PretrainStage(), toy_data(), TrainArgs(max_steps=4, **ARGS), tmp_path,
-                    collate_fn=stack_collate, resume=True)
-    assert summary["steps"] == 4 and [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
-
-
 def test_schedule_warms_up_then_decays():
     args = TrainArgs(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
     lrs = [lr_at(s, 20, args) for s in range(20)]

@@ -17,6 +17,8 @@ def atomic_path(target):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); the result keeps the old file's mode, or is readable by all
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
