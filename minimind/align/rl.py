@@ -292,7 +292,7 @@ class RolloutStage(Stage):
 
     @classmethod
     def build(cls, inputs, reward, **options):
-        return cls(load_reward(reward, inputs.tokenizer), inputs.tokenizer, **options)
+        return cls(reward, inputs.tokenizer, **options)  # __init__ loads the reward from its spec
 
     collate_fn = staticmethod(prompt_collate)
 

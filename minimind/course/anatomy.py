@@ -10,7 +10,10 @@ import torch.nn.functional as F
 
 from ..model.config import MiniMindConfig
 from ..model.moe import route  # noqa: F401  (chapter 06 calls it from here too)
-from ..model.transformer import MiniMindForCausalLM
+from ..model.transformer import (
+    MiniMindForCausalLM,
+    active_parameters,  # noqa: F401  (and this)
+)
 
 # the order components are listed and stacked in
 COMPONENTS = ("embedding", "attention", "MLP", "shared experts", "routed experts", "router", "norms",
@@ -48,12 +51,6 @@ def parameter_breakdown(config: MiniMindConfig) -> dict[str, int]:
     for name, p in model.named_parameters():  # a tied lm_head is the embedding: listed once
         counts[component_of(name)] += p.numel()
     return {k: v for k, v in counts.items() if v}
-
-
-def active_parameters(config: MiniMindConfig) -> int:
-    """Parameters one token actually uses (MiniMindForCausalLM.num_active_parameters, without weights)."""
-    with torch.device("meta"):
-        return MiniMindForCausalLM(config).num_active_parameters()
 
 
 def scaled_config(preset: str, hidden_size: int, num_hidden_layers: int,

@@ -171,3 +171,9 @@ class MiniMindForCausalLM(Checkpointable, nn.Module):
         """Yield the next token ids (batch,) one step at a time."""
         from .generation import stream_generate
         return stream_generate(self, input_ids, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def active_parameters(config: MiniMindConfig) -> int:
+    """Parameters one token uses, counted on a weightless (meta) model of `config`."""
+    with torch.device("meta"):
+        return MiniMindForCausalLM(config).num_active_parameters()

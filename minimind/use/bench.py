@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import torch
 
 from ..model.config import MiniMindConfig
-from ..model.transformer import MiniMindForCausalLM
+from ..model.transformer import MiniMindForCausalLM, active_parameters
 
 # Dense (no sparsity) bf16 tensor-core peak with FP32 accumulation, from NVIDIA's datasheets and
 # architecture whitepapers. Matched in this order against torch.cuda.get_device_name().
@@ -305,11 +305,6 @@ def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps
              "speedup_of_all_on": paired_ratio(t, times["all on"]), "times_s": t} for variant, t in times.items()]
 
 
-def _active(config: MiniMindConfig) -> int:
-    with torch.device("meta"):
-        return MiniMindForCausalLM(config).num_active_parameters()
-
-
 def dense_twin(config: MiniMindConfig) -> MiniMindConfig:
     """A dense config with the MoE config's active parameters: its MLP is as wide as the shared and top-k
     routed experts a token passes through (only the router's few weights differ)."""
@@ -453,7 +448,7 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
                              min_sample_s=settings.min_sample_s)
         result["moe"] = {
             "preset": moe_cfg.preset, "batch_size": mb, "seq_len": ms,
-            "moe_active_params": _active(moe_cfg), "dense_active_params": _active(twin_cfg),
+            "moe_active_params": active_parameters(moe_cfg), "dense_active_params": active_parameters(twin_cfg),
             "moe_total_params": models["moe"].num_parameters(), "dense_intermediate_size": twin_cfg.intermediate_size,
             "moe_tokens_per_s": res["moe"]["tokens_per_s"], "dense_tokens_per_s": res["dense"]["tokens_per_s"],
             "time_per_token_ratio": paired_ratio(res["moe"]["times_s"], res["dense"]["times_s"]),
