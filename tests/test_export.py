@@ -8,7 +8,7 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import random_model, small_config
 
-from minimind import MiniMindForCausalLM
+from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.cli import main as cli
 from minimind.use.export import export_hf
 
@@ -36,6 +36,35 @@ def test_yarn_exports_to_llama(tmp_path):
 def test_moe_exports_to_qwen2_moe(tmp_path, shared):
     model = random_model(small_config(use_moe=True, n_routed_experts=4, n_shared_experts=shared))
     _compare(model, export_hf(model, tmp_path / "hf"), "Qwen2MoeForCausalLM")
+
+
+MINIMIND3_SMALL = dict(qk_norm=True, head_dim=24, rms_norm_eps=1e-6)  # head_dim != hidden / heads, as Qwen3 allows
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_minimind3_exports_to_qwen3(tmp_path, moe):
+    extra = dict(use_moe=True, n_routed_experts=4, n_shared_experts=0, num_experts_per_tok=1) if moe else {}
+    model = random_model(small_config(**MINIMIND3_SMALL, **extra))
+    hf = _compare(model, export_hf(model, tmp_path / "hf"), "Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM")
+    prompt = torch.randint(3, 97, (1, 6))
+    with torch.no_grad():
+        theirs = hf.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(theirs, model.generate(prompt, max_new_tokens=20))  # greedy, KV-cached on both sides
+
+
+def test_minimind3_presets_export_to_qwen3(tmp_path):
+    # the real shapes (8 heads of 96, 4 KV heads, top-1 of 4 experts), on 2 layers to keep it quick
+    for name, arch in (("minimind-3", "Qwen3ForCausalLM"), ("minimind-3-moe", "Qwen3MoeForCausalLM")):
+        model = random_model(MiniMindConfig.from_preset(name, num_hidden_layers=1, vocab_size=512))
+        for p in model.parameters():  # the 0.1 weights of random_model saturate a 768-wide model
+            p.data.mul_(0.3) if p.dim() > 1 else None
+        _compare(model, export_hf(model, tmp_path / name), arch, seq=16)
+
+
+def test_qk_norm_with_a_shared_expert_is_refused(tmp_path):
+    model = random_model(small_config(**MINIMIND3_SMALL, use_moe=True, n_shared_experts=1))
+    with pytest.raises(ValueError, match="Qwen3-MoE has no shared expert"):
+        export_hf(model, tmp_path / "hf")
 
 
 def test_untied_embeddings_export(tmp_path):

@@ -220,11 +220,51 @@ def test_preset_parameter_counts(name, expected):
     assert round(model.num_parameters() / 1e6, 1) == expected
 
 
+@pytest.mark.parametrize("name,expected", [("minimind-3", 63_912_192), ("minimind-3-moe", 198_416_640)])
+def test_minimind3_parameter_counts(name, expected):
+    # the exact counts MiniMind's own model code gives for its 2026 release
+    config = MiniMindConfig.from_preset(name)
+    assert config.intermediate_size == math.ceil(config.hidden_size * math.pi / 64) * 64 == 2432
+    assert config.head_dim == 96 and config.qk_norm
+    with torch.device("meta"):
+        model = MiniMindForCausalLM(config)
+    assert model.num_parameters() == expected
+    assert model.model.layers[0].self_attn.q_norm.weight.shape == (96,)
+
+
+def test_top1_router_gives_its_expert_full_weight():
+    # minimind-3-moe routes each token to one expert with weight 1 (normalised top-1), as Qwen3-MoE does
+    config = MiniMindConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=1, use_moe=True, n_routed_experts=4, n_shared_experts=0,
+                            num_experts_per_tok=1)
+    mlp = MiniMindForCausalLM(config).model.layers[0].mlp
+    x = torch.randn(1, 5, 32)
+    _, weights, idx = mlp.route(x.view(-1, 32))
+    assert torch.equal(weights, torch.ones(5, 1))
+    with torch.no_grad():
+        expected = torch.stack([mlp.experts[int(e)](x[0, t]) for t, e in enumerate(idx[:, 0])])
+        torch.testing.assert_close(mlp(x)[0], expected)
+
+
+def test_qk_norm_normalises_each_head_before_rope():
+    config = MiniMindConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16, qk_norm=True, rms_norm_eps=1e-12)
+    attn = MiniMindForCausalLM(config).model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (4 * 16, 32) and attn.o_proj.weight.shape == (32, 4 * 16)
+    x = torch.randn(1, 6, 32)
+    no_turn = torch.ones(1, 6, 16), torch.zeros(1, 6, 16)  # cos 1, sin 0: RoPE leaves q, k as they are
+    with torch.no_grad():
+        q, k = attn.project_qk(x, *no_turn)
+    # unit weights: every head's query and key has root-mean-square 1
+    torch.testing.assert_close(q.pow(2).mean(-1), torch.ones(1, 4, 6), rtol=0, atol=1e-4)
+    torch.testing.assert_close(k.pow(2).mean(-1), torch.ones(1, 2, 6), rtol=0, atol=1e-4)
+
+
 def test_tiny_preset_is_small():
     with torch.device("meta"):
         n = MiniMindForCausalLM(MiniMindConfig.from_preset("tiny")).num_parameters()
     assert 1e6 < n < 5e6
-    assert set(PRESETS) == {"tiny", "minimind2-small", "minimind2", "minimind2-moe"}
+    assert set(PRESETS) == {"tiny", "minimind2-small", "minimind2", "minimind2-moe", "minimind-3", "minimind-3-moe"}
 
 
 def test_save_and_load_round_trip(tmp_path, moe):

@@ -26,17 +26,19 @@ def test_breakdown_sums_to_the_model(name):
     parts = parameter_breakdown(config)
     assert sum(parts.values()) == total
     h, L, kv = config.hidden_size, config.num_hidden_layers, config.num_key_value_heads * config.head_dim
+    q = config.num_attention_heads * config.head_dim
     assert parts["embedding"] == config.vocab_size * h  # tied: the output head is the embedding
     assert "output head" not in parts
-    assert parts["attention"] == L * (2 * h * h + 2 * h * kv)
+    qk_norms = 2 * config.head_dim if config.qk_norm else 0  # one weight per head channel, for q and for k
+    assert parts["attention"] == L * (2 * h * q + 2 * h * kv + qk_norms)
     assert parts["norms"] == (2 * L + 1) * h
-    ffn = 3 * h * config.intermediate_size
+    ffn = 3 * h * config.moe_intermediate_size
     if config.use_moe:
         assert parts["routed experts"] == L * config.n_routed_experts * ffn
-        assert parts["shared experts"] == L * config.n_shared_experts * ffn
+        assert parts.get("shared experts", 0) == L * config.n_shared_experts * ffn
         assert parts["router"] == L * config.n_routed_experts * h
     else:
-        assert parts["MLP"] == L * ffn
+        assert parts["MLP"] == L * 3 * h * config.intermediate_size
 
 
 def test_untied_head_is_its_own_component():

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import RMSNorm
 from .rope import apply_rope
 
 
@@ -100,15 +101,27 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(h, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        # minimind-3/Qwen3: normalising each head's q and k bounds the attention logits q.k, which keeps
+        # softmax from saturating as weights grow (one weight per head channel, shared by the heads)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def project_qk(self, x, cos, sin):
+        """q (B, n_heads, T, head_dim) and k (B, n_kv_heads, T, head_dim): projected, q/k-normed, rotated."""
+        b, t, _ = x.shape
+        # on the (batch, seq, heads, head_dim) layout the projections give; then heads first for SDPA
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q, cos, sin, unsqueeze_dim=2).transpose(1, 2)
+        k = apply_rope(k, cos, sin, unsqueeze_dim=2).transpose(1, 2)
+        return q, k
 
     def forward(self, x, cos, sin, mask: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None):
         b, t, _ = x.shape  # x: (B, T, hidden); cos, sin: (B, T, head_dim)
-        # RoPE on the (batch, seq, heads, head_dim) layout the projections give; then heads first for SDPA
-        q = apply_rope(self.q_proj(x).view(b, t, self.n_heads, self.head_dim), cos, sin, unsqueeze_dim=2)
-        k = apply_rope(self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim), cos, sin, unsqueeze_dim=2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim)
-        q = q.transpose(1, 2)                        # (B, n_heads, T, head_dim)
-        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        q, k = self.project_qk(x, cos, sin)  # (B, n_heads, T, head_dim), (B, n_kv_heads, T, head_dim)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # like k
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_heads, past + T, head_dim)
         # no mask and a square score matrix: the plain causal case, which SDPA handles fastest
@@ -159,10 +172,8 @@ def attention_weights(model, input_ids: torch.Tensor, attention_mask: Optional[t
     def hook(module, args, kwargs, output):
         x, cos, sin = args[:3]
         mask = args[3] if len(args) > 3 else kwargs.get("mask")
-        b, t, _ = x.shape
-        q = module.q_proj(x).view(b, t, module.n_heads, module.head_dim).transpose(1, 2)
-        k = module.k_proj(x).view(b, t, module.n_kv_heads, module.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        t = x.shape[1]
+        q, k = module.project_qk(x, cos, sin)
         k = repeat_kv(k, module.n_heads // module.n_kv_heads)
         _, w = explicit_attention(q, k, k, mask, is_causal=mask is None and t > 1, return_weights=True)
         weights.append(w.float())

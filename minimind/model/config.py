@@ -16,7 +16,7 @@ def _swiglu_width(hidden_size: int) -> int:
 
 _TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "dict": dict}
 _SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-          "intermediate_size", "max_position_embeddings")
+          "head_dim", "intermediate_size", "moe_intermediate_size", "max_position_embeddings")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class MiniMindConfig:
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
+    head_dim: Optional[int] = None  # None: hidden_size / num_attention_heads (minimind-3 says it explicitly)
     intermediate_size: Optional[int] = None  # None: 8/3 * hidden, rounded up to 64
     max_position_embeddings: int = 32768
     rms_norm_eps: float = 1e-5
@@ -38,11 +39,14 @@ class MiniMindConfig:
     initializer_range: float = 0.02
     # explicit matmul/softmax attention instead of F.scaled_dot_product_attention (same numbers, slower)
     explicit_attention: bool = False
+    # minimind-3 (as Qwen3): an RMSNorm over each head's query and key before RoPE (q_norm, k_norm)
+    qk_norm: bool = False
     # mixture of experts
     use_moe: bool = False
     n_routed_experts: int = 4
     n_shared_experts: int = 1
     num_experts_per_tok: int = 2
+    moe_intermediate_size: Optional[int] = None  # each expert's width; None: intermediate_size
     norm_topk_prob: bool = True
     aux_loss_alpha: float = 0.01
     # special tokens (the course tokenizer's ids)
@@ -55,10 +59,17 @@ class MiniMindConfig:
         self._check_types()
         if self.intermediate_size is None:
             self.intermediate_size = _swiglu_width(self.hidden_size)
+        if self.moe_intermediate_size is None:
+            self.moe_intermediate_size = self.intermediate_size
+        explicit_head_dim = self.head_dim is not None
+        if not explicit_head_dim:
+            self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
         small = [f"{n}={getattr(self, n)}" for n in _SIZES if getattr(self, n) < 1]
         if small:
             raise ValueError(f"{', '.join(small)}: every size of the model must be at least 1")
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} is odd: RoPE turns channels in pairs, so it must be even")
+        if not explicit_head_dim and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                 f"{self.num_attention_heads}: pick a head count that divides the width")
@@ -80,10 +91,6 @@ class MiniMindConfig:
                 continue
             if not isinstance(value, _TYPES[kind]) or (kind in ("int", "float") and isinstance(value, bool)):
                 raise ValueError(f"{f.name}={value!r} should be {'null or ' if optional else ''}{kind}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
     # -- presets ---------------------------------------------------------------------------------
     @classmethod
@@ -133,4 +140,11 @@ PRESETS: dict[str, dict] = {
     # MiniMind2-MoE, 145.0M: 1 shared + 4 routed experts, top-2
     "minimind2-moe": dict(hidden_size=640, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
                           use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2),
+    # minimind-3 (2026, Qwen3-aligned), 63.9M: q/k-norm, 4 KV heads, SwiGLU width ceil(pi * hidden / 64) * 64
+    "minimind-3": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                       intermediate_size=2432, rms_norm_eps=1e-6, qk_norm=True),
+    # minimind-3-moe, 198.4M (63.9M active): 4 routed experts, top-1, no shared expert
+    "minimind-3-moe": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                           intermediate_size=2432, rms_norm_eps=1e-6, qk_norm=True, use_moe=True,
+                           n_routed_experts=4, n_shared_experts=0, num_experts_per_tok=1, aux_loss_alpha=5e-4),
 }

@@ -30,10 +30,11 @@ def load_balancing_loss(probs: torch.Tensor, topk_idx: torch.Tensor, n_experts: 
 
 def route(logits: torch.Tensor, top_k: int, temperature: float = 1.0, normalize: bool = True):
     """Router logits (tokens, n) -> probs = softmax(logits / temperature) (tokens, n), and each token's
-    top_k experts (tokens, k) with their weights, renormalised to sum to 1 when `normalize` (and k > 1)."""
+    top_k experts (tokens, k) with their weights, renormalised to sum to 1 when `normalize` (with k = 1 the
+    one expert then gets weight 1, as in minimind-3 and Qwen3-MoE; MiniMind2 never renormalised k = 1)."""
     probs = F.softmax(logits.float() / temperature, dim=-1)
     weights, idx = probs.topk(top_k, dim=-1)  # (tokens, k) each
-    if normalize and top_k > 1:
+    if normalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
     return probs, weights, idx
 
@@ -45,7 +46,7 @@ class MoEFeedForward(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.norm_topk_prob = config.norm_topk_prob
         self.alpha = config.aux_loss_alpha
-        h, i = config.hidden_size, config.intermediate_size
+        h, i = config.hidden_size, config.moe_intermediate_size
         self.gate = nn.Linear(h, self.n_experts, bias=False)  # the router
         self.experts = nn.ModuleList(FeedForward(h, i, config.dropout) for _ in range(self.n_experts))
         self.shared_experts = nn.ModuleList(FeedForward(h, i, config.dropout)

@@ -61,11 +61,11 @@ def matmul_params_per_token(config: MiniMindConfig) -> int:
     shared experts and the top-k routed ones), and the output head. The embedding lookup is no matmul."""
     h, L, d = config.hidden_size, config.num_hidden_layers, config.head_dim
     attn = h * d * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)  # q, o; k, v
-    ffn = 3 * h * config.intermediate_size
     if config.use_moe:
-        mlp = ffn * (config.num_experts_per_tok + config.n_shared_experts) + h * config.n_routed_experts
+        expert = 3 * h * config.moe_intermediate_size
+        mlp = expert * (config.num_experts_per_tok + config.n_shared_experts) + h * config.n_routed_experts
     else:
-        mlp = ffn
+        mlp = 3 * h * config.intermediate_size
     return L * (attn + mlp) + h * config.vocab_size
 
 
@@ -308,8 +308,9 @@ def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps
 def dense_twin(config: MiniMindConfig) -> MiniMindConfig:
     """A dense config with the MoE config's active parameters: its MLP is as wide as the shared and top-k
     routed experts a token passes through (only the router's few weights differ)."""
-    width = config.intermediate_size * (config.num_experts_per_tok + config.n_shared_experts)
-    return dataclasses.replace(config, use_moe=False, intermediate_size=width, preset=f"{config.preset}-dense-twin")
+    width = config.moe_intermediate_size * (config.num_experts_per_tok + config.n_shared_experts)
+    return dataclasses.replace(config, use_moe=False, intermediate_size=width, moe_intermediate_size=width,
+                               preset=f"{config.preset}-dense-twin")
 
 
 # --------------------------------------------------------------------------------------------------

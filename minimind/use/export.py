@@ -1,6 +1,10 @@
-"""Export a checkpoint as a transformers folder that loads without remote code: dense -> `LlamaForCausalLM`,
-MoE -> `Qwen2MoeForCausalLM`, whose sigmoid-gated shared expert equals MiniMind's ungated one with a zero gate
-and a doubled down_proj (exactly: powers of two; chapter 06). Several shared experts are concatenated into one.
+"""Export a checkpoint as a transformers folder that loads without remote code.
+
+MiniMind2 generation: dense -> `LlamaForCausalLM`; MoE -> `Qwen2MoeForCausalLM`, whose sigmoid-gated shared
+expert equals MiniMind's ungated one with a zero gate and a doubled down_proj (exactly: powers of two;
+chapter 06). Several shared experts are concatenated into one.
+minimind-3 generation (q/k-norm): dense -> `Qwen3ForCausalLM`; MoE without shared experts ->
+`Qwen3MoeForCausalLM`. Same weight names as ours in all four.
 """
 from __future__ import annotations
 
@@ -26,16 +30,35 @@ def hf_config(config) -> dict:
         tie_word_embeddings=config.tie_word_embeddings, bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, attention_dropout=0.0,
         initializer_range=config.initializer_range, torch_dtype="float32", use_cache=True)
+    if config.qk_norm:
+        return qwen3_config(config, common)
     if not config.use_moe:
         return dict(architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=False,
                     mlp_bias=False, intermediate_size=config.intermediate_size, **common)
     return dict(architectures=["Qwen2MoeForCausalLM"], model_type="qwen2_moe", qkv_bias=False,
-                intermediate_size=config.intermediate_size, moe_intermediate_size=config.intermediate_size,
-                shared_expert_intermediate_size=config.intermediate_size * max(config.n_shared_experts, 1),
+                intermediate_size=config.intermediate_size, moe_intermediate_size=config.moe_intermediate_size,
+                shared_expert_intermediate_size=config.moe_intermediate_size * max(config.n_shared_experts, 1),
                 num_experts=config.n_routed_experts, num_experts_per_tok=config.num_experts_per_tok,
                 norm_topk_prob=config.norm_topk_prob, decoder_sparse_step=1, mlp_only_layers=[],
                 use_sliding_window=False, sliding_window=None, router_aux_loss_coef=config.aux_loss_alpha,
                 output_router_logits=False, **common)
+
+
+def qwen3_config(config, common: dict) -> dict:
+    """minimind-3 is Qwen3 (q/k-norm before RoPE); its MoE is Qwen3-MoE, which has no shared expert."""
+    qwen = dict(attention_bias=False, use_sliding_window=False, sliding_window=None,
+                max_window_layers=config.num_hidden_layers, intermediate_size=config.intermediate_size, **common)
+    if not config.use_moe:
+        return dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", **qwen)
+    if config.n_shared_experts:
+        raise ValueError(f"this model has q/k-norm and {config.n_shared_experts} shared expert(s): transformers' "
+                         "Qwen3-MoE has no shared expert, so no architecture there computes it; keep it as a "
+                         "MiniMind checkpoint (n_shared_experts=0 is what minimind-3-moe uses)")
+    return dict(architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe",
+                moe_intermediate_size=config.moe_intermediate_size, num_experts=config.n_routed_experts,
+                num_experts_per_tok=config.num_experts_per_tok, norm_topk_prob=config.norm_topk_prob,
+                decoder_sparse_step=1, mlp_only_layers=[], router_aux_loss_coef=config.aux_loss_alpha,
+                output_router_logits=False, **qwen)
 
 
 def hf_state_dict(model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
@@ -43,14 +66,14 @@ def hf_state_dict(model: MiniMindForCausalLM) -> dict[str, torch.Tensor]:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight")
-    if not config.use_moe:
+    if not config.use_moe or config.qk_norm:  # Llama, Qwen3 and Qwen3-MoE spell every weight as we do
         return state
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}.mlp."
         shared = [[state.pop(f"{p}shared_experts.{j}.{name}.weight") for j in range(config.n_shared_experts)]
                   for name in ("gate_proj", "up_proj", "down_proj")]
         if config.n_shared_experts == 0:  # a zero expert adds nothing
-            zeros = torch.zeros(config.intermediate_size, config.hidden_size)
+            zeros = torch.zeros(config.moe_intermediate_size, config.hidden_size)
             shared = [[zeros], [zeros], [zeros.T.contiguous()]]
         state[p + "shared_expert.gate_proj.weight"] = torch.cat(shared[0], dim=0)
         state[p + "shared_expert.up_proj.weight"] = torch.cat(shared[1], dim=0)
