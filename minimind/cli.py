@@ -28,8 +28,9 @@ def _add_course(sub):
 def _add_export(sub):
     p = sub.add_parser("export", help="export a checkpoint to another ecosystem")
     fmt = p.add_subparsers(dest="format", required=True)
-    hf = fmt.add_parser("hf", help="a transformers folder (LlamaForCausalLM, or Qwen2MoeForCausalLM for MoE) "
-                                   "that loads without remote code")
+    hf = fmt.add_parser("hf", help="a transformers folder that loads without remote code: LlamaForCausalLM / "
+                                   "Qwen2MoeForCausalLM (MiniMind2), Qwen3ForCausalLM / Qwen3MoeForCausalLM "
+                                   "(minimind-3)")
     hf.add_argument("ckpt", help="MiniMind checkpoint folder (config.json + model.safetensors)")
     hf.add_argument("--out", required=True, help="output folder")
     hf.add_argument("--merge-lora", action="store_true",
@@ -41,8 +42,8 @@ def _add_export(sub):
         print(f"wrote {out}: open it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     hf.set_defaults(func=run)
 
-    gg = fmt.add_parser("gguf", help="one .gguf file (llama architecture + BPE tokenizer) for llama.cpp and "
-                                     "ollama; dense models only")
+    gg = fmt.add_parser("gguf", help="one .gguf file (llama.cpp's llama architecture for MiniMind2, qwen3 for "
+                                     "minimind-3; BPE tokenizer) for llama.cpp and ollama; dense models only")
     gg.add_argument("ckpt", help="MiniMind checkpoint folder with its tokenizer files")
     gg.add_argument("--out", required=True, help="output file, e.g. minimind.gguf")
     gg.add_argument("--dtype", choices=["f32", "f16"], default="f32",
@@ -57,6 +58,35 @@ def _add_export(sub):
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): run it with llama-cli -m {out} -cnv, or see "
               "book/use.md for an ollama Modelfile")
     gg.set_defaults(func=run_gguf)
+
+
+def _add_import(sub):
+    p = sub.add_parser("import", help="a .pth state dict saved by MiniMind's own code into a checkpoint folder")
+    p.add_argument("pth", help="e.g. full_sft_512.pth, pretrain_768.pth, full_sft_768_moe.pth")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--preset", default=None, help="the preset it was trained with (default: read the config "
+                                                  "from the tensor shapes)")
+    p.add_argument("--dtype", default="keep", choices=["keep", "float32", "float16", "bfloat16"],
+                   help="weights dtype (default: keep the file's; MiniMind saves float16)")
+    p.add_argument("--heads", type=int, default=8, help="query heads when the shapes cannot say (models without "
+                                                        "q/k-norm; default 8, as every MiniMind model)")
+    p.add_argument("--experts-per-token", type=int, default=None,
+                   help="MoE top-k (default: 2 for MiniMind2, 1 for minimind-3)")
+    p.add_argument("--tokenizer", default=None, help="folder with MiniMind's tokenizer.json to copy in (its model/)")
+
+    def run(args):
+        from .model.config import MiniMindConfig
+        from .use.minimind_import import import_pth
+        out = import_pth(args.pth, args.out, preset=args.preset, dtype=args.dtype, heads=args.heads,
+                         experts_per_token=args.experts_per_token, tokenizer=args.tokenizer)
+        config = MiniMindConfig.load(out)
+        print(f"wrote {out}: {config.num_hidden_layers} layers, hidden {config.hidden_size}, heads "
+              f"{config.num_attention_heads}/{config.num_key_value_heads} kv of {config.head_dim}"
+              + (", q/k-norm (minimind-3)" if config.qk_norm else "")
+              + (f", {config.n_routed_experts} experts top-{config.num_experts_per_tok}" if config.use_moe else ""))
+        if args.tokenizer is None:
+            print("no tokenizer copied: chat, serve and eval need one (--tokenizer MINIMIND/model)")
+    p.set_defaults(func=run)
 
 
 def _add_info(sub):
@@ -232,6 +262,9 @@ def _add_tokenizer(sub):
                    help="texts to measure bytes per token on (default: every 50th text, kept out of training)")
     t.add_argument("--max-texts", type=int, default=None, help="train on at most this many texts")
     t.add_argument("--skip-bad", action="store_true", help="skip bad JSONL lines instead of stopping")
+    t.add_argument("--template", choices=["minimind", "minimind3"], default="minimind",
+                   help="chat template and added tokens: the course's (default), or minimind-3's (tools, "
+                        "<think>, <tool_call>, at MiniMind's ids)")
 
     def run(args):
         import itertools
@@ -249,7 +282,7 @@ def _add_tokenizer(sub):
                     continue
                 yield text
         start = time.perf_counter()
-        tok = train_tokenizer(training_texts(), vocab_size=args.vocab_size)
+        tok = train_tokenizer(training_texts(), vocab_size=args.vocab_size, template=args.template)
         tok.save_pretrained(args.out)
         print(f"trained a vocabulary of {tok.vocab_size} in {time.perf_counter() - start:.1f} s: {args.out}")
         if args.held_out:
@@ -416,7 +449,7 @@ def _add_bench(sub):
 
 
 # Each command group registers itself here; later chapters add theirs (data, tokenizer, train, ...).
-COMMANDS = [_add_course, _add_export, _add_info, _add_train, _add_data, _add_tokenizer,
+COMMANDS = [_add_course, _add_export, _add_import, _add_info, _add_train, _add_data, _add_tokenizer,
             _add_chat, _add_serve, _add_eval, _add_bench]
 
 

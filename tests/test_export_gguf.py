@@ -1,5 +1,8 @@
 """GGUF export: read back with gguf.GGUFReader (metadata, tokenizer, tensors, shapes), and a numpy forward
-pass in llama.cpp's conventions (its tensor names, neighbour-pair RoPE) that must give our logits."""
+pass in llama.cpp's conventions that must give our logits: `llama` (neighbour-pair RoPE) for MiniMind2 and
+`qwen3` (per-head q/k RMSNorm, then NEOX RoPE) for minimind-3."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -7,8 +10,10 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from tiny_checkpoint import make_checkpoint, make_lora_run
+from conftest import random_model, small_config
+from tiny_checkpoint import make_checkpoint, make_lora_run, make_tokenizer
 
+from minimind import MiniMindConfig
 from minimind.cli import main as cli
 from minimind.model import load_checkpoint
 from minimind.model.lora import merge_lora
@@ -48,6 +53,7 @@ def test_metadata_and_tokenizer(ckpt, exported):
     assert f["llama.rope.freq_base"] == pytest.approx(c.rope_theta)
     assert f["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(c.rms_norm_eps)
     assert f["llama.vocab_size"] == c.vocab_size
+    assert "llama.attention.key_length" not in f  # head_dim == hidden / heads: llama.cpp's default, as before
     assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt-2"
     tokens = f["tokenizer.ggml.tokens"]
     assert len(tokens) == c.vocab_size
@@ -94,12 +100,26 @@ def _rope_neighbours(x, pos, theta):
     return out
 
 
+def _rope_neox(x, pos, theta):
+    """llama.cpp's NEOX RoPE (qwen3): rotate channels i and i + d/2 together. x: (T, heads, d)."""
+    d = x.shape[-1]
+    freqs = theta ** (-np.arange(0, d, 2) / d)
+    ang = pos[:, None] * freqs[None]  # (T, d/2)
+    cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]
+    x0, x1 = x[..., :d // 2], x[..., d // 2:]
+    return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+
+
 def gguf_forward(path, ids):
-    """A llama forward pass from the GGUF file alone, written the way llama.cpp computes it."""
+    """A llama or qwen3 forward pass from the GGUF file alone, written the way llama.cpp computes it."""
     reader = gguf.GGUFReader(str(path))
     f, t = fields(reader), {k: v.astype(np.float64) for k, v in tensors(reader).items()}
-    nh, nkv = f["llama.attention.head_count"], f["llama.attention.head_count_kv"]
-    eps, theta = f["llama.attention.layer_norm_rms_epsilon"], f["llama.rope.freq_base"]
+    arch = f["general.architecture"]
+    assert arch in ("llama", "qwen3")
+    nh, nkv = f[f"{arch}.attention.head_count"], f[f"{arch}.attention.head_count_kv"]
+    hd = f.get(f"{arch}.attention.key_length", f[f"{arch}.embedding_length"] // nh)  # llama.cpp's default
+    eps, theta = f[f"{arch}.attention.layer_norm_rms_epsilon"], f[f"{arch}.rope.freq_base"]
+    rope = _rope_neox if arch == "qwen3" else _rope_neighbours
 
     def rms(x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
@@ -107,15 +127,17 @@ def gguf_forward(path, ids):
     x = t["token_embd.weight"][ids]
     T, pos = len(ids), np.arange(len(ids), dtype=np.float64)
     mask = np.triu(np.full((T, T), -np.inf), 1)
-    for i in range(f["llama.block_count"]):
+    for i in range(f[f"{arch}.block_count"]):
         b = f"blk.{i}."
         h = rms(x, t[b + "attn_norm.weight"])
-        q = (h @ t[b + "attn_q.weight"].T).reshape(T, nh, -1)
-        k = (h @ t[b + "attn_k.weight"].T).reshape(T, nkv, -1)
-        v = (h @ t[b + "attn_v.weight"].T).reshape(T, nkv, -1)
-        q, k = _rope_neighbours(q, pos, theta), _rope_neighbours(k, pos, theta)
+        q = (h @ t[b + "attn_q.weight"].T).reshape(T, nh, hd)
+        k = (h @ t[b + "attn_k.weight"].T).reshape(T, nkv, hd)
+        v = (h @ t[b + "attn_v.weight"].T).reshape(T, nkv, hd)
+        if arch == "qwen3":  # RMSNorm over each head's hd channels, one (hd,) weight for all heads
+            q, k = rms(q, t[b + "attn_q_norm.weight"]), rms(k, t[b + "attn_k_norm.weight"])
+        q, k = rope(q, pos, theta), rope(k, pos, theta)
         k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
-        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(q.shape[-1]) + mask
+        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         x = x + np.einsum("hqk,khd->qhd", p, v).reshape(T, -1) @ t[b + "attn_output.weight"].T
@@ -164,6 +186,121 @@ def test_lora_run_merged_and_errors(ckpt, tmp_path):
     np.testing.assert_allclose(t["blk.0.ffn_up.weight"], model.model.layers[0].mlp.up_proj.weight.detach().numpy(),
                                atol=1e-6)
     moe = make_checkpoint(tmp_path / "moe", use_moe=True)
-    with pytest.raises(ValueError, match="dense models"):
+    with pytest.raises(ValueError, match="dense models.*not supported.*qwen2moe would not.*NaN.*never renormalises"):
         export_gguf(moe, tmp_path / "moe.gguf")
     assert not (tmp_path / "moe.gguf").exists() and not list(tmp_path.glob(".moe.gguf*"))
+
+
+# -- minimind-3: llama.cpp's qwen3 ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def m3(tok):
+    """A minimind-3-shaped model: q/k-norm, head_dim 24 (4 heads * 24 = 96 != hidden 64), eps 1e-6."""
+    return random_model(small_config(qk_norm=True, head_dim=24, rms_norm_eps=1e-6, vocab_size=tok.vocab_size))
+
+
+@pytest.fixture(scope="module")
+def m3_gguf(m3, tok, tmp_path_factory):
+    return export_gguf(m3, tmp_path_factory.mktemp("gguf_m3") / "m3.gguf", tokenizer=tok, name="m3")
+
+
+def test_qwen3_metadata_and_tensors(m3, m3_gguf):
+    c = m3.config
+    reader = gguf.GGUFReader(str(m3_gguf))
+    f, t = fields(reader), tensors(reader)
+    assert f["general.architecture"] == "qwen3" and not any(k.startswith("llama.") for k in f)
+    assert (f["qwen3.block_count"], f["qwen3.embedding_length"], f["qwen3.feed_forward_length"]) == (2, 64, 96)
+    assert (f["qwen3.attention.head_count"], f["qwen3.attention.head_count_kv"]) == (4, 2)
+    assert f["qwen3.attention.key_length"] == f["qwen3.attention.value_length"] == 24
+    assert f["qwen3.rope.dimension_count"] == 24 and f["qwen3.context_length"] == 256
+    assert f["qwen3.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    assert f["qwen3.rope.freq_base"] == pytest.approx(c.rope_theta)
+    per_layer = ["attn_norm", "ffn_norm", "attn_q", "attn_q_norm", "attn_k", "attn_k_norm", "attn_v", "attn_output",
+                 "ffn_gate", "ffn_up", "ffn_down"]
+    assert set(t) == {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.{n}.weight" for i in range(2)
+                                                                      for n in per_layer}
+    sd = m3.state_dict()
+    assert t["blk.1.attn_q_norm.weight"].shape == (24,)
+    np.testing.assert_array_equal(t["blk.1.attn_k_norm.weight"], sd["model.layers.1.self_attn.k_norm.weight"].numpy())
+    # NEOX RoPE is our rotate_half: q/k rows unpermuted, (heads * head_dim, hidden)
+    assert t["blk.0.attn_q.weight"].shape == (96, 64) and t["blk.0.attn_k.weight"].shape == (48, 64)
+    np.testing.assert_array_equal(t["blk.0.attn_q.weight"], sd["model.layers.0.self_attn.q_proj.weight"].numpy())
+    np.testing.assert_array_equal(t["blk.0.attn_k.weight"], sd["model.layers.0.self_attn.k_proj.weight"].numpy())
+    assert t["blk.0.attn_output.weight"].shape == (64, 96)
+    types = {r.name: r.tensor_type for r in reader.tensors}
+    assert types["blk.0.attn_q_norm.weight"] == gguf.GGMLQuantizationType.F32
+
+
+def test_qwen3_forward_and_greedy_give_ours(m3, m3_gguf, tok):
+    ids = tok.encode("Mira the baker lives in Tallow. 你好 " * 6)  # 60 positions
+    with torch.no_grad():
+        ours = m3(torch.tensor([ids])).logits[0].double().numpy()
+    np.testing.assert_allclose(gguf_forward(m3_gguf, ids), ours, atol=1e-5, rtol=1e-5)
+    # greedy: our KV-cached generate against the file's graph recomputed over the whole prefix each step
+    prompt, new = ids[:12], 10
+    with torch.no_grad():
+        want = m3.generate(torch.tensor([prompt]), max_new_tokens=new)[0, len(prompt):].tolist()
+    got = list(prompt)
+    for _ in range(new):
+        got.append(int(gguf_forward(m3_gguf, got)[-1].argmax()))
+    assert got[len(prompt):] == want
+
+
+def test_qwen3_f16(m3, tok, tmp_path):
+    out = export_gguf(m3, tmp_path / "m3.gguf", tokenizer=tok, dtype="f16")
+    reader = gguf.GGUFReader(str(out))
+    f, types = fields(reader), {r.name: r.tensor_type for r in reader.tensors}
+    assert f["general.architecture"] == "qwen3" and f["general.file_type"] == 1
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.attn_q_norm.weight"] == types["blk.0.attn_k_norm.weight"] == gguf.GGMLQuantizationType.F32
+    # the file computes exactly our model with its matrices rounded to f16 (norms kept f32)
+    half = copy.deepcopy(m3)
+    with torch.no_grad():
+        for p in half.parameters():
+            if p.dim() > 1:
+                p.copy_(p.half().float())
+        ids = tok.encode("Mira the baker likes honey. 你好")
+        ours = half(torch.tensor([ids])).logits[0].double().numpy()
+    np.testing.assert_allclose(gguf_forward(out, ids), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_minimind3_preset_shapes(tok, tmp_path):
+    config = MiniMindConfig.from_preset("minimind-3", num_hidden_layers=1, vocab_size=tok.vocab_size)
+    model = random_model(config)
+    out = export_gguf(model, tmp_path / "m3.gguf", tokenizer=tok)
+    reader = gguf.GGUFReader(str(out))
+    f, t = fields(reader), {r.name: r for r in reader.tensors}
+    assert f["general.architecture"] == "qwen3"
+    assert (f["qwen3.embedding_length"], f["qwen3.feed_forward_length"], f["qwen3.block_count"]) == (768, 2432, 1)
+    assert (f["qwen3.attention.head_count"], f["qwen3.attention.head_count_kv"]) == (8, 4)
+    assert f["qwen3.attention.key_length"] == f["qwen3.rope.dimension_count"] == 96
+    assert f["qwen3.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6)
+    # GGUF lists shapes fastest dimension first (ggml's ne): llama.cpp's {n_embd, n_head * head_dim} etc.
+    assert list(t["blk.0.attn_q.weight"].shape) == [768, 8 * 96]
+    assert list(t["blk.0.attn_k.weight"].shape) == [768, 4 * 96]
+    assert list(t["blk.0.attn_q_norm.weight"].shape) == list(t["blk.0.attn_k_norm.weight"].shape) == [96]
+    assert list(t["blk.0.ffn_down.weight"].shape) == [2432, 768]
+    ids = tok.encode("Mira the baker. 你好")
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].double().numpy()
+    np.testing.assert_allclose(gguf_forward(out, ids), ours, atol=1e-5, rtol=1e-5)
+
+
+def test_qwen3_moe_refused(tmp_path, tok):
+    m3moe = random_model(small_config(qk_norm=True, use_moe=True, n_routed_experts=4, n_shared_experts=0,
+                                      num_experts_per_tok=1, vocab_size=tok.vocab_size))
+    with pytest.raises(ValueError, match="not supported yet.*export hf.*Qwen3MoeForCausalLM.*qwen3moe"):
+        export_gguf(m3moe, tmp_path / "moe.gguf", tokenizer=tok)
+    shared = random_model(small_config(qk_norm=True, use_moe=True, n_routed_experts=4, n_shared_experts=1,
+                                       num_experts_per_tok=2, vocab_size=tok.vocab_size))
+    with pytest.raises(ValueError, match="not supported yet.*qwen3moe would not.*no shared expert"):
+        export_gguf(shared, tmp_path / "moe.gguf", tokenizer=tok)
+    with pytest.raises(ValueError, match="always renormalises"):
+        export_gguf(random_model(small_config(qk_norm=True, use_moe=True, n_shared_experts=0, norm_topk_prob=False,
+                                              vocab_size=tok.vocab_size)), tmp_path / "moe.gguf", tokenizer=tok)
+    assert not list(tmp_path.iterdir())

@@ -356,9 +356,14 @@ class PretrainDataset(torch.utils.data.Dataset):
 def chat_labels(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a conversation: labels equal the ids on the tokens the assistant writes
     (from after `<|im_start|>assistant\\n` through `<|im_end|>`) and -100 everywhere else."""
-    text, spans = render_chat_spans(messages)
+    text, spans = render_chat_spans(messages, template=template_of(tokenizer))
     ids, offsets = tokenizer.encode_with_offsets(text)
     return ids, _mask(ids, offsets, spans)
+
+
+def template_of(tokenizer) -> str:
+    """The chat template the tokenizer's model was trained with (MiniMind's tokenizers bring their own)."""
+    return getattr(tokenizer, "template", "minimind")
 
 
 def _mask(ids, offsets, spans) -> list[int]:
@@ -382,7 +387,8 @@ CHARS_PER_TOKEN = 64
 
 def _encode_chats(tokenizer, conversations: list[list[dict]], max_len: int):
     """Tokenize conversations in one batch; truncate to max_len; count what truncation did."""
-    rendered = [render_chat_spans(c) for c in conversations]
+    template = template_of(tokenizer)
+    rendered = [render_chat_spans(c, template=template) for c in conversations]
     limit = max_len * CHARS_PER_TOKEN
     encs = tokenizer.tokenizer.encode_batch([t[:limit] for t, _ in rendered], add_special_tokens=False)
     out, truncated = [], 0
@@ -462,7 +468,7 @@ class RLPromptDataset(torch.utils.data.Dataset):
             msgs = list(r["conversations"])
             while msgs and msgs[-1]["role"] == "assistant":
                 msgs.pop()
-            self.prompts.append(render_chat(msgs, add_generation_prompt=True))
+            self.prompts.append(render_chat(msgs, add_generation_prompt=True, template=template_of(tokenizer)))
             self.answers.append(str(r.get("answer", "")))
         cut = (lambda p: p[-max_len * CHARS_PER_TOKEN:]) if max_len is not None else (lambda p: p)  # noqa: E731
         self.prompt_ids = tokenizer.encode_batch([cut(p) for p in self.prompts])

@@ -1,4 +1,5 @@
-"""MiniMind's published datasets from the Hugging Face hub (jingyaogong/minimind_dataset): `minimind data download`.
+"""MiniMind's published datasets (jingyaogong/minimind_dataset: `minimind data download`) and models (e.g.
+jingyaogong/minimind-3: `from_pretrained("jingyaogong/minimind-3")`) from the Hugging Face hub.
 
 Downloads resume, are checked against their format, and fail at once offline, saying what to fetch by hand.
 """
@@ -97,3 +98,35 @@ def download_dataset(name: str, out_dir, repo_id: str = REPO_ID, revision: str |
         from .datasets import check_file
         check_file(target, kind, limit=1000)
     return target
+
+
+# the files of a model repository worth fetching: config, weights (either format), tokenizer, template
+MODEL_FILES = ["*.json", "*.safetensors", "*.bin", "*.pth", "*.jinja", "*.txt", "*.model"]
+
+
+def _hub_snapshot(repo_id: str, revision=None) -> str:
+    """The one network call for models (tests replace it): a cached snapshot in huggingface_hub's cache."""
+    from huggingface_hub import snapshot_download
+    return snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=MODEL_FILES)
+
+
+def download_model(repo_id: str, revision: str | None = None) -> Path:
+    """A model repository from the hub (e.g. "jingyaogong/MiniMind2-Small") as a local folder in
+    huggingface_hub's cache (HF_HOME); fetched once, reused afterwards, even offline."""
+    try:  # already cached: no network needed
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=MODEL_FILES,
+                                      local_files_only=True))
+    except Exception:
+        pass
+    manual = (f"  fix: on a machine with internet run `hf download {repo_id} --local-dir {repo_id.split('/')[-1]}`"
+              f" (pip install huggingface_hub), copy that folder here and pass its path instead of {repo_id!r}; "
+              "or set HF_ENDPOINT to a mirror you can reach (e.g. https://hf-mirror.com)")
+    why = _offline_reason()
+    if why:
+        raise DownloadError(f"cannot download the model {repo_id!r} from the Hugging Face hub ({why}).\n{manual}")
+    try:
+        return Path(_hub_snapshot(repo_id, revision))
+    except Exception as err:  # no such repo, auth, network: one clear message
+        raise DownloadError(f"cannot download the model {repo_id!r} from the Hugging Face hub "
+                            f"({type(err).__name__}: {err}).\n{manual}") from err

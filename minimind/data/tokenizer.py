@@ -1,7 +1,12 @@
-"""The tokenizer: byte-level BPE trained with `tokenizers`, MiniMind's special tokens and ChatML template.
+"""The tokenizer: byte-level BPE trained with `tokenizers`, MiniMind's special tokens and chat templates.
 
-Ids 0-2: <|endoftext|> (pad), <|im_start|> (BOS), <|im_end|> (EOS); 3-4: <think>, </think>, added but not
-special (decoding keeps them). `save_pretrained` writes files transformers' AutoTokenizer loads to the same ids.
+Ids 0-2: <|endoftext|> (pad), <|im_start|> (BOS), <|im_end|> (EOS). A course tokenizer adds <think>, </think>
+(3-4), added but not special (decoding keeps them); one trained with template="minimind3" adds minimind-3's
+36 tokens instead. `save_pretrained` writes files transformers' AutoTokenizer loads to the same ids.
+
+Three chat templates, each rendered here in Python and saved in Jinja for transformers (`template`):
+"minimind" (the course's ChatML), "minimind2" (MiniMind2's: a default system turn, tools) and "minimind3"
+(minimind-3's, Qwen3-like: tools, a <think> block in every assistant turn, tool calls and tool responses).
 """
 from __future__ import annotations
 
@@ -13,9 +18,19 @@ from typing import Iterable, Optional
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]
 ROLES = ("system", "user", "assistant")
+TOOL_ROLES = ROLES + ("tool",)  # the roles of MiniMind2's and minimind-3's templates
 IGNORE_INDEX = -100  # the label of a token that is not learned (PyTorch's default ignore_index)
 
-# The chat template, in Jinja for transformers; `render_chat` below is the same thing in Python.
+# minimind-3's added tokens in id order (0-35), as MiniMind's trainer/train_tokenizer.py makes them: the
+# special ones (skipped when decoding without special tokens), then tags the model writes as text
+MINIMIND3_SPECIAL_TOKENS = SPECIAL_TOKENS + [
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<|audio_start|>",
+    "<|audio_end|>", "<|audio_pad|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>", "<tts_text_bos_single>"]
+MINIMIND3_TEXT_TOKENS = (["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"] + THINK_TOKENS
+                         + [f"<|buffer{i}|>" for i in range(1, 10)])
+
+# The course chat template, in Jinja for transformers; `render_chat` below is the same thing in Python.
 # ChatML: <|im_start|>{role}\n{content}<|im_end|>\n per message. An assistant message may carry its
 # reasoning apart, as `reasoning_content`: it is rendered as <think>\n...\n</think>\n\n before the content.
 # With add_generation_prompt the prompt ends <|im_start|>assistant\n; enable_thinking=True then opens a
@@ -39,45 +54,395 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 
+# MiniMind's own templates, verbatim from its model/tokenizer_config.json (MiniMind2: commit 4014e62,
+# minimind-3: 101d7df); `render_chat` renders them in Python, tests check it against these in Jinja.
+MINIMIND2_CHAT_TEMPLATE = (
+    '{%- if tools %}\n'
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- messages[0].content + '\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are '
+    'provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    '    {%- for tool in tools %}\n'
+    '        {{- "\\n" }}\n'
+    '        {{- tool | tojson }}\n'
+    '    {%- endfor %}\n'
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and '
+    'arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    '{%- else %}\n'
+    " {%- if messages[0]['role'] == 'system' -%}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    '    {%- else -%}\n'
+    "        {{- '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}\n"
+    ' {%- endif %}\n'
+    '{%- endif %}\n'
+    '{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n'
+    '{%- for message in messages[::-1] %}\n'
+    '    {%- set index = (messages|length - 1) - loop.index0 %}\n'
+    '    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and '
+    "not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) "
+    '%}\n'
+    '        {%- set ns.multi_step_tool = false %}\n'
+    '        {%- set ns.last_query_index = index %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- for message in messages %}\n'
+    '    {%- if message.content is string %}\n'
+    '        {%- set content = message.content %}\n'
+    '    {%- else %}\n'
+    "        {%- set content = '' %}\n"
+    '    {%- endif %}\n'
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "   {{- '<|im_start|>' + message.role + '\\n' + content }}\n"
+    '  {%- if message.tool_calls %}\n'
+    '            {%- for tool_call in message.tool_calls %}\n'
+    '                {%- if (loop.first and content) or (not loop.first) %}\n'
+    "                    {{- '\\n' }}\n"
+    '                {%- endif %}\n'
+    '                {%- if tool_call.function %}\n'
+    '                    {%- set tool_call = tool_call.function %}\n'
+    '                {%- endif %}\n'
+    '                {{- \'<tool_call>\\n{"name": "\' }}\n'
+    '                {{- tool_call.name }}\n'
+    '                {{- \'", "arguments": \' }}\n'
+    '                {%- if tool_call.arguments is string %}\n'
+    '                    {{- tool_call.arguments }}\n'
+    '                {%- else %}\n'
+    '                    {{- tool_call.arguments | tojson }}\n'
+    '                {%- endif %}\n'
+    "                {{- '}\\n</tool_call>' }}\n"
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    '        {%- endif %}\n'
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    '        {{- content }}\n'
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    '        {%- endif %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- if add_generation_prompt %}\n'
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    '    {%- if enable_thinking is defined and enable_thinking is false %}\n'
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}'
+)
+
+MINIMIND3_CHAT_TEMPLATE = (
+    '{%- if tools %}\n'
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- messages[0].content + '\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '    {{- "# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are '
+    'provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
+    '    {%- for tool in tools %}\n'
+    '        {{- "\\n" }}\n'
+    '        {{- tool | tojson }}\n'
+    '    {%- endfor %}\n'
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and '
+    'arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
+    '{%- else %}\n'
+    "    {%- if messages[0].role == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}\n'
+    '{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}\n'
+    '{%- for message in messages[::-1] %}\n'
+    '    {%- set index = (messages|length - 1) - loop.index0 %}\n'
+    '    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and '
+    "not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) "
+    '%}\n'
+    '        {%- set ns.multi_step_tool = false %}\n'
+    '        {%- set ns.last_query_index = index %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- for message in messages %}\n'
+    '    {%- if message.content is string %}\n'
+    '        {%- set content = message.content %}\n'
+    '    {%- else %}\n'
+    "        {%- set content = '' %}\n"
+    '    {%- endif %}\n'
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {%- set reasoning_content = '' %}\n"
+    '        {%- if message.reasoning_content is string %}\n'
+    '            {%- set reasoning_content = message.reasoning_content %}\n'
+    '        {%- else %}\n'
+    "            {%- if '</think>' in content %}\n"
+    '                {%- set reasoning_content = '
+    "content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}\n"
+    "                {%- set content = content.split('</think>')[-1].lstrip('\\n') %}\n"
+    '            {%- endif %}\n'
+    '        {%- endif %}\n'
+    '        {%- if true %}\n'
+    "            {{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + "
+    "'\\n</think>\\n\\n' + content.lstrip('\\n') }}\n"
+    '        {%- endif %}\n'
+    '        {%- if message.tool_calls %}\n'
+    '            {%- for tool_call in message.tool_calls %}\n'
+    '                {%- if (loop.first and content) or (not loop.first) %}\n'
+    "                    {{- '\\n' }}\n"
+    '                {%- endif %}\n'
+    '                {%- if tool_call.function %}\n'
+    '                    {%- set tool_call = tool_call.function %}\n'
+    '                {%- endif %}\n'
+    '                {{- \'<tool_call>\\n{"name": "\' }}\n'
+    '                {{- tool_call.name }}\n'
+    '                {{- \'", "arguments": \' }}\n'
+    '                {%- if tool_call.arguments is string %}\n'
+    '                    {{- tool_call.arguments }}\n'
+    '                {%- else %}\n'
+    '                    {{- tool_call.arguments | tojson }}\n'
+    '                {%- endif %}\n'
+    "                {{- '}\\n</tool_call>' }}\n"
+    '            {%- endfor %}\n'
+    '        {%- endif %}\n'
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if loop.first or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    '        {%- endif %}\n'
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    '        {{- content }}\n'
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    '        {%- endif %}\n'
+    '    {%- endif %}\n'
+    '{%- endfor %}\n'
+    '{%- if add_generation_prompt %}\n'
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    '    {%- if open_thinking is defined and open_thinking is true %}\n'
+    "        {{- '<think>\\n' }}\n"
+    '    {%- else %}\n'
+    "        {{- '<think>\\n\\n</think>\\n\\n' }}\n"
+    '    {%- endif %}\n'
+    '{%- endif %}'
+)
+
+CHAT_TEMPLATES = {"minimind": CHAT_TEMPLATE, "minimind2": MINIMIND2_CHAT_TEMPLATE, "minimind3": MINIMIND3_CHAT_TEMPLATE}
+TRAINABLE_TEMPLATES = ("minimind", "minimind3")  # MiniMind2's tokenizer is MiniMind's to train, not ours
+_ADDED_TOKENS = {"minimind": [(t, True) for t in SPECIAL_TOKENS] + [(t, False) for t in THINK_TOKENS],
+                 "minimind3": [(t, True) for t in MINIMIND3_SPECIAL_TOKENS]
+                 + [(t, False) for t in MINIMIND3_TEXT_TOKENS]}
+
+_TOOLS_INTRO = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+_TOOLS_OUTRO = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
+                "\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n")
+_EMPTY_THINK = "<think>\n\n</think>\n\n"
+
+
+def detect_template(chat_template: Optional[str]) -> Optional[str]:
+    """The name of a Jinja chat template ("minimind", "minimind2", "minimind3"), None if it is none of them.
+    An edited copy of MiniMind's is recognised by what only it renders: tool calls, and reasoning_content."""
+    if not chat_template:
+        return "minimind"  # a course tokenizer saved without a template
+    for name, jinja in CHAT_TEMPLATES.items():
+        if chat_template == jinja:
+            return name
+    if "<tool_call>" in chat_template:
+        return "minimind3" if "reasoning_content" in chat_template else "minimind2"
+    return None
+
+
+class _Rendering:
+    """Rendered text as pieces, each marked whether a message wrote it, and the assistant spans."""
+
+    def __init__(self):
+        self.pieces: list[tuple[str, bool]] = []
+        self.spans: list[tuple[int, int]] = []
+        self.pos = 0
+
+    def add(self, text: str, from_message: bool = False):
+        if text:
+            self.pieces.append((text, from_message))
+            self.pos += len(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(p for p, _ in self.pieces)
+
 
 def render_chat(messages: list[dict], add_generation_prompt: bool = False,
-                enable_thinking: Optional[bool] = None) -> str:
-    """The chat template in Python (the same text as CHAT_TEMPLATE renders)."""
-    return render_chat_spans(messages, add_generation_prompt, enable_thinking)[0]
+                enable_thinking: Optional[bool] = None, *, template: str = "minimind", tools: Optional[list] = None,
+                open_thinking: bool = False) -> str:
+    """The chat template in Python (the same text as its Jinja, CHAT_TEMPLATES[template], renders)."""
+    return _render(messages, template, tools, add_generation_prompt, enable_thinking, open_thinking).text
 
 
 def render_chat_spans(messages: list[dict], add_generation_prompt: bool = False,
-                      enable_thinking: Optional[bool] = None) -> tuple[str, list[tuple[int, int]]]:
+                      enable_thinking: Optional[bool] = None, *, template: str = "minimind",
+                      tools: Optional[list] = None, open_thinking: bool = False) -> tuple[str, list[tuple[int, int]]]:
     """The rendered chat and the character spans the model learns to write: for each assistant message,
-    from just after `<|im_start|>assistant\n` through its `<|im_end|>` (reasoning included)."""
-    parts, spans, pos = [], [], 0
+    from just after `<|im_start|>assistant\n` through its `<|im_end|>` (reasoning and tool calls included;
+    tool responses, in user turns, are not)."""
+    out = _render(messages, template, tools, add_generation_prompt, enable_thinking, open_thinking)
+    return out.text, out.spans
+
+
+def _render(messages, template, tools, add_generation_prompt, enable_thinking, open_thinking) -> _Rendering:
+    if template not in CHAT_TEMPLATES:
+        raise ValueError(f"unknown chat template {template!r}: use one of {', '.join(CHAT_TEMPLATES)}")
+    if open_thinking and enable_thinking is False:
+        raise ValueError("open_thinking=True and enable_thinking=False contradict each other: pass one of them")
+    if template == "minimind":
+        if tools:
+            raise ValueError("the course chat template (template='minimind') has no tools: use a tokenizer with "
+                             "minimind-3's template (train_tokenizer(..., template='minimind3'))")
+        # open_thinking is minimind-3's name for what the course template calls enable_thinking=True
+        return _render_course(messages, add_generation_prompt, True if open_thinking else enable_thinking)
+    return _render_tool_chat(messages, template == "minimind3", tools, add_generation_prompt, enable_thinking,
+                             open_thinking)
+
+
+def _render_course(messages, add_generation_prompt, enable_thinking) -> _Rendering:
+    out = _Rendering()
     for m in messages:
         role = m.get("role") if isinstance(m, dict) else None
         if role not in ROLES:
-            raise ValueError(f"unknown role {role!r}: use system, user or assistant")
-        head = f"<|im_start|>{role}\n"
-        body = ""
+            raise ValueError(f"unknown role {role!r}: use system, user or assistant (tool messages need "
+                             "minimind-3's template)")
+        out.add(f"<|im_start|>{role}\n")
+        start = out.pos
         if role == "assistant" and m.get("reasoning_content"):
-            body += f"<think>\n{m['reasoning_content']}\n</think>\n\n"
-        body += f"{m['content']}<|im_end|>"
+            out.add("<think>\n")
+            out.add(f"{m['reasoning_content']}", True)
+            out.add("\n</think>\n\n")
+        out.add(f"{m['content']}", True)
+        out.add("<|im_end|>")
         if role == "assistant":
-            spans.append((pos + len(head), pos + len(head) + len(body)))
-        parts.append(head + body + "\n")
-        pos += len(parts[-1])
+            out.spans.append((start, out.pos))
+        out.add("\n")
     if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
+        out.add("<|im_start|>assistant\n")
         if enable_thinking is True:
-            parts.append("<think>\n")
+            out.add("<think>\n")
         elif enable_thinking is False:
-            parts.append("<think>\n\n</think>\n\n")
-    return "".join(parts), spans
+            out.add(_EMPTY_THINK)
+    return out
+
+
+def _tojson(value) -> str:
+    # transformers' tojson filter: json.dumps without ASCII escapes (Jinja's own would escape HTML)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _render_tool_chat(messages, think: bool, tools, add_generation_prompt, enable_thinking,
+                      open_thinking) -> _Rendering:
+    """MiniMind2's template (think=False) or minimind-3's (think=True), as their Jinja renders them."""
+    name = "minimind3" if think else "minimind2"
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in TOOL_ROLES:
+            raise ValueError(f"message {i}: unknown role {role!r}: {name}'s template has system, user, "
+                             "assistant and tool")
+    out = _Rendering()
+    system = messages[0] if messages and messages[0]["role"] == "system" else None
+    if tools:
+        out.add("<|im_start|>system\n")
+        if system is not None:
+            out.add(f"{system['content']}", True)
+            out.add("\n\n")
+        out.add(_TOOLS_INTRO)
+        for tool in tools:
+            out.add("\n")
+            out.add(_tojson(tool), True)
+        out.add(_TOOLS_OUTRO)
+    elif system is not None:
+        out.add("<|im_start|>system\n")
+        out.add(f"{system['content']}", True)
+        out.add("<|im_end|>\n")
+    elif not think:  # MiniMind2 gives a conversation without a system turn a default one
+        out.add("<|im_start|>system\nYou are a helpful assistant<|im_end|>\n")
+    for i, m in enumerate(messages):
+        role = m["role"]
+        content = m.get("content") if isinstance(m.get("content"), str) else ""
+        if role == "user" or (role == "system" and i > 0):
+            out.add(f"<|im_start|>{role}\n")
+            out.add(content, True)
+            out.add("<|im_end|>\n")
+        elif role == "assistant":
+            out.add("<|im_start|>assistant\n")
+            start = out.pos
+            if think:
+                # the reasoning: reasoning_content, else what content holds before </think>
+                reasoning = m.get("reasoning_content")
+                if not isinstance(reasoning, str):
+                    reasoning = ""
+                    if "</think>" in content:
+                        reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+                        content = content.split("</think>")[-1].lstrip("\n")
+                out.add("<think>\n")
+                out.add(reasoning.strip("\n"), True)
+                out.add("\n</think>\n\n")
+                out.add(content.lstrip("\n"), True)
+            else:
+                out.add(content, True)
+            for k, call in enumerate(m.get("tool_calls") or []):
+                _add_tool_call(out, call, i, k, newline=bool(k or content))
+            out.add("<|im_end|>")
+            out.spans.append((start, out.pos))
+            out.add("\n")
+        elif role == "tool":  # consecutive tool messages share one user turn
+            if i == 0 or messages[i - 1]["role"] != "tool":
+                out.add("<|im_start|>user")
+            out.add("\n<tool_response>\n")
+            out.add(content, True)
+            out.add("\n</tool_response>")
+            if i == len(messages) - 1 or messages[i + 1]["role"] != "tool":
+                out.add("<|im_end|>\n")
+    if add_generation_prompt:
+        out.add("<|im_start|>assistant\n")
+        if think:
+            # enable_thinking=True is read as minimind-3's open_thinking: both ask the prompt to open <think>
+            out.add("<think>\n" if open_thinking or enable_thinking is True else _EMPTY_THINK)
+        elif enable_thinking is False:
+            out.add(_EMPTY_THINK)
+    return out
+
+
+def _add_tool_call(out: _Rendering, call, i: int, k: int, newline: bool):
+    """One tool call, OpenAI's {"type": "function", "function": {...}} or bare {"name", "arguments"}."""
+    if isinstance(call, dict) and call.get("function"):
+        call = call["function"]
+    if not isinstance(call, dict) or "name" not in call or "arguments" not in call:
+        raise ValueError(f"message {i}: tool_calls[{k}] = {call!r} is not a tool call: write "
+                         '{"name": ..., "arguments": {...}} or {"type": "function", "function": {"name": ..., '
+                         '"arguments": ...}}')
+    if newline:
+        out.add("\n")
+    out.add('<tool_call>\n{"name": "')
+    out.add(f"{call['name']}", True)
+    out.add('", "arguments": ')
+    args = call["arguments"]
+    out.add(args if isinstance(args, str) else _tojson(args), True)
+    out.add("}\n</tool_call>")
 
 
 class MiniMindTokenizer:
-    """A `tokenizers.Tokenizer` with MiniMind's special tokens, ids and chat template."""
+    """A `tokenizers.Tokenizer` with MiniMind's special tokens, ids and chat template (`template`: "minimind",
+    "minimind2" or "minimind3", see CHAT_TEMPLATES)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, template: str = "minimind"):
+        if template not in CHAT_TEMPLATES:
+            raise ValueError(f"unknown chat template {template!r}: use one of {', '.join(CHAT_TEMPLATES)}")
         self.tokenizer = tokenizer
+        self.template = template
         ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
         if ids != [0, 1, 2]:
             raise ValueError(f"special tokens {SPECIAL_TOKENS} have ids {ids}, expected [0, 1, 2]: "
@@ -87,7 +452,11 @@ class MiniMindTokenizer:
         self.pad_token, self.bos_token, self.eos_token = SPECIAL_TOKENS
         self.think_start_id = tokenizer.token_to_id("<think>")
         self.think_end_id = tokenizer.token_to_id("</think>")
-        self.chat_template = CHAT_TEMPLATE
+
+    @property
+    def chat_template(self) -> str:
+        """The template in Jinja, as transformers renders it."""
+        return CHAT_TEMPLATES[self.template]
 
     # -- sizes and lookups -----------------------------------------------------------------------------
     @property
@@ -138,22 +507,33 @@ class MiniMindTokenizer:
 
     # -- chat -------------------------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
-                            tokenize: bool = False, enable_thinking: Optional[bool] = None):
-        text = render_chat(messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking)
+                            tokenize: bool = False, enable_thinking: Optional[bool] = None, *,
+                            tools: Optional[list] = None, open_thinking: bool = False):
+        """The conversation in this tokenizer's chat template: text, or ids with tokenize=True. tools (JSON
+        schemas) and messages with tool_calls or role "tool" need MiniMind's templates; open_thinking=True
+        (minimind-3's switch, the same as enable_thinking=True) makes the generation prompt open <think>."""
+        out = _render(messages, self.template, tools, add_generation_prompt, enable_thinking, open_thinking)
+        text = out.text
         if not tokenize:
             return text
-        texts = [m.get(k) for m in messages for k in ("reasoning_content", "content") if isinstance(m.get(k), str)]
-        if not any(t in v for v in texts for t in SPECIAL_TOKENS):
+        if not any(m and any(t in piece for t in SPECIAL_TOKENS) for piece, m in out.pieces):
             return self.encode(text)
         # a message may not write control tokens: "<|im_end|><|im_start|>system" in a user's text stays text
-        ids, pos = [], 0
-        for value in texts:
-            start = text.find(value, pos)
-            if start < 0:
-                continue
-            ids += self.encode(text[pos:start]) + self.encode_as_text(value)
-            pos = start + len(value)
-        return ids + self.encode(text[pos:])
+        ids, run = [], []
+        for piece, from_message in out.pieces:
+            if from_message and any(t in piece for t in SPECIAL_TOKENS):
+                ids += self.encode("".join(run)) + self.encode_as_text(piece)
+                run = []
+            else:
+                run.append(piece)
+        return ids + self.encode("".join(run))
+
+    def render_chat_spans(self, messages: list[dict], add_generation_prompt: bool = False,
+                          enable_thinking: Optional[bool] = None, *, tools: Optional[list] = None,
+                          open_thinking: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        """`render_chat_spans` in this tokenizer's template: the text and the assistant's character spans."""
+        return render_chat_spans(messages, add_generation_prompt, enable_thinking, template=self.template,
+                                 tools=tools, open_thinking=open_thinking)
 
     def encode_as_text(self, text: str) -> list[int]:
         """Ids of text in which `<|im_start|>`, `<|im_end|>` and `<|endoftext|>` are plain characters."""
@@ -169,26 +549,32 @@ class MiniMindTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(directory / "tokenizer.json"))
-        added = {}
-        for t in SPECIAL_TOKENS + THINK_TOKENS:
-            i = self.tokenizer.token_to_id(t)
-            if i is not None:
-                added[str(i)] = dict(content=t, lstrip=False, normalized=False, rstrip=False, single_word=False,
-                                     special=t in SPECIAL_TOKENS)
+        added = {str(i): dict(content=t.content, lstrip=t.lstrip, normalized=t.normalized, rstrip=t.rstrip,
+                              single_word=t.single_word, special=t.special)
+                 for i, t in sorted(self.tokenizer.get_added_tokens_decoder().items())}
         config = dict(
             tokenizer_class="PreTrainedTokenizerFast", add_bos_token=False, add_eos_token=False,
             added_tokens_decoder=added, bos_token="<|im_start|>", eos_token="<|im_end|>",
             pad_token="<|endoftext|>", unk_token="<|endoftext|>", clean_up_tokenization_spaces=False,
             model_max_length=32768, legacy=True, spaces_between_special_tokens=False, split_special_tokens=False,
-            chat_template=CHAT_TEMPLATE)
+            chat_template=self.chat_template)
+        if self.template == "minimind3":  # as MiniMind's config: the special tokens past <|endoftext|>
+            config["additional_special_tokens"] = [t["content"] for t in added.values()
+                                                   if t["special"] and t["content"] != "<|endoftext|>"]
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        jinja = directory / "chat_template.jinja"
+        if jinja.exists():  # transformers reads this file before the config's chat_template: keep them one
+            jinja.write_text(self.chat_template)
         (directory / "special_tokens_map.json").write_text(json.dumps(dict(
             bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
             unk_token="<|endoftext|>"), indent=2) + "\n")
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory) -> "MiniMindTokenizer":
+    def from_pretrained(cls, directory, template: Optional[str] = None) -> "MiniMindTokenizer":
+        """A tokenizer folder (or its tokenizer.json): ours, or MiniMind's MiniMind2 or minimind-3 as published.
+        The chat template is read from the folder (chat_template.jinja, else tokenizer_config.json) unless
+        template names it."""
         from tokenizers import Tokenizer
         directory = Path(directory)
         file = directory / "tokenizer.json" if directory.is_dir() or not directory.suffix else directory
@@ -196,33 +582,65 @@ class MiniMindTokenizer:
             raise FileNotFoundError(
                 f"{file} not found: train a tokenizer first (minimind tokenizer train --data FILE --out "
                 f"{directory}), or use the course's: minimind.data.corpus.ensure_course_data()")
+        if template is None:
+            template = _folder_template(file.parent)
         try:
-            return cls(Tokenizer.from_file(str(file)))
+            tokenizer = Tokenizer.from_file(str(file))
         except Exception as err:  # tokenizers raises a plain Exception for a damaged file
             raise ValueError(f"{file} is not a tokenizer file ({err}): restore it, or train the tokenizer "
                              "again (minimind tokenizer train)") from None
+        return cls(tokenizer, template=template)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400, min_frequency: int = 2) -> MiniMindTokenizer:
-    """Byte-level BPE over texts (any iterator of strings): the special and think tokens, the 256 byte symbols,
-    then merges until vocab_size (or until no pair occurs min_frequency times)."""
+def _folder_template(folder: Path) -> str:
+    """The name of the chat template a tokenizer folder holds ("minimind" when it holds none)."""
+    jinja, config = folder / "chat_template.jinja", folder / "tokenizer_config.json"
+    source, chat_template = None, None
+    if jinja.exists():
+        source, chat_template = jinja, jinja.read_text(encoding="utf-8")
+    elif config.exists():
+        try:
+            chat_template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{config} is not a JSON object ({err}): restore it, or delete it to use the course "
+                             "chat template") from None
+        source = config
+    if isinstance(chat_template, list):  # transformers' form for several named templates
+        chat_template = next((t.get("template") for t in chat_template if t.get("name") == "default"), None)
+    name = detect_template(chat_template)
+    if name is None:
+        raise ValueError(f"{source}: its chat_template is none of MiniMind's (the course's, MiniMind2's, "
+                         f"minimind-3's): pass MiniMindTokenizer.from_pretrained(..., template=NAME) with NAME one "
+                         f"of {', '.join(CHAT_TEMPLATES)}, or save the folder again with one of them")
+    return name
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400, min_frequency: int = 2,
+                    template: str = "minimind") -> MiniMindTokenizer:
+    """Byte-level BPE over texts (any iterator of strings): the template's added tokens (the course's 5, or
+    minimind-3's 36 at minimind-3's ids), the 256 byte symbols, then merges until vocab_size (or until no pair
+    occurs min_frequency times). The tokenizer renders chats in `template`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    if vocab_size < 256 + len(SPECIAL_TOKENS) + len(THINK_TOKENS):
+    if template not in TRAINABLE_TEMPLATES:
+        raise ValueError(f"train_tokenizer(template={template!r}): use one of {', '.join(TRAINABLE_TEMPLATES)} "
+                         "(MiniMind2's tokenizer loads as published: MiniMindTokenizer.from_pretrained(folder))")
+    added = _ADDED_TOKENS[template]
+    if vocab_size < 256 + len(added):
         raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least "
-                         f"{256 + len(SPECIAL_TOKENS) + len(THINK_TOKENS)} (256 bytes + special tokens)")
+                         f"{256 + len(added)} (256 bytes + {len(added)} added tokens of template {template!r})")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                  special_tokens=SPECIAL_TOKENS + THINK_TOKENS,
+                                  special_tokens=[t for t, _ in added],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    # <think> and </think> are added tokens but not special: decoding keeps them
+    # <think>, <tool_call> and the like are added tokens but not special: decoding keeps them
+    special = dict(added)
     state = json.loads(tok.to_str())
     for entry in state["added_tokens"]:
-        if entry["content"] in THINK_TOKENS:
-            entry["special"] = False
-    return MiniMindTokenizer(Tokenizer.from_str(json.dumps(state)))
+        entry["special"] = special[entry["content"]]
+    return MiniMindTokenizer(Tokenizer.from_str(json.dumps(state)), template=template)
 
 
 def bytes_per_token(tokenizer: MiniMindTokenizer, texts: Iterable[str]) -> float:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from . import minimind_format
+
 
 def _swiglu_width(hidden_size: int) -> int:
     # MiniMind (like Llama) takes 8/3 of the hidden size for SwiGLU, rounded up to a multiple of 64.
@@ -104,7 +106,11 @@ class MiniMindConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MiniMindConfig":
+    def from_dict(cls, d: dict, qk_norm: Optional[bool] = None) -> "MiniMindConfig":
+        """Ours, or one written by MiniMind's own code (either generation; qk_norm: whether its weights have
+        q_norm, which tells the generations apart surely)."""
+        if minimind_format.is_minimind_config(d):
+            return cls(**minimind_format.config_fields(d, qk_norm))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known - {"model_type", "architectures"})
         if unknown:
@@ -116,14 +122,14 @@ class MiniMindConfig:
         Path(path).write_text(json.dumps(d, indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "MiniMindConfig":
+    def load(cls, path: str | Path, qk_norm: Optional[bool] = None) -> "MiniMindConfig":
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: a MiniMind checkpoint folder holds config.json")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(json.loads(path.read_text()), qk_norm)
         except (ValueError, TypeError) as err:  # bad JSON, unknown fields, wrong types, impossible shapes
             raise ValueError(f"{path}: {err}; fix the file or save the checkpoint again") from None
 
@@ -141,10 +147,10 @@ PRESETS: dict[str, dict] = {
     "minimind2-moe": dict(hidden_size=640, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
                           use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2),
     # minimind-3 (2026, Qwen3-aligned), 63.9M: q/k-norm, 4 KV heads, SwiGLU width ceil(pi * hidden / 64) * 64
+    # (its MoE settings ride along, so that use_moe=True gives minimind-3-moe)
     "minimind-3": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                       intermediate_size=2432, rms_norm_eps=1e-6, qk_norm=True),
-    # minimind-3-moe, 198.4M (63.9M active): 4 routed experts, top-1, no shared expert
-    "minimind-3-moe": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                           intermediate_size=2432, rms_norm_eps=1e-6, qk_norm=True, use_moe=True,
-                           n_routed_experts=4, n_shared_experts=0, num_experts_per_tok=1, aux_loss_alpha=5e-4),
+                       intermediate_size=2432, rms_norm_eps=1e-6, qk_norm=True,
+                       n_routed_experts=4, n_shared_experts=0, num_experts_per_tok=1, aux_loss_alpha=5e-4),
 }
+# minimind-3-moe, 198.4M (63.9M active): 4 routed experts, top-1, no shared expert
+PRESETS["minimind-3-moe"] = dict(PRESETS["minimind-3"], use_moe=True)

@@ -1,7 +1,11 @@
-"""Export a dense checkpoint to one GGUF file (llama.cpp, ollama) as llama.cpp's `llama` architecture.
+"""Export a dense checkpoint to one GGUF file (llama.cpp, ollama), with the tokenizer as GPT-2 byte-level BPE
+and the chat template.
 
-llama.cpp's tensor names; q/k rows permuted per head from rotate_half pairs (i, i + d/2) to neighbours (2i, 2i+1);
-the tokenizer as GPT-2 byte-level BPE with the chat template. MoE: `minimind export hf`, then convert_hf_to_gguf.py.
+MiniMind2 generation (no q/k-norm) -> llama.cpp's `llama`: its RoPE turns neighbour channels (2i, 2i+1), ours
+rotate_half pairs (i, i + d/2), so q/k rows are permuted per head.
+minimind-3 generation (q/k-norm) -> llama.cpp's `qwen3`, as convert_hf_to_gguf.py writes a Qwen3ForCausalLM: NEOX
+RoPE is our rotate_half (no permutation), plus blk.N.attn_q_norm / attn_k_norm and attention.key_length = head_dim.
+MoE checkpoints are refused (see `moe_refusal`).
 """
 from __future__ import annotations
 
@@ -18,12 +22,36 @@ def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def gguf_arch(config) -> str:
+    """llama.cpp architecture of a dense config: `qwen3` for minimind-3 (q/k-norm), `llama` for MiniMind2."""
+    return "qwen3" if config.qk_norm else "llama"
+
+
+def moe_refusal(config) -> str:
+    """Why an MoE checkpoint gets no GGUF here, and the route that exists if one does (checked against llama.cpp's
+    src/models/qwen2moe.cpp and qwen3moe.cpp, and its converter's Qwen2MoeModel / Qwen3MoeModel)."""
+    msg = "GGUF export covers dense models; MoE GGUF export is not supported yet"
+    if config.qk_norm:  # `export hf` writes Qwen3MoeForCausalLM, which the converter turns into qwen3moe
+        arch, hf = "qwen3moe", "Qwen3MoeForCausalLM"
+        gaps = ["it has no shared expert"] if config.n_shared_experts else []
+        if not config.norm_topk_prob:
+            gaps.append("it always renormalises the top-k expert weights, this model does not (norm_topk_prob)")
+    else:  # `export hf` writes Qwen2MoeForCausalLM with a zero shared-expert gate (sigmoid(0) * 2 == 1)
+        arch, hf = "qwen2moe", "Qwen2MoeForCausalLM"
+        gaps = ["its shared-expert gate is computed as silu(x) / x, NaN at the zero gate `minimind export hf` writes"]
+        if config.norm_topk_prob:
+            gaps.append("it never renormalises the top-k expert weights, this model does (norm_topk_prob)")
+    if gaps:
+        return f"{msg}, and llama.cpp's {arch} would not compute this model: {'; '.join(gaps)}"
+    return (f"{msg}: run `minimind export hf` (it writes {hf}) and convert that folder with llama.cpp's "
+            f"convert_hf_to_gguf.py, which writes it as `{arch}`")
+
+
 def gguf_tensors(model, dtype: str = "f32") -> dict[str, np.ndarray]:
     """{llama.cpp name: numpy array} for a dense MiniMind model (norms stay float32)."""
     config = model.config
     if config.use_moe:
-        raise ValueError("GGUF export covers dense models; for an MoE checkpoint run `minimind export hf` and "
-                         "convert the folder with llama.cpp's convert_hf_to_gguf.py (Qwen2-MoE)")
+        raise ValueError(moe_refusal(config))
     if dtype not in ("f32", "f16"):
         raise ValueError(f"dtype {dtype!r}: use f32 or f16")
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
@@ -42,10 +70,14 @@ def gguf_tensors(model, dtype: str = "f32") -> dict[str, np.ndarray]:
         p, b = f"model.layers.{i}.", f"blk.{i}."
         out[b + "attn_norm.weight"] = state[p + "input_layernorm.weight"].astype(np.float32)
         out[b + "ffn_norm.weight"] = state[p + "post_attention_layernorm.weight"].astype(np.float32)
-        out[b + "attn_q.weight"] = mat(permute_rope_rows(state[p + "self_attn.q_proj.weight"],
-                                                         config.num_attention_heads))
-        out[b + "attn_k.weight"] = mat(permute_rope_rows(state[p + "self_attn.k_proj.weight"],
-                                                         config.num_key_value_heads))
+        q, k = state[p + "self_attn.q_proj.weight"], state[p + "self_attn.k_proj.weight"]  # (heads * hd, C)
+        if config.qk_norm:  # qwen3: NEOX RoPE pairs (i, i + d/2) like our rotate_half, rows stay as they are
+            out[b + "attn_q_norm.weight"] = state[p + "self_attn.q_norm.weight"].astype(np.float32)  # (hd,)
+            out[b + "attn_k_norm.weight"] = state[p + "self_attn.k_norm.weight"].astype(np.float32)
+        else:  # llama: "normal" RoPE turns neighbours (2i, 2i+1)
+            q = permute_rope_rows(q, config.num_attention_heads)
+            k = permute_rope_rows(k, config.num_key_value_heads)
+        out[b + "attn_q.weight"], out[b + "attn_k.weight"] = mat(q), mat(k)
         out[b + "attn_v.weight"] = mat(state[p + "self_attn.v_proj.weight"])
         for ours, theirs in names.items():
             out[b + theirs + ".weight"] = mat(state[p + ours + ".weight"])
@@ -110,7 +142,7 @@ def export_gguf(model, out_file, tokenizer=None, dtype: str = "f32", name: Optio
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), gguf_arch(config))  # metadata keys below go under `{arch}.`
     writer.add_name(name or "MiniMind")
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     writer.add_vocab_size(config.vocab_size)
@@ -120,6 +152,10 @@ def export_gguf(model, out_file, tokenizer=None, dtype: str = "f32", name: Optio
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
+    if config.qk_norm or config.head_dim != config.hidden_size // config.num_attention_heads:
+        # llama.cpp takes head size = hidden / heads unless told (and refuses a llama whose rope dims differ)
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_rope_dimension_count(config.head_dim)
