@@ -58,9 +58,11 @@ print(f"{'minimind':18s} {minimind.__version__}")
 
 # %% [markdown]
 # ## The presets
-# Four model sizes share one implementation. Their parameter counts are computed here, from the code,
-# and match MiniMind2's published sizes: 25.8M, 104.0M and 145.0M. (Building on the `meta` device
-# allocates no memory, so even the large presets count instantly.)
+# Six model sizes share one implementation: the course's `tiny`, MiniMind2's three and the two of
+# minimind-3, MiniMind's 2026 generation (q/k-norm, as Qwen3; chapter 05 compares them). Their parameter
+# counts are computed here, from the code, and match MiniMind's published sizes: 25.8M, 104.0M and
+# 145.0M for MiniMind2, 63.9M and 198.4M for minimind-3. (Building on the `meta` device allocates no
+# memory, so even the large presets count instantly.)
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -72,7 +74,8 @@ for name in PRESETS:
         counts[name] = MiniMindForCausalLM(cfg).num_parameters()
     print(f"{name:16s} {counts[name] / 1e6:8.1f}M {cfg.hidden_size:6d} {cfg.num_hidden_layers:6d} "
           f"{cfg.num_attention_heads:5d} {cfg.num_key_value_heads:3d} {cfg.intermediate_size:5d}"
-          + ("  MoE 1+4, top-2" if cfg.use_moe else ""))
+          + (f"  MoE {cfg.n_shared_experts}+{cfg.n_routed_experts}, top-{cfg.num_experts_per_tok}"
+             if cfg.use_moe else "") + ("  q/k-norm" if cfg.qk_norm else ""))
 
 # %% [markdown]
 # ## What a chapter costs here

@@ -19,11 +19,12 @@
 # Chapters 03 and 04 built attention and rotary positions. This chapter adds the remaining pieces and
 # assembles MiniMind: **RMSNorm**, the **SwiGLU** feed-forward, the **pre-norm decoder block**, and the
 # whole `MiniMindForCausalLM`. Then we count where its parameters live, run a first forward pass, and
-# prove that it *is* a Llama: exported to transformers, `LlamaForCausalLM` computes the same logits.
+# prove that it *is* a Llama: exported to transformers, `LlamaForCausalLM` computes the same logits. Last,
+# MiniMind's 2026 generation, minimind-3, side by side with MiniMind2: what q/k-norm changes, measured.
 # The model is untrained throughout; what it generates is gibberish, and that is the point.
 
 # %% tags=["parameters"]
-preset = "tiny"        # tiny | minimind2-small | minimind2 | minimind2-moe
+preset = "tiny"        # tiny | minimind2-small | minimind2 | minimind2-moe | minimind-3 | minimind-3-moe
 data = "course"        # course (generated, offline) | minimind (MiniMind's published datasets)
 device = "auto"        # auto | cpu | cuda | mps
 out_dir = None         # where this run writes; None means runs/<preset>
@@ -39,7 +40,8 @@ import torch.nn.functional as F
 
 from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
 from minimind.course import record, runs_dir
-from minimind.course.anatomy import COMPONENTS, parameter_breakdown, plot_parameter_breakdown, scaled_config
+from minimind.course.anatomy import (COMPONENTS, attention_logit_growth, generation_table, parameter_breakdown,
+                                    plot_parameter_breakdown, scaled_config)
 from minimind.model.layers import FeedForward, RMSNorm
 from minimind.model.rope import rope_cos_sin
 from minimind.train.runtime import pick_device
@@ -181,18 +183,18 @@ print("lm_head is the embedding matrix:", model.lm_head.weight is model.model.em
 #
 # `minimind.course.anatomy.parameter_breakdown` does not use these formulas: it builds the model on PyTorch's
 # `meta` device (shapes only, no memory, so even the 145M preset costs nothing) and adds up the
-# parameters by name. The unit tests check that both agree; here are the four presets.
+# parameters by name. The unit tests check that both agree; here are the presets.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 breakdowns = {name: parameter_breakdown(MiniMindConfig.from_preset(name)) for name in PRESETS}
 parts = [c for c in COMPONENTS if any(c in b for b in breakdowns.values())]
-print(f"{'':15s}" + "".join(f"{name:>21s}" for name in PRESETS))
+print(f"{'':15s}" + "".join(f"{name:>18s}" for name in PRESETS))
 for part in parts + ["total"]:
     row = ""
     for b in breakdowns.values():
         n, total = (sum(b.values()) if part == "total" else b.get(part, 0)), sum(b.values())
-        row += f"{n:>14,d} ({100 * n / total:3.0f}%)" if n else f"{'-':>21s}"
+        row += f"{n:>12,d} ({100 * n / total:2.0f}%)" if n else f"{'-':>18s}"
     print(f"{part:15s}{row}")
 with torch.device("meta"):
     print("sums equal num_parameters():",
@@ -230,6 +232,60 @@ widgets.interact(explore, base=list(PRESETS),
                  vocab_size=widgets.Dropdown(options=[6400, 32000, 151936], value=6400));
 
 # %% [markdown]
+# ## Two generations: MiniMind2 and minimind-3
+# In 2026 MiniMind released **minimind-3**, aligned with Qwen3. The block is the same; what changed:
+# - **q/k-norm**: an RMSNorm over each head's query and each head's key, just before RoPE
+#   (`self_attn.q_norm`, `self_attn.k_norm`, one weight per head channel);
+# - the head width is a field of its own (`head_dim`), and 4 KV heads instead of 2;
+# - a wider SwiGLU, $\lceil \pi d / 64 \rceil \cdot 64$ instead of $\tfrac{8}{3} d$, and RMSNorm's
+#   $\epsilon$ 1e-6 instead of 1e-5;
+# - the MoE model routes each token to **one** of 4 experts, with no shared expert.
+#
+# The same `MiniMindForCausalLM` builds both (`qk_norm=True` in the config). Side by side:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+generations = generation_table(["minimind2-small", "minimind2", "minimind-3", "minimind2-moe", "minimind-3-moe"])
+print(f"{'preset':16s} {'params':>8s} {'active':>8s} {'d':>4s} {'L':>2s} {'heads':>8s} {'ffn/d':>5s} "
+      f"{'q/k-norm':>8s} {'KV KiB/tok':>10s}  MoE")
+for g in generations:
+    print(f"{g['preset']:16s} {g['params'] / 1e6:7.1f}M {g['active'] / 1e6:7.1f}M {g['hidden']:4d} {g['layers']:2d} "
+          f"{g['heads']:>2d}/{g['kv_heads']}x{g['head_dim']:<3d} {g['ffn'] / g['hidden']:5.2f} "
+          f"{'yes' if g['qk_norm'] else 'no':>8s} {g['kv_bytes_per_token'] / 1024:10.1f}  {g['moe']}")
+
+# %% [markdown]
+# minimind-3 spends its budget on width: 768 wide and 8 deep (MiniMind2's 104M model was 16 deep), a
+# wider MLP, and twice the KV heads, so each token's KV cache (bf16, every layer) costs three times
+# MiniMind2-small's. Its MoE model holds three times the parameters of the dense one and uses the same
+# number per token: top-1 of 4 experts each as wide as the dense MLP.
+#
+# **What q/k-norm buys.** An attention logit is $q \cdot k / \sqrt{d_h}$. Without the norm, both $q$
+# and $k$ grow with their projection weights, so the logits grow with the *square* of the weights' scale;
+# as training grows the weights, the softmax can saturate on one token and its gradients vanish (the
+# "attention logit growth" that destabilises large runs). With the norm, every head's $q$ and $k$ have
+# root-mean-square 1 whatever the weights do; the logits' scale is left to the two small `q_norm`/`k_norm`
+# weight vectors. Measured on one attention layer of minimind-3's shape, its `q_proj` and `k_proj` scaled
+# up by $s$:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+scales = [1, 2, 4, 8, 16]
+growth = {qk: attention_logit_growth(MiniMindConfig.from_preset("minimind-3", qk_norm=qk), scales)
+          for qk in (False, True)}
+print(f"{'scale s':>8s} {'max logit':>18s} {'attention entropy':>22s}   (uniform over 64 tokens: "
+      f"{math.log(64):.2f} nats at most)")
+print(f"{'':8s} {'plain':>8s} {'q/k-norm':>9s} {'plain':>10s} {'q/k-norm':>11s}")
+for i, s in enumerate(scales):
+    print(f"{s:8d} {growth[False]['max_logit'][i]:8.1f} {growth[True]['max_logit'][i]:9.1f} "
+          f"{growth[False]['entropy'][i]:10.2f} {growth[True]['entropy'][i]:11.2f}")
+growth_ratio = growth[False]["max_logit"][-1] / growth[False]["max_logit"][0]
+print(f"plain: 16x the weights gave {growth_ratio:.0f}x the logits (16^2 = 256); q/k-norm: "
+      f"{growth[True]['max_logit'][-1] / growth[True]['max_logit'][0]:.2f}x")
+
+# %% [markdown]
+# Without the norm, attention collapses to almost one token per query as the weights grow (entropy near
+# 0); with it, nothing moves. The price is $2 d_h$ parameters per layer and two small norms per step.
+#
 # ## A first forward pass
 # Random token ids in, logits out: one score per vocabulary entry at each position. With `labels`, the
 # model also returns the next-token cross-entropy (labels are shifted inside, as in transformers).
@@ -286,6 +342,26 @@ print(f"max |logit difference| = {diff:.1e}")
 del hf
 
 # %% [markdown]
+# minimind-3 is a Qwen3, exactly: its export is a `Qwen3ForCausalLM` (and minimind-3-moe a
+# `Qwen3MoeForCausalLM`), whose attention has the same q/k-norm. Checked here on its real shapes with two
+# layers, to stay quick:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+mm3 = MiniMindForCausalLM(MiniMindConfig.from_preset("minimind-3", num_hidden_layers=2)).eval()
+with tempfile.TemporaryDirectory() as tmp:
+    export_hf(mm3, tmp)
+    hf3 = transformers.AutoModelForCausalLM.from_pretrained(tmp).eval()
+with torch.no_grad():
+    ids3 = ids[:, :32].cpu()
+    diff3 = (hf3(ids3).logits - mm3(ids3).logits).abs().max().item()
+hf3_class = type(hf3).__name__
+print("transformers class:", hf3_class)
+print("max |logit difference| < 1e-4:", diff3 < 1e-4)
+del hf3, mm3
+
+# %% [markdown]
 # ## Saving and loading
 # A MiniMind checkpoint is a folder: `config.json` (every shape, so nobody has to remember the preset)
 # and `model.safetensors` (the tied matrix stored once). Loading it back gives bit-identical logits.
@@ -326,4 +402,6 @@ total = sum(breakdowns[preset].values())
 record(run_dir, "05_model", params=total, params_embedding_share=round(breakdowns[preset]["embedding"] / total, 3),
        loss_at_init=round(out.loss.item(), 3), ln_vocab=round(math.log(cfg.vocab_size), 3),
        hf_class=hf_class,
-       max_logit_diff_vs_transformers=float(f"{diff:.2e}"))
+       max_logit_diff_vs_transformers=float(f"{diff:.2e}"),
+       minimind3_hf_class=hf3_class, minimind3_max_logit_diff=float(f"{diff3:.2e}"),
+       qk_norm_logit_growth_plain=round(growth_ratio, 1))

@@ -38,6 +38,7 @@ ppl_docs = 64          # held-out documents scored for perplexity
 max_new_tokens = 32    # per exact-match answer
 trained_len = 256      # the window length chapter 07 pretrained on (SEQ_LEN["pretrain"])
 n_requests = 5         # requests timed against the server
+published = ""         # also measure a MiniMind checkpoint: a hub id (jingyaogong/minimind-3) or a folder
 
 # %%
 import contextlib
@@ -57,7 +58,7 @@ from minimind.model import load_checkpoint
 from minimind.train.runtime import pick_device
 from minimind.use.chat import ChatSession, chat_widget
 from minimind.use.eval import (evaluate_checkpoints, find_checkpoints, load_multiple_choice, load_short_answers,
-                               markdown_table, read_documents, score_question, yarn_length_curve)
+                               markdown_table, perplexity, read_documents, score_question, yarn_length_curve)
 from minimind.use.serve import running_server
 
 run_dir = runs_dir(preset, out_dir)
@@ -361,6 +362,38 @@ print(f"{gguf_file.name}: {gguf_file.stat().st_size / 1e6:.1f} MB; vocabulary of
 # With llama.cpp installed, `llama-cli -m minimind-sft.gguf -cnv` chats with this file, and
 # `ollama create minimind -f Modelfile` (a Modelfile saying `FROM ./minimind-sft.gguf`) serves it.
 #
+# ## A checkpoint MiniMind published
+# The same yardsticks and the same chat work on MiniMind's own models. Set `published` in the parameters
+# to a hub id (`jingyaogong/minimind-3`, `jingyaogong/MiniMind2-Small`: downloaded once into the
+# Hugging Face cache) or to a folder: one downloaded by hand, one written by MiniMind's code, or one made
+# from its `.pth` with `minimind import full_sft_768.pth --out DIR --tokenizer MINIMIND/model`.
+# `load_checkpoint` maps MiniMind's config keys onto ours and brings its tokenizer with its chat template
+# (minimind-3's closes an empty `<think>` block unless thinking is asked for). Offline, the download fails
+# at once, saying what to fetch by hand, and the chapter goes on without it. MiniMind's models learned
+# mostly Chinese text, not this course's world, so their perplexity here is high; the chat shows them.
+
+# %%
+published_ppl = None
+if not published:
+    print("published is empty: set it to e.g. 'jingyaogong/minimind-3' to measure and chat with that model")
+else:
+    try:
+        mm_model, mm_tokenizer = load_checkpoint(published, device=dev)
+    except (FileNotFoundError, ValueError) as err:  # offline (a DownloadError), or not a MiniMind checkpoint
+        print(f"skipped {published}:\n{err}")
+    else:
+        c = mm_model.config
+        print(f"{published}: {mm_model.num_parameters() / 1e6:.1f}M parameters, {c.num_hidden_layers} layers, "
+              f"hidden {c.hidden_size}, q/k-norm {c.qk_norm}, chat template {mm_tokenizer.template!r}")
+        published_ppl = perplexity(mm_model, mm_tokenizer, held_out[:ppl_docs])["perplexity"]
+        print(f"perplexity on the course's held-out text: {published_ppl:.1f} "
+              f"(the course's pretrained model: {by_stage['pretrain']['perplexity']:.1f})")
+        mm_chat = ChatSession(mm_model, mm_tokenizer, temperature=0, max_new_tokens=96)
+        for q in ("你好，请介绍一下你自己。", question):
+            print("user:", q)
+            print("assistant:", mm_chat.ask(q))
+
+# %% [markdown]
 # ## What we measured
 
 # %%
@@ -371,4 +404,5 @@ record(run_dir, "13_eval_serve", stages=",".join(by_stage), **metrics,
        yarn_ppl_longest=round(curve["yarn"][-1], 3), rope_ppl_longest=round(curve["rope"][-1], 3),
        longest_len=lengths[-1], server_latency_ms=round(float(np.median(latencies)) * 1000),
        server_first_token_ms=round(first * 1000), server_tokens_per_s=round(server_tps, 1),
-       hf_logits_equal=bool(torch.allclose(ours, theirs, atol=1e-4)), eval_seconds=round(eval_seconds, 1))
+       hf_logits_equal=bool(torch.allclose(ours, theirs, atol=1e-4)), eval_seconds=round(eval_seconds, 1),
+       **({"published": published, "published_perplexity": round(published_ppl, 2)} if published_ppl else {}))

@@ -177,3 +177,24 @@ def test_hub_id_downloads_once_and_fails_offline_with_the_manual_route(tmp_path,
         MiniMindForCausalLM.from_pretrained("jingyaogong/minimind-3")
     with pytest.raises(FileNotFoundError, match="not found"):  # a relative path is never taken for a hub id
         MiniMindForCausalLM.from_pretrained(str(tmp_path / "no" / "such"))
+
+
+def test_load_checkpoint_brings_minimind3s_tokenizer_and_generates_as_minimind(tmp_path):
+    import shutil
+
+    from minimind.model import load_checkpoint
+    from minimind.use.chat import ChatSession
+    theirs = their_model("minimind-3", layers=1)
+    folder = write_folder(theirs, tmp_path / "minimind-3")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # as MiniMind publishes it: the tokenizer beside
+        shutil.copyfile(Path(__file__).parent / "fixtures" / "minimind_tokenizers" / "minimind3" / name, folder / name)
+    model, tok = load_checkpoint(folder)
+    assert tok.template == "minimind3"
+    prompt = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # thinking off, as MiniMind's default
+    ids = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        expected = theirs.generate(input_ids=ids, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    assert torch.equal(model.generate(ids, max_new_tokens=12), expected)  # greedy: MiniMind's own tokens
+    reply = ChatSession(model, tok, temperature=0, max_new_tokens=8).ask("你好")
+    assert isinstance(reply, str)

@@ -97,3 +97,21 @@ def test_toy_text_is_deterministic_ascii():
     text = toy_text(50, seed=1)
     assert text == toy_text(50, seed=1) and text != toy_text(50, seed=2)
     assert max(text.encode()) < 128 and "=" in text
+
+
+def test_qk_norm_keeps_attention_logits_from_growing_with_the_weights():
+    from minimind.course.anatomy import attention_logit_growth
+    config = small_config(qk_norm=True, rms_norm_eps=1e-9)
+    plain = attention_logit_growth(small_config(), [1, 4], seq_len=16)
+    normed = attention_logit_growth(config, [1, 4], seq_len=16)
+    assert plain["max_logit"][1] == pytest.approx(16 * plain["max_logit"][0], rel=1e-4)  # q and k both scale
+    assert normed["max_logit"][1] == pytest.approx(normed["max_logit"][0], rel=1e-4)  # RMSNorm undoes it
+    assert plain["entropy"][1] < plain["entropy"][0] and normed["entropy"][1] == pytest.approx(normed["entropy"][0])
+
+
+def test_generation_table_reads_the_presets():
+    from minimind.course.anatomy import generation_table
+    mm2, mm3, moe3 = generation_table(["minimind2-small", "minimind-3", "minimind-3-moe"])
+    assert (mm2["head_dim"], mm3["head_dim"], mm3["kv_heads"]) == (64, 96, 4)
+    assert mm3["kv_bytes_per_token"] == 2 * 8 * 4 * 96 * 2 and moe3["moe"] == "0+4, top-1"
+    assert moe3["params"] == 198_416_640 and moe3["active"] == mm3["params"] + 8 * 4 * 768  # plus the router

@@ -65,6 +65,53 @@ def scaled_config(preset: str, hidden_size: int, num_hidden_layers: int,
                                       vocab_size=vocab_size or base.vocab_size)
 
 
+def generation_table(presets) -> list[dict]:
+    """One row per preset: the shapes that differ between MiniMind2 and minimind-3, parameters (total and
+    active) and the KV cache a token costs in bf16."""
+    rows = []
+    for name in presets:
+        c = MiniMindConfig.from_preset(name)
+        with torch.device("meta"):
+            total = MiniMindForCausalLM(c).num_parameters()
+        rows.append(dict(preset=name, params=total, active=active_parameters(c), hidden=c.hidden_size,
+                         layers=c.num_hidden_layers, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                         head_dim=c.head_dim, ffn=c.moe_intermediate_size if c.use_moe else c.intermediate_size,
+                         qk_norm=c.qk_norm, eps=c.rms_norm_eps,
+                         kv_bytes_per_token=2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2,
+                         moe=(f"{c.n_shared_experts}+{c.n_routed_experts}, top-{c.num_experts_per_tok}"
+                              if c.use_moe else "-")))
+    return rows
+
+
+@torch.no_grad()
+def attention_logit_growth(config: MiniMindConfig, scales, seq_len: int = 64, seed: int = 0) -> dict:
+    """What q/k-norm does as weights grow: one attention layer of `config`, its q_proj and k_proj scaled by
+    each factor in `scales`; returns the largest |q.k| / sqrt(d) and the mean attention entropy (nats) at
+    each scale. Without q/k-norm the logits grow with the square of the scale and attention collapses onto
+    one token; with it they do not move (RMSNorm ignores the scale of its input)."""
+    from ..model.attention import Attention, repeat_kv
+    from ..model.layers import RMSNorm
+    from ..model.rope import inv_freq_for, rope_cos_sin
+    torch.manual_seed(seed)
+    attn = Attention(config)
+    x = RMSNorm(config.hidden_size)(torch.randn(1, seq_len, config.hidden_size))  # (1, T, hidden), as a block sees it
+    cos, sin = rope_cos_sin(inv_freq_for(config)[0], torch.arange(seq_len)[None])
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    q0, k0 = attn.q_proj.weight.clone(), attn.k_proj.weight.clone()
+    out = {"scale": list(scales), "max_logit": [], "entropy": []}
+    for s in scales:
+        attn.q_proj.weight.copy_(q0 * s)
+        attn.k_proj.weight.copy_(k0 * s)
+        q, k = attn.project_qk(x, cos, sin)  # (1, H, T, d), (1, KV, T, d)
+        k = repeat_kv(k, config.num_attention_heads // config.num_key_value_heads)
+        logits = (q @ k.transpose(-2, -1) / config.head_dim ** 0.5).masked_fill(~causal, float("-inf"))
+        p = logits.softmax(-1)                                       # (1, H, T, T)
+        entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()     # mean over heads and queries
+        out["max_logit"].append(logits[..., causal].abs().max().item())
+        out["entropy"].append(entropy.item())
+    return out
+
+
 def plot_parameter_breakdown(breakdowns: dict[str, dict[str, int]], axes=None):
     """Stacked bars, one per model: millions of parameters (left) and each component's share (right)."""
     import matplotlib.pyplot as plt
