@@ -295,7 +295,8 @@ def _add_tokenizer(sub):
 def _add_chat(sub):
     p = sub.add_parser("chat", help="chat with a checkpoint in the terminal (streaming, multi-turn; /reset, "
                                     "/think, /exit)")
-    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base)")
+    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base), or a hub id such "
+                                "as jingyaogong/minimind-3")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default: 256)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default: 0.7)")
@@ -322,7 +323,8 @@ def _add_chat(sub):
 def _add_serve(sub):
     p = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions, /v1/completions, "
                                      "/v1/models, /health) with a web chat page at /")
-    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base)")
+    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base), or a hub id such "
+                                "as jingyaogong/minimind-3")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8998, help="port (default: 8998; 0 picks a free one)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: the "
@@ -344,7 +346,8 @@ def _add_serve(sub):
 def _add_eval(sub):
     p = sub.add_parser("eval", help="perplexity / bits per byte, multiple-choice accuracy (C-Eval, CMMLU, MMLU, "
                                     "ARC, the course's eval.jsonl), exact-match accuracy")
-    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base)")
+    p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base), or a hub id such "
+                                "as jingyaogong/minimind-3")
     p.add_argument("--ppl", nargs="+", default=[], metavar="FILE",
                    help="perplexity and bits per byte of text files (.txt, or .jsonl of {\"text\"})")
     p.add_argument("--mc", nargs="+", default=[], metavar="FILE",
