@@ -4,9 +4,10 @@ import json
 import math
 
 import pytest
+import torch
 from course_helpers import course
 
-from minimind.train import STAGES, read_metrics, train_stage
+from minimind.train import STAGES, build_model, load_tokenizer, read_metrics, train_stage
 
 COMMON = dict(max_steps=1, batch_size=2, seq_len=64, device="cpu", progress=False, log_every=1, seed=0)
 OPTIONS = {"lora": dict(lora_rank=4), "grpo": dict(group_size=2, max_new_tokens=6),
@@ -62,3 +63,32 @@ def test_compiled_first_steps_match_eager(stage, tmp_path, teacher):
     eager = losses(stage, tmp_path / "eager", teacher, max_steps=2)
     compiled = losses(stage, tmp_path / "compiled", teacher, max_steps=2, compile=True)
     assert compiled == pytest.approx(eager, rel=1e-4)  # the start and the step after it
+
+
+# minimind-3's architecture at the tiny size: q/k-norm, and its MoE (top-1 of 4, no shared expert)
+MINIMIND3_TINY = dict(qk_norm=True, rms_norm_eps=1e-6, use_moe=True, n_routed_experts=4, n_shared_experts=0,
+                      num_experts_per_tok=1, aux_loss_alpha=5e-4)
+
+
+def minimind3_losses(out, **extra):
+    paths = course()
+    tok = load_tokenizer(paths["tokenizer"])
+    torch.manual_seed(0)
+    model = build_model("tiny", tok, **MINIMIND3_TINY)
+    train_stage("pretrain", out, data=paths["pretrain"], tokenizer=paths["tokenizer"], model=model,
+                **{**COMMON, "max_steps": 2, **extra})
+    return [r["loss"] for r in read_metrics(out)]
+
+
+def test_minimind3_architecture_trains_in_bf16(tmp_path):
+    full = minimind3_losses(tmp_path / "fp32", dtype="float32")
+    half = minimind3_losses(tmp_path / "bf16", dtype="bfloat16")
+    assert all(math.isfinite(v) for v in full + half)
+    assert half == pytest.approx(full, rel=0.03, abs=0.03)
+
+
+@pytest.mark.slow
+def test_minimind3_architecture_compiles(tmp_path):
+    eager = minimind3_losses(tmp_path / "eager")
+    compiled = minimind3_losses(tmp_path / "compiled", compile=True)
+    assert compiled == pytest.approx(eager, rel=1e-4)
