@@ -1,6 +1,8 @@
 """GGUF export: read back with gguf.GGUFReader (metadata, tokenizer, tensors, shapes), and a numpy forward
 pass in llama.cpp's conventions that must give our logits: `llama` (neighbour-pair RoPE) for MiniMind2 and
-`qwen3` (per-head q/k RMSNorm, then NEOX RoPE) for minimind-3."""
+`qwen3` (per-head q/k RMSNorm, then NEOX RoPE) for minimind-3; for MoE, `bailingmoe` (MiniMind2-MoE), `qwen3moe`
+(minimind-3-moe) and `glm4moe` (other q/k-norm MoE models), with build_moe_ffn's routing. With llama-cpp-python
+installed, the files also run in llama.cpp itself."""
 
 import copy
 
@@ -110,16 +112,58 @@ def _rope_neox(x, pos, theta):
     return np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
 
 
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _swiglu(h, gate, up, down):
+    g = h @ gate.T
+    return ((g / (1 + np.exp(-g))) * (h @ up.T)) @ down.T
+
+
+def _moe(h, t, b, f, arch):
+    """llama.cpp's build_moe_ffn (src/llama-graph.cpp) as qwen3moe, bailingmoe and glm4moe call it: softmax over the
+    router logits; top-k chosen on probs + exp_probs_b (glm4moe's selection bias) but weighted by the probs;
+    renormalised (qwen3moe: always; the others: expert_weights_norm) by a sum clamped at 2^-14; scaled when
+    expert_weights_scale is neither 0 nor 1; then the ungated shared expert (not in qwen3moe) is added."""
+    gating = f.get(f"{arch}.expert_gating_func", 1)  # qwen3moe and bailingmoe hard-code softmax (1)
+    assert gating == 1, "only softmax gating is modelled here"
+    probs = _softmax(h @ t[b + "ffn_gate_inp.weight"].T)  # (T, n_expert)
+    choose = probs + t.get(b + "exp_probs_b.bias", 0.0)
+    top = np.argsort(-choose, axis=-1, kind="stable")[:, :f[f"{arch}.expert_used_count"]]  # (T, k)
+    w = np.take_along_axis(probs, top, axis=-1)
+    if arch == "qwen3moe" or f.get(f"{arch}.expert_weights_norm", False):
+        w = w / np.maximum(w.sum(-1, keepdims=True), 6.103515625e-5)
+    scale = f.get(f"{arch}.expert_weights_scale", 0.0)
+    if scale not in (0.0, 1.0):
+        w = w * scale
+    gate, up, down = (t[f"{b}ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))  # (n_expert, out, in)
+    out = np.zeros_like(h)
+    for tok in range(len(h)):
+        for e, we in zip(top[tok], w[tok]):
+            out[tok] += we * _swiglu(h[tok:tok + 1], gate[e], up[e], down[e])[0]
+    if arch != "qwen3moe":  # bailingmoe, glm4moe: build_ffn over the shared expert, no gate
+        out += _swiglu(h, *(t[f"{b}ffn_{n}_shexp.weight"] for n in ("gate", "up", "down")))
+    return out
+
+
+ARCHS = ("llama", "qwen3", "bailingmoe", "qwen3moe", "glm4moe")
+
+
 def gguf_forward(path, ids):
-    """A llama or qwen3 forward pass from the GGUF file alone, written the way llama.cpp computes it."""
+    """A forward pass from the GGUF file alone, written the way llama.cpp's graph for its architecture computes it
+    (src/models/{llama,qwen3,bailingmoe,qwen3moe,glm4-moe}.cpp)."""
     reader = gguf.GGUFReader(str(path))
     f, t = fields(reader), {k: v.astype(np.float64) for k, v in tensors(reader).items()}
     arch = f["general.architecture"]
-    assert arch in ("llama", "qwen3")
+    assert arch in ARCHS
     nh, nkv = f[f"{arch}.attention.head_count"], f[f"{arch}.attention.head_count_kv"]
     hd = f.get(f"{arch}.attention.key_length", f[f"{arch}.embedding_length"] // nh)  # llama.cpp's default
     eps, theta = f[f"{arch}.attention.layer_norm_rms_epsilon"], f[f"{arch}.rope.freq_base"]
-    rope = _rope_neox if arch == "qwen3" else _rope_neighbours
+    rope = _rope_neighbours if arch in ("llama", "bailingmoe") else _rope_neox  # llama_model_rope_type
+    qk_norm = arch in ("qwen3", "qwen3moe", "glm4moe")
+    moe = f.get(f"{arch}.expert_count", 0) > 0
 
     def rms(x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
@@ -133,17 +177,17 @@ def gguf_forward(path, ids):
         q = (h @ t[b + "attn_q.weight"].T).reshape(T, nh, hd)
         k = (h @ t[b + "attn_k.weight"].T).reshape(T, nkv, hd)
         v = (h @ t[b + "attn_v.weight"].T).reshape(T, nkv, hd)
-        if arch == "qwen3":  # RMSNorm over each head's hd channels, one (hd,) weight for all heads
+        if qk_norm:  # RMSNorm over each head's hd channels, one (hd,) weight for all heads
             q, k = rms(q, t[b + "attn_q_norm.weight"]), rms(k, t[b + "attn_k_norm.weight"])
         q, k = rope(q, pos, theta), rope(k, pos, theta)
         k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
-        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
-        p = np.exp(s - s.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
+        p = _softmax(np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask)
         x = x + np.einsum("hqk,khd->qhd", p, v).reshape(T, -1) @ t[b + "attn_output.weight"].T
-        h = rms(x, t[b + "ffn_norm.weight"])
-        g = h @ t[b + "ffn_gate.weight"].T
-        x = x + ((g / (1 + np.exp(-g))) * (h @ t[b + "ffn_up.weight"].T)) @ t[b + "ffn_down.weight"].T
+        h = rms(x, t[b + ("post_attention_norm" if arch == "glm4moe" else "ffn_norm") + ".weight"])
+        if moe:
+            x = x + _moe(h, t, b, f, arch)
+        else:
+            x = x + _swiglu(h, t[b + "ffn_gate.weight"], t[b + "ffn_up.weight"], t[b + "ffn_down.weight"])
     x = rms(x, t["output_norm.weight"])
     return x @ t.get("output.weight", t["token_embd.weight"]).T
 
@@ -185,10 +229,9 @@ def test_lora_run_merged_and_errors(ckpt, tmp_path):
     t = tensors(gguf.GGUFReader(str(out)))
     np.testing.assert_allclose(t["blk.0.ffn_up.weight"], model.model.layers[0].mlp.up_proj.weight.detach().numpy(),
                                atol=1e-6)
-    moe = make_checkpoint(tmp_path / "moe", use_moe=True)
-    with pytest.raises(ValueError, match="dense models.*not supported.*qwen2moe would not.*NaN.*never renormalises"):
-        export_gguf(moe, tmp_path / "moe.gguf")
-    assert not (tmp_path / "moe.gguf").exists() and not list(tmp_path.glob(".moe.gguf*"))
+    with pytest.raises(ValueError, match="dtype 'q8'"):
+        export_gguf(ckpt, tmp_path / "q8.gguf", dtype="q8")
+    assert not (tmp_path / "q8.gguf").exists() and not list(tmp_path.glob(".q8.gguf*"))
 
 
 # -- minimind-3: llama.cpp's qwen3 ------------------------------------------------------------------------
@@ -289,18 +332,3 @@ def test_minimind3_preset_shapes(tok, tmp_path):
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0].double().numpy()
     np.testing.assert_allclose(gguf_forward(out, ids), ours, atol=1e-5, rtol=1e-5)
-
-
-def test_qwen3_moe_refused(tmp_path, tok):
-    m3moe = random_model(small_config(qk_norm=True, use_moe=True, n_routed_experts=4, n_shared_experts=0,
-                                      num_experts_per_tok=1, vocab_size=tok.vocab_size))
-    with pytest.raises(ValueError, match="not supported yet.*export hf.*Qwen3MoeForCausalLM.*qwen3moe"):
-        export_gguf(m3moe, tmp_path / "moe.gguf", tokenizer=tok)
-    shared = random_model(small_config(qk_norm=True, use_moe=True, n_routed_experts=4, n_shared_experts=1,
-                                       num_experts_per_tok=2, vocab_size=tok.vocab_size))
-    with pytest.raises(ValueError, match="not supported yet.*qwen3moe would not.*no shared expert"):
-        export_gguf(shared, tmp_path / "moe.gguf", tokenizer=tok)
-    with pytest.raises(ValueError, match="always renormalises"):
-        export_gguf(random_model(small_config(qk_norm=True, use_moe=True, n_shared_experts=0, norm_topk_prob=False,
-                                              vocab_size=tok.vocab_size)), tmp_path / "moe.gguf", tokenizer=tok)
-    assert not list(tmp_path.iterdir())

@@ -197,6 +197,9 @@ def test_row3_a_huge_conversation_is_cut_before_it_is_tokenized(tmp_path):
         def encode_batch(self, texts, **kw):
             seen.extend(len(t) for t in texts)
             return self.inner.encode_batch(texts, **kw)
+
+        def __getattr__(self, name):  # everything else, as the real one
+            return getattr(self.inner, name)
     tok.tokenizer = Spy(tok.tokenizer)
     huge = {"conversations": [{"role": "user", "content": "tell me"},
                               {"role": "assistant", "content": "bread and honey " * 1_000_000}]}  # 16 MB

@@ -326,7 +326,7 @@ def test_sft_dataset_renders_in_the_tokenizers_own_template(fixtures, generation
     tok = fixtures[generation]
     chat = [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"}]
     data = SFTDataset([{"conversations": chat}], tok, max_len=64)
-    ids, labels = data.samples[0]
+    ids, labels = data[0]["input_ids"].tolist(), data[0]["labels"].tolist()
     assert tok.decode(ids) == render_chat(chat, template=generation)  # MiniMind's format, as MiniMind trains it
     learned = tok.decode([t for t in labels if t != IGNORE_INDEX])
     assert learned == ("<think>\n\n</think>\n\n2<|im_end|>" if generation == "minimind3" else "2<|im_end|>")

@@ -6,6 +6,7 @@ Chat data (SFT, DPO): labels = ids on the assistant's tokens, -100 elsewhere. RL
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from .files import atomic_path, cache_dir, content_key
+from .token_table import build_table, token_dtype
 from .tokenizer import IGNORE_INDEX, ROLES, render_chat, render_chat_spans
 
 KINDS = ("pretrain", "sft", "dpo", "rl", "eval")
@@ -129,9 +131,10 @@ def validate_record(record, kind: str) -> Optional[str]:
 
 
 def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[list] = None,
-               limit: Optional[int] = None) -> Iterator[dict]:
+               limit: Optional[int] = None, on_bytes=None) -> Iterator[dict]:
     """Validated records of a JSONL file, streamed; kind: pretrain, sft, dpo, rl, eval or auto (from the first line).
-    A bad line raises DataError "file:line: problem; fix: ..."; with skip_bad it goes to `bad` as (line, problem)."""
+    A bad line raises DataError "file:line: problem; fix: ..."; with skip_bad it goes to `bad` as (line, problem).
+    on_bytes(n) is called with each line's size (a progress bar's update)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
@@ -147,6 +150,8 @@ def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[l
         for lineno, raw in enumerate(fh, 1):
             if limit is not None and n >= limit:
                 return
+            if on_bytes is not None:
+                on_bytes(len(raw))
             problem = fix = None
             try:
                 line = raw.decode("utf-8")
@@ -366,39 +371,105 @@ def template_of(tokenizer) -> str:
     return getattr(tokenizer, "template", "minimind")
 
 
+def span_mask(starts: np.ndarray, spans) -> np.ndarray:
+    """True for the tokens (given by their first character, (n,)) that start inside one of the sorted,
+    disjoint character spans [(start, end), ...]: an odd count of span bounds at or before a token's start."""
+    bounds = np.asarray(spans, dtype=np.int64).reshape(-1)  # (2 * spans,) s0 e0 s1 e1 ...
+    return np.searchsorted(bounds, starts, side="right") % 2 == 1
+
+
 def _mask(ids, offsets, spans) -> list[int]:
-    labels, k = [], 0
-    for tok, (start, _) in zip(ids, offsets):
-        while k < len(spans) and start >= spans[k][1]:
-            k += 1
-        inside = k < len(spans) and spans[k][0] <= start < spans[k][1]
-        labels.append(tok if inside else IGNORE_INDEX)
-    return labels
-
-
-def _records(source, kind: str, skip_bad: bool):
-    return source if isinstance(source, list) else read_jsonl(source, kind, skip_bad=skip_bad)
+    inside = span_mask(np.fromiter((s for s, _ in offsets), np.int64, len(offsets)), spans)
+    return [tok if keep else IGNORE_INDEX for tok, keep in zip(ids, inside)]
 
 
 # no token of a byte-level BPE is this many characters long: text past max_len * CHARS_PER_TOKEN characters
 # cannot be within the first max_len tokens, and is cut before tokenizing (one 50 MB line stays cheap)
 CHARS_PER_TOKEN = 64
+CHUNK_RECORDS = 1024  # records tokenized per encode_batch call (the Rust tokenizer spreads a batch over cores)
+PROGRESS_BYTES = 32 << 20  # files at least this big show a progress bar (MB, MB/s, ETA) while tokenized
 
 
 def _encode_chats(tokenizer, conversations: list[list[dict]], max_len: int):
-    """Tokenize conversations in one batch; truncate to max_len; count what truncation did."""
+    """Tokenize conversations in one batch; truncate to max_len. -> [(ids (n,), learned (n,) bool, truncated)]."""
     template = template_of(tokenizer)
     rendered = [render_chat_spans(c, template=template) for c in conversations]
     limit = max_len * CHARS_PER_TOKEN
     encs = tokenizer.tokenizer.encode_batch([t[:limit] for t, _ in rendered], add_special_tokens=False)
-    out, truncated = [], 0
+    out = []
     for (text, spans), enc in zip(rendered, encs):
-        ids, labels = enc.ids, _mask(enc.ids, enc.offsets, spans)
-        if len(ids) > max_len or len(text) > limit:
-            truncated += 1
-            ids, labels = ids[:max_len], labels[:max_len]
-        out.append((ids, labels))
-    return out, truncated
+        ids = np.asarray(enc.ids, dtype=np.int64)
+        starts = np.fromiter((s for s, _ in enc.offsets), np.int64, len(ids))
+        learned = span_mask(starts, spans)
+        truncated = len(ids) > max_len or len(text) > limit
+        out.append((ids[:max_len], learned[:max_len], truncated))
+    return out
+
+
+def table_folder(jsonl, tokenizer, kind: str, max_len: Optional[int], skip_bad: bool, cache=None) -> Path:
+    """Where a chat file's token table lives: in the cache folder, keyed by the file's content, the tokenizer
+    (vocabulary and chat template), max_len and skip_bad, so nothing stale is ever read."""
+    key = hashlib.sha1(json.dumps([content_key(jsonl), tokenizer.tokenizer.to_str(), template_of(tokenizer),
+                                   kind, max_len, skip_bad]).encode()).hexdigest()[:16]
+    return Path(cache or cache_dir()) / "tables" / f"{Path(jsonl).stem}.{kind}.{key}"
+
+
+def _table(source, tokenizer, kind: str, max_len, skip_bad: bool, columns: dict, encode, cache=None):
+    """A TokenTable of `source` (a JSONL file: cached on disk; a list of records: in memory). encode(records)
+    -> [(rows dict or None when dropped, truncated count)] for a chunk of records."""
+    on_disk = not isinstance(source, list)
+    folder = table_folder(source, tokenizer, kind, max_len, skip_bad, cache) if on_disk else None
+
+    def fill(writer):
+        counts = dict(records=0, truncated=0, dropped_no_target=0, bad_lines=0, tokens=0, target_tokens=0)
+        bad: list = []
+        bar = None
+        if on_disk:
+            from tqdm.auto import tqdm
+            size = Path(source).stat().st_size
+            bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, mininterval=1.0,
+                       desc=f"tokenizing {Path(source).name}", disable=size < PROGRESS_BYTES)
+            records = iter_jsonl(source, kind, skip_bad=skip_bad, bad=bad, on_bytes=bar.update)
+        else:
+            records = iter(source)
+        try:
+            while chunk := list(itertools.islice(records, CHUNK_RECORDS)):
+                for rows, truncated in encode(chunk):
+                    counts["records"] += 1
+                    counts["truncated"] += truncated
+                    if rows is None:
+                        counts["dropped_no_target"] += 1
+                        continue
+                    writer.add(**rows)
+                    for name, row in rows.items():
+                        if name.endswith("ids"):
+                            counts["tokens"] += len(row)
+                        elif name.endswith("learned"):
+                            counts["target_tokens"] += int(row.sum())
+        finally:
+            if bar is not None:
+                bar.close()
+        counts["bad_lines"] = len(bad)
+        if counts["records"] == 0:
+            where = source if on_disk else f"{kind} records"
+            first = f", first at line {bad[0][0]}: {bad[0][1]}" if bad else " (the file is empty)"
+            raise DataError(f"{where}: no records{first}; fix: {_FIXES[kind]}")
+        if bad:
+            counts["first_bad"] = list(bad[0])
+        return counts
+
+    table = build_table(folder, columns, fill)
+    meta = table.meta
+    if meta.get("bad_lines"):
+        line, problem = meta["first_bad"]
+        warnings.warn(f"{source}: skipped {meta['bad_lines']} bad line(s), first at line {line}: {problem}",
+                      stacklevel=3)
+    return table
+
+
+def _chat_rows(tokenizer, conversations, max_len, prefix=""):
+    return [({f"{prefix}input_ids": ids, f"{prefix}learned": learned} if learned.any() else None, truncated)
+            for ids, learned, truncated in _encode_chats(tokenizer, conversations, max_len)]
 
 
 def _warn_dropped(name: str, dropped: int, total: int, max_len: int):
@@ -410,77 +481,108 @@ def _warn_dropped(name: str, dropped: int, total: int, max_len: int):
         raise DataError(f"{name}: no sample keeps an assistant token within max_len={max_len}; raise max_len")
 
 
+def _labels(ids: np.ndarray, learned: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.from_numpy(ids.astype(np.int64))  # (T,)
+    return ids, torch.where(torch.from_numpy(learned.astype(bool)), ids, IGNORE_INDEX)  # (T,)
+
+
 class SFTDataset(torch.utils.data.Dataset):
     """Chat samples: item -> dict(input_ids, labels), labels -100 outside the assistant's turns. Truncated to
-    max_len; a sample left with no trainable token is dropped with a warning (counted in `.stats`)."""
+    max_len; a sample left with no trainable token is dropped with a warning (counted in `.stats`).
 
-    def __init__(self, jsonl, tokenizer, max_len: int = 512, skip_bad: bool = False):
-        records = _records(jsonl, "sft", skip_bad)
-        encoded, truncated = _encode_chats(tokenizer, [r["conversations"] for r in records], max_len)
-        self.samples = [(ids, lab) for ids, lab in encoded if any(x != IGNORE_INDEX for x in lab)]
-        dropped = len(encoded) - len(self.samples)
-        self.stats = dict(records=len(records), samples=len(self.samples), truncated=truncated,
-                          dropped_no_target=dropped, tokens=sum(len(i) for i, _ in self.samples),
-                          target_tokens=sum(sum(x != IGNORE_INDEX for x in lab) for _, lab in self.samples),
-                          bad_lines=len(getattr(records, "bad", [])))
-        _warn_dropped(str(jsonl) if not isinstance(jsonl, list) else "SFTDataset", dropped, len(encoded), max_len)
+    A JSONL file is tokenized once into a token table in the cache (memory-mapped: memory does not grow with
+    the file; the next run reuses it); a list of records stays in memory."""
+
+    def __init__(self, jsonl, tokenizer, max_len: int = 512, skip_bad: bool = False, cache=None):
+        columns = {"input_ids": token_dtype(tokenizer.vocab_size), "learned": np.bool_}
+        self.table = _table(jsonl, tokenizer, "sft", max_len, skip_bad, columns,
+                            lambda recs: _chat_rows(tokenizer, [r["conversations"] for r in recs], max_len), cache)
+        m = self.table.meta
+        self.stats = dict(records=m["records"], samples=len(self.table), truncated=m["truncated"],
+                          dropped_no_target=m["dropped_no_target"], tokens=m["tokens"],
+                          target_tokens=m["target_tokens"], bad_lines=m["bad_lines"])
+        _warn_dropped(str(jsonl) if not isinstance(jsonl, list) else "SFTDataset", m["dropped_no_target"],
+                      m["records"], max_len)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.table)
 
     def __getitem__(self, i: int) -> dict:
-        ids, labels = self.samples[i]
-        return dict(input_ids=torch.tensor(ids, dtype=torch.long), labels=torch.tensor(labels, dtype=torch.long))
+        ids, labels = _labels(self.table.row("input_ids", i), self.table.row("learned", i))
+        return dict(input_ids=ids, labels=labels)
+
+    def lengths(self) -> np.ndarray:
+        """Every sample's length in tokens (samples,), read from the table's index alone."""
+        return self.table.lengths("input_ids")
 
 
 class DPODataset(torch.utils.data.Dataset):
     """Preference pairs: item -> chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels
-    (labels -100 outside the assistant's turns). Pairs where either side keeps no answer token are dropped."""
+    (labels -100 outside the assistant's turns). Pairs where either side keeps no answer token are dropped.
+    Files are tokenized once into a cached token table, as for SFTDataset."""
 
-    def __init__(self, jsonl, tokenizer, max_len: int = 512, skip_bad: bool = False):
-        records = _records(jsonl, "dpo", skip_bad)
-        chosen, t1 = _encode_chats(tokenizer, [r["chosen"] for r in records], max_len)
-        rejected, t2 = _encode_chats(tokenizer, [r["rejected"] for r in records], max_len)
-        self.samples = [(c, r) for c, r in zip(chosen, rejected)
-                        if any(x != IGNORE_INDEX for x in c[1]) and any(x != IGNORE_INDEX for x in r[1])]
-        dropped = len(records) - len(self.samples)
-        self.stats = dict(records=len(records), samples=len(self.samples), truncated=t1 + t2,
-                          dropped_no_target=dropped, bad_lines=len(getattr(records, "bad", [])))
-        _warn_dropped(str(jsonl) if not isinstance(jsonl, list) else "DPODataset", dropped, len(records), max_len)
+    def __init__(self, jsonl, tokenizer, max_len: int = 512, skip_bad: bool = False, cache=None):
+        dt = token_dtype(tokenizer.vocab_size)
+        columns = {"chosen_input_ids": dt, "chosen_learned": np.bool_,
+                   "rejected_input_ids": dt, "rejected_learned": np.bool_}
+
+        def encode(records):
+            chosen = _chat_rows(tokenizer, [r["chosen"] for r in records], max_len, "chosen_")
+            rejected = _chat_rows(tokenizer, [r["rejected"] for r in records], max_len, "rejected_")
+            return [({**c, **r} if c is not None and r is not None else None, tc + tr)
+                    for (c, tc), (r, tr) in zip(chosen, rejected)]
+
+        self.table = _table(jsonl, tokenizer, "dpo", max_len, skip_bad, columns, encode, cache)
+        m = self.table.meta
+        self.stats = dict(records=m["records"], samples=len(self.table), truncated=m["truncated"],
+                          dropped_no_target=m["dropped_no_target"], bad_lines=m["bad_lines"])
+        _warn_dropped(str(jsonl) if not isinstance(jsonl, list) else "DPODataset", m["dropped_no_target"],
+                      m["records"], max_len)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.table)
 
     def __getitem__(self, i: int) -> dict:
-        (ci, cl), (ri, rl) = self.samples[i]
-        t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-        return dict(chosen_input_ids=t(ci), chosen_labels=t(cl), rejected_input_ids=t(ri), rejected_labels=t(rl))
+        ci, cl = _labels(self.table.row("chosen_input_ids", i), self.table.row("chosen_learned", i))
+        ri, rl = _labels(self.table.row("rejected_input_ids", i), self.table.row("rejected_learned", i))
+        return dict(chosen_input_ids=ci, chosen_labels=cl, rejected_input_ids=ri, rejected_labels=rl)
 
 
 class RLPromptDataset(torch.utils.data.Dataset):
     """RL prompts: item -> dict(prompt (text ending in the generation prompt), prompt_ids, answer ("" if none)).
-    Trailing assistant turns (rlaif-mini's placeholder answers) are left out of the prompt."""
+    Trailing assistant turns (rlaif-mini's placeholder answers) are left out of the prompt. A long prompt keeps
+    its last max_len tokens (the question and the generation prompt). Files go through a cached token table."""
 
-    def __init__(self, jsonl, tokenizer, max_len: Optional[int] = None, skip_bad: bool = False):
-        records = _records(jsonl, "rl", skip_bad)
-        self.prompts, self.answers = [], []
-        for r in records:
-            msgs = list(r["conversations"])
-            while msgs and msgs[-1]["role"] == "assistant":
-                msgs.pop()
-            self.prompts.append(render_chat(msgs, add_generation_prompt=True, template=template_of(tokenizer)))
-            self.answers.append(str(r.get("answer", "")))
-        cut = (lambda p: p[-max_len * CHARS_PER_TOKEN:]) if max_len is not None else (lambda p: p)  # noqa: E731
-        self.prompt_ids = tokenizer.encode_batch([cut(p) for p in self.prompts])
-        if max_len is not None:  # keep the end of a long prompt: it holds the question and the generation prompt
-            self.prompt_ids = [ids[-max_len:] for ids in self.prompt_ids]
+    def __init__(self, jsonl, tokenizer, max_len: Optional[int] = None, skip_bad: bool = False, cache=None):
+        columns = {"prompt_ids": token_dtype(tokenizer.vocab_size), "prompt": np.uint8, "answer": np.uint8}
+        template = template_of(tokenizer)
+
+        def encode(records):
+            prompts = []
+            for r in records:
+                msgs = list(r["conversations"])
+                while msgs and msgs[-1]["role"] == "assistant":
+                    msgs.pop()
+                prompts.append(render_chat(msgs, add_generation_prompt=True, template=template))
+            cut = max_len * CHARS_PER_TOKEN if max_len is not None else None
+            ids = tokenizer.encode_batch([p[-cut:] if cut else p for p in prompts])
+            return [(dict(prompt_ids=i[-max_len:] if max_len else i, prompt=_utf8(p),
+                          answer=_utf8(r.get("answer", ""))), 0) for i, p, r in zip(ids, prompts, records)]
+
+        self.table = _table(jsonl, tokenizer, "rl", max_len, skip_bad, columns, encode, cache)
 
     def __len__(self) -> int:
-        return len(self.prompts)
+        return len(self.table)
 
     def __getitem__(self, i: int) -> dict:
-        return dict(prompt=self.prompts[i], prompt_ids=torch.tensor(self.prompt_ids[i], dtype=torch.long),
-                    answer=self.answers[i])
+        t = self.table
+        return dict(prompt=t.row("prompt", i).tobytes().decode("utf-8"),
+                    prompt_ids=torch.from_numpy(t.row("prompt_ids", i).astype(np.int64)),
+                    answer=t.row("answer", i).tobytes().decode("utf-8"))
+
+
+def _utf8(text) -> np.ndarray:
+    return np.frombuffer(str(text).encode("utf-8"), dtype=np.uint8)
 
 
 def pad_sequences(seqs, value: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:

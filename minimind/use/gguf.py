@@ -1,11 +1,24 @@
-"""Export a dense checkpoint to one GGUF file (llama.cpp, ollama), with the tokenizer as GPT-2 byte-level BPE
-and the chat template.
+"""Export a checkpoint to one GGUF file (llama.cpp, ollama), with the tokenizer as GPT-2 byte-level BPE and the
+chat template. Each model is written in a llama.cpp architecture whose graph computes it exactly:
 
 MiniMind2 generation (no q/k-norm) -> llama.cpp's `llama`: its RoPE turns neighbour channels (2i, 2i+1), ours
 rotate_half pairs (i, i + d/2), so q/k rows are permuted per head.
 minimind-3 generation (q/k-norm) -> llama.cpp's `qwen3`, as convert_hf_to_gguf.py writes a Qwen3ForCausalLM: NEOX
 RoPE is our rotate_half (no permutation), plus blk.N.attn_q_norm / attn_k_norm and attention.key_length = head_dim.
-MoE checkpoints are refused (see `moe_refusal`).
+
+MoE (checked against llama.cpp's src/models/*.cpp and build_moe_ffn in src/llama-graph.cpp): every MoE layer of
+ours is softmax(router) -> top-k -> optional renormalisation -> sum of weighted SwiGLU experts, plus ungated shared
+experts. The expert weights are stacked into blk.N.ffn_{gate,up,down}_exps (n_expert, out, in).
+MiniMind2-MoE -> `bailingmoe` (Ling v1): softmax gating, expert_weights_norm = norm_topk_prob, ungated shared
+experts (several side by side), "normal" RoPE (q/k rows permuted as for `llama`); it needs an output.weight, so a
+tied embedding is written twice. (`qwen2moe` gates its shared expert with a sigmoid and never renormalises,
+`deepseek` never renormalises, `llama` (Mixtral) has no shared expert.)
+minimind-3-moe -> `qwen3moe`: softmax gating, always renormalised top-k, no shared expert, q/k-norm, NEOX RoPE.
+Other q/k-norm MoE models (shared experts, or no renormalisation) -> `glm4moe`: q/k-norm, NEOX RoPE,
+expert_gating_func = softmax, expert_weights_norm, ungated shared experts, the FFN norm named
+post_attention_norm and a zero exp_probs_b (the expert-selection bias, added to the probabilities only to choose).
+An MoE model without shared experts in `bailingmoe` or `glm4moe` gets one zero shared expert (it adds exactly 0):
+both graphs always run one.
 """
 from __future__ import annotations
 
@@ -23,65 +36,97 @@ def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_arch(config) -> str:
-    """llama.cpp architecture of a dense config: `qwen3` for minimind-3 (q/k-norm), `llama` for MiniMind2."""
-    return "qwen3" if config.qk_norm else "llama"
+    """The llama.cpp architecture that computes this config exactly (see the module's docstring)."""
+    if not config.use_moe:
+        return "qwen3" if config.qk_norm else "llama"
+    if not config.qk_norm:
+        return "bailingmoe"
+    return "qwen3moe" if config.norm_topk_prob and not config.n_shared_experts else "glm4moe"
 
 
-def moe_refusal(config) -> str:
-    """Why an MoE checkpoint gets no GGUF here, and the route that exists if one does (checked against llama.cpp's
-    src/models/qwen2moe.cpp and qwen3moe.cpp, and its converter's Qwen2MoeModel / Qwen3MoeModel)."""
-    msg = "GGUF export covers dense models; MoE GGUF export is not supported yet"
-    if config.qk_norm:  # `export hf` writes Qwen3MoeForCausalLM, which the converter turns into qwen3moe
-        arch, hf = "qwen3moe", "Qwen3MoeForCausalLM"
-        gaps = ["it has no shared expert"] if config.n_shared_experts else []
-        if not config.norm_topk_prob:
-            gaps.append("it always renormalises the top-k expert weights, this model does not (norm_topk_prob)")
-    else:  # `export hf` writes Qwen2MoeForCausalLM with a zero shared-expert gate (sigmoid(0) * 2 == 1)
-        arch, hf = "qwen2moe", "Qwen2MoeForCausalLM"
-        gaps = ["its shared-expert gate is computed as silu(x) / x, NaN at the zero gate `minimind export hf` writes"]
-        if config.norm_topk_prob:
-            gaps.append("it never renormalises the top-k expert weights, this model does (norm_topk_prob)")
-    if gaps:
-        return f"{msg}, and llama.cpp's {arch} would not compute this model: {'; '.join(gaps)}"
-    return (f"{msg}: run `minimind export hf` (it writes {hf}) and convert that folder with llama.cpp's "
-            f"convert_hf_to_gguf.py, which writes it as `{arch}`")
+# llama.cpp's `llama` and `bailingmoe` RoPE turns neighbour pairs; the others turn (i, i + d/2) as we do
+NORMAL_ROPE = ("llama", "bailingmoe")
 
 
 def gguf_tensors(model, dtype: str = "f32") -> dict[str, np.ndarray]:
-    """{llama.cpp name: numpy array} for a dense MiniMind model (norms stay float32)."""
+    """{llama.cpp name: numpy array} for a MiniMind model, in the layout of `gguf_arch(model.config)` (norms, the
+    router and the selection bias stay float32)."""
     config = model.config
-    if config.use_moe:
-        raise ValueError(moe_refusal(config))
     if dtype not in ("f32", "f16"):
         raise ValueError(f"dtype {dtype!r}: use f32 or f16")
+    arch = gguf_arch(config)
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     big = np.float16 if dtype == "f16" else np.float32
 
     def mat(x):
         return np.ascontiguousarray(x.astype(big))
 
+    def f32(x):
+        return np.ascontiguousarray(x.astype(np.float32))
+
     out = {"token_embd.weight": mat(state["model.embed_tokens.weight"]),
-           "output_norm.weight": state["model.norm.weight"].astype(np.float32)}
-    if not config.tie_word_embeddings:
-        out["output.weight"] = mat(state["lm_head.weight"])
-    names = {"self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down"}
+           "output_norm.weight": f32(state["model.norm.weight"])}
+    if not config.tie_word_embeddings or arch == "bailingmoe":  # bailingmoe requires output.weight
+        out["output.weight"] = mat(state["lm_head.weight"])  # == the embedding when tied
     for i in range(config.num_hidden_layers):
         p, b = f"model.layers.{i}.", f"blk.{i}."
-        out[b + "attn_norm.weight"] = state[p + "input_layernorm.weight"].astype(np.float32)
-        out[b + "ffn_norm.weight"] = state[p + "post_attention_layernorm.weight"].astype(np.float32)
+        out[b + "attn_norm.weight"] = f32(state[p + "input_layernorm.weight"])
+        ffn_norm = "post_attention_norm" if arch == "glm4moe" else "ffn_norm"  # the same RMSNorm, another name
+        out[b + ffn_norm + ".weight"] = f32(state[p + "post_attention_layernorm.weight"])
         q, k = state[p + "self_attn.q_proj.weight"], state[p + "self_attn.k_proj.weight"]  # (heads * hd, C)
-        if config.qk_norm:  # qwen3: NEOX RoPE pairs (i, i + d/2) like our rotate_half, rows stay as they are
-            out[b + "attn_q_norm.weight"] = state[p + "self_attn.q_norm.weight"].astype(np.float32)  # (hd,)
-            out[b + "attn_k_norm.weight"] = state[p + "self_attn.k_norm.weight"].astype(np.float32)
-        else:  # llama: "normal" RoPE turns neighbours (2i, 2i+1)
+        if config.qk_norm:  # NEOX RoPE pairs (i, i + d/2) like our rotate_half, rows stay as they are
+            out[b + "attn_q_norm.weight"] = f32(state[p + "self_attn.q_norm.weight"])  # (hd,)
+            out[b + "attn_k_norm.weight"] = f32(state[p + "self_attn.k_norm.weight"])
+        if arch in NORMAL_ROPE:  # "normal" RoPE turns neighbours (2i, 2i+1)
             q = permute_rope_rows(q, config.num_attention_heads)
             k = permute_rope_rows(k, config.num_key_value_heads)
         out[b + "attn_q.weight"], out[b + "attn_k.weight"] = mat(q), mat(k)
         out[b + "attn_v.weight"] = mat(state[p + "self_attn.v_proj.weight"])
-        for ours, theirs in names.items():
-            out[b + theirs + ".weight"] = mat(state[p + ours + ".weight"])
+        out[b + "attn_output.weight"] = mat(state[p + "self_attn.o_proj.weight"])
+        if config.use_moe:
+            out.update(_moe_tensors(state, p + "mlp.", b, config, arch, mat))
+        else:
+            for ours, theirs in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+                out[b + theirs + ".weight"] = mat(state[p + "mlp." + ours + ".weight"])
     return out
+
+
+def _moe_tensors(state, p: str, b: str, config, arch: str, mat) -> dict[str, np.ndarray]:
+    """One MoE layer: the router (n_expert, C) in float32, the routed experts stacked as llama.cpp's
+    ffn_{gate,up}_exps (n_expert, width, C) and ffn_down_exps (n_expert, C, width), the shared experts side by side
+    as ffn_{gate,up}_shexp (n_shared * width, C) and ffn_down_shexp (C, n_shared * width)."""
+    out = {b + "ffn_gate_inp.weight": np.ascontiguousarray(state[p + "gate.weight"].astype(np.float32))}
+    if arch == "glm4moe":  # added to the probabilities to choose the experts, not to weight them: zero
+        out[b + "exp_probs_b.bias"] = np.zeros(config.n_routed_experts, dtype=np.float32)
+    for name in ("gate", "up", "down"):
+        out[f"{b}ffn_{name}_exps.weight"] = mat(np.stack([state[f"{p}experts.{e}.{name}_proj.weight"]
+                                                          for e in range(config.n_routed_experts)]))
+    if arch == "qwen3moe":  # no shared expert
+        return out
+    width, hidden = config.moe_intermediate_size, config.hidden_size
+    shared = [[state[f"{p}shared_experts.{j}.{name}_proj.weight"] for j in range(config.n_shared_experts)]
+              for name in ("gate", "up", "down")]
+    if not config.n_shared_experts:  # bailingmoe and glm4moe always run one: a zero expert adds exactly 0
+        shared = [[np.zeros((width, hidden))], [np.zeros((width, hidden))], [np.zeros((hidden, width))]]
+    out[b + "ffn_gate_shexp.weight"] = mat(np.concatenate(shared[0], axis=0))
+    out[b + "ffn_up_shexp.weight"] = mat(np.concatenate(shared[1], axis=0))
+    out[b + "ffn_down_shexp.weight"] = mat(np.concatenate(shared[2], axis=1))
+    return out
+
+
+def _write_moe_metadata(writer, config, arch: str) -> None:
+    import gguf
+    writer.add_expert_count(config.n_routed_experts)
+    writer.add_expert_used_count(config.num_experts_per_tok)
+    writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+    if arch == "qwen3moe":  # softmax gating and top-k renormalisation are fixed in its graph
+        return
+    writer.add_expert_shared_count(max(config.n_shared_experts, 1))
+    writer.add_leading_dense_block_count(0)  # every layer is an MoE layer
+    writer.add_expert_weights_norm(config.norm_topk_prob)
+    writer.add_expert_weights_scale(1.0)
+    if arch == "glm4moe":  # its default is sigmoid
+        writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SOFTMAX)
 
 
 def _tokenizer_vocab(tokenizer, vocab_size: int):
@@ -138,11 +183,12 @@ def export_gguf(model, out_file, tokenizer=None, dtype: str = "f32", name: Optio
     if tokenizer is None:
         raise ValueError("GGUF export needs the tokenizer: save it in the checkpoint folder or pass tokenizer=")
     config = model.config
+    arch = gguf_arch(config)
     tensors = gguf_tensors(model, dtype)
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), gguf_arch(config))  # metadata keys below go under `{arch}.`
+    writer = gguf.GGUFWriter(str(tmp), arch)  # metadata keys below go under `{arch}.`
     writer.add_name(name or "MiniMind")
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     writer.add_vocab_size(config.vocab_size)
@@ -150,6 +196,8 @@ def export_gguf(model, out_file, tokenizer=None, dtype: str = "f32", name: Optio
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
+    if config.use_moe:
+        _write_moe_metadata(writer, config, arch)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     if config.qk_norm or config.head_dim != config.hidden_size // config.num_attention_heads:
