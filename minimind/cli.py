@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _add_course(sub):
@@ -229,6 +230,34 @@ def _add_data(sub):
                                 force=args.force)
         print(f"{path}")
     d.set_defaults(func=run_download)
+
+    b = cmd.add_parser("bench", help="tokenization speed (MB/s), peak memory, and time and memory to step 1, on "
+                                     "made files of real size or on your own")
+    b.add_argument("files", nargs="*", help="JSONL files to measure (default: make them from the course corpus)")
+    b.add_argument("--sizes", type=float, nargs="+", default=[120], metavar="MB", help="sizes of made files "
+                   "(default: 120)")
+    b.add_argument("--kinds", nargs="+", default=["pretrain", "sft"], choices=["pretrain", "sft"])
+    b.add_argument("--corpus", default=None, help="course corpus folder to make files from (default: made)")
+    b.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the course tokenizer, made)")
+    b.add_argument("--work", default=None, help="folder for the made files (default: a temporary one)")
+    b.add_argument("--seq-len", type=int, default=512)
+    b.add_argument("--preset", default="minimind2-small", help="model for the step-1 measurement")
+    b.add_argument("--no-step", action="store_true", help="measure tokenization only")
+    b.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+
+    def run_bench(args):
+        from .course.recipe import data_paths
+        from .use.bench_data import bench_data
+        corpus, tokenizer = args.corpus, args.tokenizer
+        if corpus is None or tokenizer is None:
+            paths = data_paths("course")
+            corpus = corpus or Path(paths["pretrain"]).parent
+            tokenizer = tokenizer or paths["tokenizer"]
+        results = bench_data(args.sizes, tuple(args.kinds), corpus, tokenizer, args.work, args.seq_len, args.preset,
+                             step=not args.no_step, files=args.files or None)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    b.set_defaults(func=run_bench)
 
     k = cmd.add_parser("check", help="validate a JSONL file: every line, with file:line and the fix for a bad one")
     k.add_argument("file")

@@ -146,3 +146,33 @@ def test_lora_run_exports_merged(tmp_path):
     (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_checkpoint(tmp_path / "lora")
+
+
+def test_exported_tokenizer_gives_lm_eval_one_bos(tmp_path):
+    """Pretraining began every document with <|im_start|> (BOS, id 1), and so does `minimind eval`. lm-eval run
+    with `--model_args pretrained=DIR,add_bos_token=True` loads the tokenizer with add_bos_token=True and encodes
+    plain text with add_special_tokens=True: BOS then comes first, once. A chat already starts with <|im_start|>:
+    apply_chat_template(tokenize=True) and lm-eval's chat path (it sees the BOS string) add no second one."""
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4's PreTrainedTokenizerFast ignores add_bos_token")
+    from minimind.model import load_checkpoint
+    ckpt = _tiny_ckpt(tmp_path / "ckpt")
+    export_hf(ckpt, tmp_path / "hf")
+    _, tok = load_checkpoint(ckpt)
+    text, msgs = "Mira the baker lives in Tallow. 你好", [{"role": "user", "content": "Who is Mira?"}]
+    plain = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    bos = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", add_bos_token=True)  # as lm-eval loads it
+    assert plain.encode(text) == tok.encode(text)  # by default the text alone, as before
+    assert bos.bos_token_id == 1 and bos.decode([1]) == "<|im_start|>"  # also lm-eval's prefix_token_id
+    assert bos.encode(text) == [1] + tok.encode(text)  # lm-eval's tok_encode: add_special_tokens=True
+    assert bos([text, "Mira"])["input_ids"] == [[1] + tok.encode(text), [1] + tok.encode("Mira")]  # its batches
+    assert bos.encode(text, add_special_tokens=False) == tok.encode(text)  # its continuations
+    rendered = tok.apply_chat_template(msgs, add_generation_prompt=True)
+    want = tok.encode(rendered)
+    assert want[0] == 1 and want[1] != 1
+    for t in (plain, bos):
+        ids = t.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        assert (ids["input_ids"] if hasattr(ids, "keys") else ids) == want  # not doubled
+        assert t.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False) == rendered
+    assert bos.encode(rendered, add_special_tokens=False) == want  # lm-eval's chat path: starts with BOS, no specials
+    assert bos.encode(rendered)[:2] == [1, 1]  # the one way to double it: re-encode the rendered chat with specials

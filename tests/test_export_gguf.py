@@ -140,9 +140,9 @@ def _moe(h, t, b, f, arch):
         w = w * scale
     gate, up, down = (t[f"{b}ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))  # (n_expert, out, in)
     out = np.zeros_like(h)
-    for tok in range(len(h)):
-        for e, we in zip(top[tok], w[tok]):
-            out[tok] += we * _swiglu(h[tok:tok + 1], gate[e], up[e], down[e])[0]
+    for e in range(len(gate)):  # each expert on the tokens that chose it, times their weight for it
+        rows = (top == e).any(-1)
+        out[rows] += (w * (top == e)).sum(-1)[rows, None] * _swiglu(h[rows], gate[e], up[e], down[e])
     if arch != "qwen3moe":  # bailingmoe, glm4moe: build_ffn over the shared expert, no gate
         out += _swiglu(h, *(t[f"{b}ffn_{n}_shexp.weight"] for n in ("gate", "up", "down")))
     return out
@@ -284,13 +284,16 @@ def test_qwen3_forward_and_greedy_give_ours(m3, m3_gguf, tok):
     with torch.no_grad():
         ours = m3(torch.tensor([ids])).logits[0].double().numpy()
     np.testing.assert_allclose(gguf_forward(m3_gguf, ids), ours, atol=1e-5, rtol=1e-5)
-    # greedy: our KV-cached generate against the file's graph recomputed over the whole prefix each step
-    prompt, new = ids[:12], 10
+    assert_greedy_matches(m3, m3_gguf, ids[:12])
+
+
+def assert_greedy_matches(model, path, prompt, new=10):
+    """Our KV-cached greedy generate against the file's graph recomputed over the whole prefix each step."""
     with torch.no_grad():
-        want = m3.generate(torch.tensor([prompt]), max_new_tokens=new)[0, len(prompt):].tolist()
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=new)[0, len(prompt):].tolist()
     got = list(prompt)
     for _ in range(new):
-        got.append(int(gguf_forward(m3_gguf, got)[-1].argmax()))
+        got.append(int(gguf_forward(path, got)[-1].argmax()))
     assert got[len(prompt):] == want
 
 
@@ -332,3 +335,236 @@ def test_minimind3_preset_shapes(tok, tmp_path):
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0].double().numpy()
     np.testing.assert_allclose(gguf_forward(out, ids), ours, atol=1e-5, rtol=1e-5)
+
+
+# -- MoE: bailingmoe (MiniMind2-MoE), qwen3moe (minimind-3-moe), glm4moe (other q/k-norm MoE models) ------
+
+M3 = dict(qk_norm=True, head_dim=24, rms_norm_eps=1e-6)  # minimind-3's attention, small
+M2_MOE = dict(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)  # minimind2-moe routing
+M3_MOE = dict(M3, use_moe=True, n_routed_experts=4, n_shared_experts=0, num_experts_per_tok=1)  # minimind-3-moe
+TEXT = "Mira the baker lives in Tallow. 你好 " * 4
+
+
+def expected_names(arch, layers, untied=False):
+    """Exactly the tensors llama.cpp's loader creates for the architecture (src/models/<arch>.cpp,
+    load_arch_tensors): it refuses a file with any other tensor ("wrong number of tensors")."""
+    per_layer = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_inp", "ffn_gate_exps",
+                 "ffn_up_exps", "ffn_down_exps"]
+    per_layer += {"bailingmoe": ["ffn_norm", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp"],
+                  "qwen3moe": ["ffn_norm", "attn_q_norm", "attn_k_norm"],
+                  "glm4moe": ["post_attention_norm", "attn_q_norm", "attn_k_norm", "ffn_gate_shexp", "ffn_up_shexp",
+                              "ffn_down_shexp"]}[arch]
+    names = {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.{n}.weight" for i in range(layers)
+                                                         for n in per_layer}
+    if arch == "glm4moe":
+        names |= {f"blk.{i}.exp_probs_b.bias" for i in range(layers)}
+    if untied or arch == "bailingmoe":  # bailingmoe's output.weight is required
+        names.add("output.weight")
+    return names
+
+
+def ours(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def test_minimind2_moe_checkpoint_as_bailingmoe(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "ckpt", **M2_MOE)  # the CLI route, on a checkpoint folder
+    out = tmp_path / "moe.gguf"
+    assert cli(["export", "gguf", str(ckpt), "--out", str(out)]) == 0
+    model, tok = load_checkpoint(ckpt)
+    c = model.config
+    reader = gguf.GGUFReader(str(out))
+    f, t = fields(reader), tensors(reader)
+    assert f["general.architecture"] == "bailingmoe" and not any(k.startswith("llama.") for k in f)
+    a = "bailingmoe."
+    assert (f[a + "expert_count"], f[a + "expert_used_count"], f[a + "expert_shared_count"]) == (4, 2, 1)
+    assert f[a + "expert_feed_forward_length"] == c.moe_intermediate_size == 128
+    assert f[a + "expert_weights_norm"] is True and f[a + "leading_dense_block_count"] == 0
+    assert f[a + "expert_weights_scale"] == 1.0  # build_moe_ffn scales by neither 0 nor 1 only
+    assert f[a + "rope.dimension_count"] == c.head_dim and a + "attention.key_length" not in f
+    assert f["tokenizer.ggml.pre"] == "gpt-2" and f["tokenizer.ggml.add_bos_token"] is False
+    assert set(t) == expected_names("bailingmoe", 2)
+    sd = model.state_dict()
+    np.testing.assert_array_equal(t["output.weight"], t["token_embd.weight"])  # tied: written twice
+    # normal RoPE, as llama: q/k rows permuted per head
+    np.testing.assert_array_equal(t["blk.0.attn_k.weight"], permute_rope_rows(
+        sd["model.layers.0.self_attn.k_proj.weight"].numpy(), c.num_key_value_heads))
+    # experts stacked (n_expert, out, in); GGUF lists llama.cpp's ne: {n_embd, n_ff_exp, n_expert} etc.
+    shapes = {r.name: list(r.shape) for r in reader.tensors}
+    assert shapes["blk.0.ffn_gate_exps.weight"] == shapes["blk.0.ffn_up_exps.weight"] == [64, 128, 4]
+    assert shapes["blk.0.ffn_down_exps.weight"] == [128, 64, 4] and shapes["blk.0.ffn_gate_inp.weight"] == [64, 4]
+    assert shapes["blk.0.ffn_gate_shexp.weight"] == [64, 128] and shapes["blk.0.ffn_down_shexp.weight"] == [128, 64]
+    for e in range(4):
+        np.testing.assert_array_equal(t["blk.1.ffn_down_exps.weight"][e],
+                                      sd[f"model.layers.1.mlp.experts.{e}.down_proj.weight"].numpy())
+    np.testing.assert_array_equal(t["blk.1.ffn_up_shexp.weight"],
+                                  sd["model.layers.1.mlp.shared_experts.0.up_proj.weight"].numpy())
+    np.testing.assert_array_equal(t["blk.1.ffn_gate_inp.weight"], sd["model.layers.1.mlp.gate.weight"].numpy())
+    ids = tok.encode(TEXT)
+    np.testing.assert_allclose(gguf_forward(out, ids), ours(model, ids), atol=1e-5, rtol=1e-5)
+    assert_greedy_matches(model, out, ids[:12])
+    # what llama.cpp's qwen2moe / deepseek would compute (top-2 weights not renormalised) is far off
+    for layer in model.model.layers:
+        layer.mlp.norm_topk_prob = False
+    assert np.abs(gguf_forward(out, ids) - ours(model, ids)).max() > 1e-2
+
+
+@pytest.mark.parametrize("routing", [dict(n_shared_experts=0), dict(n_shared_experts=2),
+                                     dict(num_experts_per_tok=1, norm_topk_prob=False),
+                                     dict(num_experts_per_tok=3, norm_topk_prob=False, tie_word_embeddings=False)],
+                         ids=["no-shared", "two-shared", "top1-unnormalised", "top3-unnormalised-untied"])
+def test_bailingmoe_variants(tok, tmp_path, routing):
+    model = random_model(small_config(**{**M2_MOE, **routing}, vocab_size=tok.vocab_size))
+    c = model.config
+    out = export_gguf(model, tmp_path / "moe.gguf", tokenizer=tok)
+    f, t = fields(gguf.GGUFReader(str(out))), tensors(gguf.GGUFReader(str(out)))
+    assert f["general.architecture"] == "bailingmoe"
+    assert f["bailingmoe.expert_weights_norm"] is c.norm_topk_prob
+    assert f["bailingmoe.expert_used_count"] == c.num_experts_per_tok
+    assert f["bailingmoe.expert_shared_count"] == max(c.n_shared_experts, 1)
+    assert set(t) == expected_names("bailingmoe", 2)
+    width = c.moe_intermediate_size
+    assert t["blk.0.ffn_gate_shexp.weight"].shape == (width * max(c.n_shared_experts, 1), 64)
+    if not c.n_shared_experts:  # one zero expert: adds exactly 0
+        assert not t["blk.0.ffn_down_shexp.weight"].any()
+    if not c.tie_word_embeddings:
+        np.testing.assert_array_equal(t["output.weight"], model.lm_head.weight.detach().numpy())
+    ids = tok.encode(TEXT)
+    np.testing.assert_allclose(gguf_forward(out, ids), ours(model, ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def m3moe(tok):
+    return random_model(small_config(**M3_MOE, vocab_size=tok.vocab_size))
+
+
+@pytest.fixture(scope="module")
+def m3moe_gguf(m3moe, tok, tmp_path_factory):
+    return export_gguf(m3moe, tmp_path_factory.mktemp("gguf_m3moe") / "m3moe.gguf", tokenizer=tok)
+
+
+def test_minimind3_moe_as_qwen3moe(m3moe, m3moe_gguf, tok):
+    reader = gguf.GGUFReader(str(m3moe_gguf))
+    f, t = fields(reader), tensors(reader)
+    a = "qwen3moe."
+    assert f["general.architecture"] == "qwen3moe"
+    assert (f[a + "expert_count"], f[a + "expert_used_count"], f[a + "expert_feed_forward_length"]) == (4, 1, 96)
+    assert a + "expert_shared_count" not in f and a + "expert_weights_norm" not in f  # fixed in its graph
+    assert f[a + "attention.key_length"] == f[a + "rope.dimension_count"] == 24
+    assert set(t) == expected_names("qwen3moe", 2)
+    sd = m3moe.state_dict()
+    np.testing.assert_array_equal(t["blk.0.attn_q.weight"], sd["model.layers.0.self_attn.q_proj.weight"].numpy())
+    np.testing.assert_array_equal(t["blk.1.ffn_gate_exps.weight"][3],
+                                  sd["model.layers.1.mlp.experts.3.gate_proj.weight"].numpy())
+    types = {r.name: r.tensor_type for r in reader.tensors}
+    assert types["blk.0.ffn_gate_inp.weight"] == gguf.GGMLQuantizationType.F32
+    ids = tok.encode(TEXT)
+    np.testing.assert_allclose(gguf_forward(m3moe_gguf, ids), ours(m3moe, ids), atol=1e-5, rtol=1e-5)
+    assert_greedy_matches(m3moe, m3moe_gguf, ids[:12])
+
+
+@pytest.mark.parametrize("routing", [dict(n_shared_experts=1, num_experts_per_tok=2),
+                                     dict(num_experts_per_tok=2, norm_topk_prob=False)],
+                         ids=["shared-top2", "top2-unnormalised"])
+def test_other_qk_norm_moe_as_glm4moe(tok, tmp_path, routing):
+    model = random_model(small_config(**{**M3_MOE, **routing}, vocab_size=tok.vocab_size))
+    c = model.config
+    out = export_gguf(model, tmp_path / "moe.gguf", tokenizer=tok)
+    f, t = fields(gguf.GGUFReader(str(out))), tensors(gguf.GGUFReader(str(out)))
+    a = "glm4moe."
+    assert f["general.architecture"] == "glm4moe"
+    assert f[a + "expert_gating_func"] == gguf.ExpertGatingFuncType.SOFTMAX  # glm4moe's default is sigmoid
+    assert f[a + "expert_weights_norm"] is c.norm_topk_prob and f[a + "expert_shared_count"] == 1
+    assert f[a + "rope.dimension_count"] == 24  # all of the head turns (GLM itself turns half)
+    assert set(t) == expected_names("glm4moe", 2)
+    assert not t["blk.0.exp_probs_b.bias"].any()
+    np.testing.assert_array_equal(t["blk.1.post_attention_norm.weight"],
+                                  model.model.layers[1].post_attention_layernorm.weight.detach().numpy())
+    ids = tok.encode(TEXT)
+    np.testing.assert_allclose(gguf_forward(out, ids), ours(model, ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", [M2_MOE, M3_MOE], ids=["bailingmoe", "qwen3moe"])
+def test_moe_f16(tok, tmp_path, config):
+    model = random_model(small_config(**config, vocab_size=tok.vocab_size))
+    out = export_gguf(model, tmp_path / "moe.gguf", tokenizer=tok, dtype="f16")
+    reader = gguf.GGUFReader(str(out))
+    f, types = fields(reader), {r.name: r.tensor_type for r in reader.tensors}
+    assert f["general.file_type"] == 1
+    F16, F32 = gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F32
+    assert types["blk.0.ffn_gate_exps.weight"] == types["blk.0.ffn_down_exps.weight"] == F16
+    assert types["blk.0.ffn_gate_inp.weight"] == types["blk.0.ffn_norm.weight"] == F32  # the router stays f32
+    # the file computes exactly our model with its matrices, but not the router, rounded to f16
+    half = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in half.named_parameters():
+            if p.dim() > 1 and not name.endswith("mlp.gate.weight"):
+                p.copy_(p.half().float())
+    ids = tok.encode(TEXT)
+    np.testing.assert_allclose(gguf_forward(out, ids), ours(half, ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset,arch", [("minimind2-moe", "bailingmoe"), ("minimind-3-moe", "qwen3moe")])
+def test_moe_preset_shapes(tok, tmp_path, preset, arch):
+    model = random_model(MiniMindConfig.from_preset(preset, num_hidden_layers=1, vocab_size=tok.vocab_size))
+    with torch.no_grad():  # the 0.1 weights of random_model saturate a 640-wide model (as in test_export)
+        for p in model.parameters():
+            p.mul_(0.3) if p.dim() > 1 else None
+    c = model.config
+    out = export_gguf(model, tmp_path / "moe.gguf", tokenizer=tok)
+    reader = gguf.GGUFReader(str(out))
+    f, shapes = fields(reader), {r.name: list(r.shape) for r in reader.tensors}
+    assert f["general.architecture"] == arch
+    assert set(shapes) == expected_names(arch, 1)
+    E, H, W = c.n_routed_experts, c.hidden_size, c.moe_intermediate_size
+    assert (E, H, W) == ((4, 640, 1728) if preset == "minimind2-moe" else (4, 768, 2432))
+    assert shapes["blk.0.ffn_gate_exps.weight"] == [H, W, E] and shapes["blk.0.ffn_down_exps.weight"] == [W, H, E]
+    assert f[f"{arch}.expert_used_count"] == c.num_experts_per_tok == (2 if arch == "bailingmoe" else 1)
+    ids = tok.encode("Mira the baker. 你好")
+    np.testing.assert_allclose(gguf_forward(out, ids), ours(model, ids), atol=1e-5, rtol=1e-5)
+
+
+# -- llama.cpp itself: runs only where llama-cpp-python is installed -----------------------------------------
+
+PROMPTS = ["Mira the baker lives in Tallow", "你好，我是一个小模型。", "3 plus 4 is",
+           "Mira likes honey. 2 plus 5 is 7.", "<think>Let me add the numbers.</think> The answer is"]
+
+
+def llama_cpp_greedy(path, prompts, new=32):
+    """llama.cpp's greedy continuation of each prompt (token ids in, KV-cached decoding, f32 KV cache), and its
+    logits at every position of prompt + continuation."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, n_threads=2, logits_all=True, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    runs = []
+    for ids in prompts:
+        llm.reset()
+        llm.eval(ids)
+        for _ in range(new):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        runs.append(([int(i) for i in llm.input_ids[:llm.n_tokens]], np.array(llm.scores[:llm.n_tokens], np.float64)))
+    return llm, runs
+
+
+@pytest.mark.parametrize("preset,arch", [("minimind2", "llama"), ("minimind-3", "qwen3"),
+                                         ("minimind2-moe", "bailingmoe"), ("minimind-3-moe", "qwen3moe")])
+def test_llama_cpp_computes_our_model(tok, tmp_path, preset, arch):
+    pytest.importorskip("llama_cpp")
+    model = random_model(MiniMindConfig.from_preset(preset, num_hidden_layers=2, vocab_size=tok.vocab_size))
+    with torch.no_grad():  # weights of a trained model's size: 0.1 saturates a 640-wide model
+        for p in model.parameters():
+            p.mul_(0.3) if p.dim() > 1 else None
+    out = export_gguf(model, tmp_path / f"{preset}.gguf", tokenizer=tok)
+    assert fields(gguf.GGUFReader(str(out)))["general.architecture"] == arch
+    prompts = [tok.encode(text) for text in PROMPTS]
+    llm, runs = llama_cpp_greedy(out, prompts)
+    same, worst = 0, 0.0
+    for text, ids, (seq, logits) in zip(PROMPTS, prompts, runs):
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids  # the file's vocabulary splits as ours
+        with torch.no_grad():
+            want = model.generate(torch.tensor([ids]), max_new_tokens=32)[0, len(ids):].tolist()
+        same += sum(a == b for a, b in zip(seq[len(ids):], want))
+        worst = max(worst, float(np.abs(logits - ours(model, seq)).max()))  # on llama.cpp's own tokens
+    print(f"\n{preset} ({arch}): {same}/{32 * len(PROMPTS)} greedy tokens equal, max |logit difference| {worst:.1e}")
+    assert same == 32 * len(PROMPTS) and worst < 1e-3

@@ -399,7 +399,7 @@ def _encode_chats(tokenizer, conversations: list[list[dict]], max_len: int):
     out = []
     for (text, spans), enc in zip(rendered, encs):
         ids = np.asarray(enc.ids, dtype=np.int64)
-        starts = np.fromiter((s for s, _ in enc.offsets), np.int64, len(ids))
+        starts = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[:, 0]  # each token's first character
         learned = span_mask(starts, spans)
         truncated = len(ids) > max_len or len(text) > limit
         out.append((ids[:max_len], learned[:max_len], truncated))
@@ -434,18 +434,20 @@ def _table(source, tokenizer, kind: str, max_len, skip_bad: bool, columns: dict,
             records = iter(source)
         try:
             while chunk := list(itertools.islice(records, CHUNK_RECORDS)):
+                kept = {name: [] for name in columns}
                 for rows, truncated in encode(chunk):
                     counts["records"] += 1
                     counts["truncated"] += truncated
                     if rows is None:
                         counts["dropped_no_target"] += 1
                         continue
-                    writer.add(**rows)
                     for name, row in rows.items():
+                        kept[name].append(row)
                         if name.endswith("ids"):
                             counts["tokens"] += len(row)
                         elif name.endswith("learned"):
                             counts["target_tokens"] += int(row.sum())
+                writer.add_many(**kept)
         finally:
             if bar is not None:
                 bar.close()

@@ -31,13 +31,22 @@ class TableWriter:
         self.chunks: dict[str, list] = {name: [] for name in columns}
 
     def add(self, **rows) -> None:
-        for name, row in rows.items():
-            row = np.asarray(row, dtype=self.dtypes[name])
-            self.offsets[name].append(self.offsets[name][-1] + len(row))
+        """One row per column."""
+        self.add_many(**{name: [row] for name, row in rows.items()})
+
+    def add_many(self, **rows) -> None:
+        """Several rows per column (a list each), written in one piece."""
+        for name, column in rows.items():
+            if not column:
+                continue
+            lengths = np.fromiter((len(r) for r in column), np.int64, len(column))
+            end = self.offsets[name][-1]
+            self.offsets[name].extend((end + np.cumsum(lengths)).tolist())
+            data = np.concatenate([np.asarray(r, dtype=self.dtypes[name]) for r in column])
             if self.files:
-                row.tofile(self.files[name])
+                data.tofile(self.files[name])
             else:
-                self.chunks[name].append(row)
+                self.chunks[name].append(data)
 
     def __len__(self) -> int:
         return len(next(iter(self.offsets.values()))) - 1
