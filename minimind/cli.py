@@ -144,7 +144,10 @@ def _add_train(sub):
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=-1, help="data loader processes (default: 4 on CUDA, 0 on "
+                                                              "CPU)")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batches of similar lengths (chat data): less padding, faster on a GPU")
     p.add_argument("--logger", default=None, help="wandb or swanlab, if installed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     by_name: dict = {}  # option name -> [(stage, Option)]: one flag for each, its help naming every stage
@@ -170,7 +173,7 @@ def _add_train(sub):
                           grad_accum=args.grad_accum, dtype=args.dtype, compile=args.compile,
                           save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every,
                           seed=args.seed, device=args.device, num_workers=args.num_workers, logger=args.logger,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, group_by_length=args.group_by_length)
         for name in ("batch_size", "lr", "warmup_steps"):
             if getattr(args, name) is not None:
                 train_args[name] = getattr(args, name)

@@ -194,3 +194,49 @@ def test_ddp_gloo_equals_single_process(tmp_path):
     ddp_model = MiniMindForCausalLM.from_pretrained(tmp_path / "ddp")
     for a, b in zip(ddp_model.state_dict().values(), single.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -- the loader: length-grouped batches, padding in the metrics ------------------------------------------------
+def _batches(sampler, n):
+    it = iter(sampler)
+    return [next(it) for _ in range(n)]
+
+
+def test_length_grouped_batches_cover_the_data_and_cut_padding():
+    from minimind.train.loop import ResumableBatchSampler
+    lengths = torch.randint(8, 512, (1000,), generator=torch.Generator().manual_seed(0))
+    plain = ResumableBatchSampler(1000, 8, seed=1)
+    grouped = ResumableBatchSampler(1000, 8, seed=1, lengths=lengths, group=16)
+    epoch = _batches(grouped, grouped.per_epoch)
+    seen = [i for b in epoch for i in b]
+    assert len(seen) == len(set(seen)) == grouped.per_epoch * 8  # each sample once an epoch
+
+    def padding(batches):  # the share of padded positions when each batch is padded to its longest sample
+        return sum(len(b) * max(lengths[b]) - sum(lengths[b]) for b in batches) / sum(len(b) * max(lengths[b])
+                                                                                       for b in batches)
+    assert padding(epoch) < 0.1 < 0.3 < padding(_batches(plain, plain.per_epoch))
+    assert epoch != sorted(epoch, key=lambda b: -max(lengths[b]))  # the batches themselves stay shuffled
+
+
+def test_length_grouped_batches_resume_where_they_stopped():
+    from minimind.train.loop import ResumableBatchSampler
+    lengths = torch.randint(1, 100, (300,), generator=torch.Generator().manual_seed(0))
+    whole = _batches(ResumableBatchSampler(300, 4, seed=3, lengths=lengths), 100)  # 75 a epoch: crosses one
+    resumed = _batches(ResumableBatchSampler(300, 4, seed=3, lengths=lengths, consumed=60), 40)
+    assert resumed == whole[60:]
+    # two processes see what one sees with the whole batch (contiguous halves of each global batch)
+    ranks = [_batches(ResumableBatchSampler(300, 2, seed=3, rank=r, world=2, lengths=lengths), 10) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks)] == whole[:10]
+
+
+def test_chat_training_logs_its_padding(tmp_path):
+    from course_helpers import course
+
+    from minimind.train import read_metrics, train_stage
+    paths = course()
+    for grouped in (False, True):
+        train_stage("sft", tmp_path / str(grouped), data=paths["sft"], tokenizer=paths["tokenizer"], max_steps=4,
+                    batch_size=8, log_every=1, device="cpu", progress=False, group_by_length=grouped)
+    fractions = {g: [r["padding_fraction"] for r in read_metrics(tmp_path / str(g))] for g in (False, True)}
+    assert all(0 <= f < 1 for f in fractions[False] + fractions[True])
+    assert sum(fractions[True]) < sum(fractions[False])  # similar lengths together: less padding

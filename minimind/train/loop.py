@@ -50,7 +50,8 @@ class TrainArgs:
     eval_batches: int = 20
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int = -1              # data loader processes; -1: 4 on CUDA (with prefetch), 0 elsewhere
+    group_by_length: bool = False      # batches of similar lengths (chat data): less padding on a GPU
     logger: Optional[str] = None       # wandb | swanlab, if installed
     progress: bool = True
 
@@ -66,23 +67,47 @@ def lr_at(step: int, total: int, args: TrainArgs) -> float:
 
 class ResumableBatchSampler(torch.utils.data.Sampler):
     """Endless batches of indices from a seeded permutation per epoch, starting after `consumed` micro-batches;
-    each global batch is split in contiguous per-rank chunks (N processes see what one with N x the batch sees)."""
+    each global batch is split in contiguous per-rank chunks (N processes see what one with N x the batch sees).
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, consumed: int = 0):
+    With `lengths`, each run of `group` global batches of the permutation is sorted by length before it is cut
+    into batches, and those batches are shuffled: similar lengths share a batch (little padding) while the
+    order stays random. The order is a function of (seed, epoch) alone, so --resume still lands exactly."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, consumed: int = 0,
+                 lengths=None, group: int = 64):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.per_epoch = n // (batch_size * world)
         if self.per_epoch == 0:
             raise ValueError(f"{n} samples cannot fill one batch of {batch_size} x {world} processes; "
                              "lower --batch-size or add data")
         self.consumed = consumed
+        self.lengths = None if lengths is None else torch.as_tensor(lengths)
+        self.group = group
+        self._epoch, self._order = None, None
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        if self.lengths is None:
+            return perm.tolist()
+        size = self.batch_size * self.world  # a global batch
+        span = size * self.group
+        batches = []
+        for start in range(0, self.per_epoch * size, span):
+            chunk = perm[start:min(start + span, self.per_epoch * size)]
+            chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+            batches += list(chunk.split(size))
+        order = torch.randperm(len(batches), generator=g).tolist()
+        return torch.cat([batches[i] for i in order]).tolist()
 
     def __iter__(self):
         step = self.consumed
         while True:
             epoch, b = divmod(step, self.per_epoch)
-            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, self.epoch_order(epoch)
             start = (b * self.world + self.rank) * self.batch_size
-            yield perm[start:start + self.batch_size]
+            yield self._order[start:start + self.batch_size]
             step += 1
 
     def __len__(self):
@@ -206,10 +231,15 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
             raise ValueError(f"--resume: the state in {found} cannot be read ({type(err).__name__}: {err}); "
                              "delete that folder and start without --resume, or restore it") from None
 
-    sampler = ResumableBatchSampler(len(train_data), args.batch_size, args.seed, rank, world, state["consumed"])
+    lengths = train_data.lengths() if args.group_by_length and hasattr(train_data, "lengths") else None
+    sampler = ResumableBatchSampler(len(train_data), args.batch_size, args.seed, rank, world, state["consumed"],
+                                    lengths=lengths)
     total = args.max_steps or max(1, math.ceil(args.epochs * sampler.per_epoch / args.grad_accum))
+    workers = args.num_workers if args.num_workers >= 0 else (4 if device.type == "cuda" else 0)
+    # on a GPU, worker processes read and collate the next batches into pinned memory while it computes
     loader = torch.utils.data.DataLoader(train_data, batch_sampler=sampler, collate_fn=collate_fn,
-                                         num_workers=args.num_workers, pin_memory=device.type == "cuda")
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
 
     def counted(loader):  # the data position to resume from: micro-batches taken from the loader
         for batch in loader:
@@ -246,6 +276,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     model.train()
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
     loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
+    padded, positions = torch.zeros((), device=device), 0  # padding in the batches since the last log (chat data)
     summary = {}
     with stop_requests() as requested:  # Ctrl-C / SIGTERM: finish the step, save, then stop
         while state["step"] < total:
@@ -265,6 +296,10 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
                     metric_sums[k] = metric_sums.get(k, 0) + v.float()
                 n_sum += 1
                 tokens_since += stage.batch_tokens(batch) * world
+                if isinstance(batch, dict) and "attention_mask" in batch:
+                    mask = batch["attention_mask"]  # (B, T): 0 on padding
+                    positions += mask.numel()
+                    padded += (mask == 0).sum()  # on the device: no sync per micro-batch
             if args.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.grad_clip)
@@ -286,6 +321,9 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
                 record = {"step": step, "loss": values[0].item(), "lr": lr,
                           **{k: values[i + 1].item() for i, k in enumerate(sorted(metric_sums))},
                           "tokens_per_s": tokens_since / (now - time_since), "elapsed": state["elapsed"]}
+                if positions:
+                    record["padding_fraction"] = padded.item() / positions
+                    padded, positions = torch.zeros((), device=device), 0
                 state["tokens"] += tokens_since
                 tokens_since, time_since = 0, now
                 loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
