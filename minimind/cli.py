@@ -18,8 +18,16 @@ def _add_course(sub):
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     p.add_argument("--only", nargs="*", default=None, help="run only these chapter numbers, e.g. 00 05")
     p.add_argument("--no-book", action="store_true", help="skip building the book")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run nothing long: validate and tokenize every stage's file, step each stage once, and "
+                        "print the plan (tokens, steps, hours on an RTX 3090)")
 
     def run(args):
+        if args.dry_run:
+            from .course.plan import dry_run, format_plan
+            print(format_plan(dry_run(preset=args.preset, data=args.data,
+                                      device="cpu" if args.device == "auto" else args.device)))
+            return
         from .course.runner import run_course
         run_course(preset=args.preset, out=args.out, data=args.data, device=args.device, only=args.only,
                    build_book=not args.no_book)

@@ -33,3 +33,20 @@ def test_course_runs_a_chapter_with_papermill_and_builds_the_book(tmp_path, monk
     html = run_dir / "_build" / "html"
     assert (html / "notebooks" / "00_setup.html").exists()
     assert "00_setup" in (html / "book" / "report.html").read_text()  # the report card is a page of the book
+
+
+def test_dry_run_checks_every_stage_and_plans_the_gpu_run(capsys):
+    from minimind.cli import main
+    from minimind.course.plan import RECIPE, dry_run
+    from minimind.train import STAGES
+    plan = dry_run(preset="tiny", data="course", device="cpu")
+    rows = {r["stage"]: r for r in plan["rows"]}
+    assert set(rows) == {s.stage for s in RECIPE} and set(rows) <= set(STAGES)
+    for r in rows.values():
+        assert r["samples"] > 0 and r["tokens"] > 0 and r["steps"] >= 1 and r["step_seconds"] >= 0
+        assert r["steps"] == -(-r["samples"] * r["epochs"] // r["batch_size"])
+    assert rows["grpo"]["tokens"] > 5 * rows["ppo"]["tokens"]  # 6 rollouts a prompt
+    assert 0.2 < plan["mfu"] < 0.7 and plan["total_hours"] == pytest.approx(sum(r["hours_3090"] for r in rows.values()))
+    assert main(["course", "--dry-run", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "MFU" in out and "every stage stepped once" in out and "grpo" in out
