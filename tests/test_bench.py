@@ -186,3 +186,18 @@ def test_interleaved_samples_the_same_number_of_calls_for_every_side():
     # the second round runs b first: after the warm-up (a, b) and round one (a..., b...), b runs twice as long
     runs = [len(list(group)) for _, group in itertools.groupby(order[2:])]
     assert runs[1] == 2 * runs[0]
+
+
+def test_data_bench_makes_valid_files_and_measures_them(tmp_path):
+    from course_helpers import course
+
+    from minimind.data.datasets import check_file
+    from minimind.use.bench_data import bench_file, make_file
+    paths = course()
+    for kind in ("sft", "pretrain"):
+        f = make_file(tmp_path / f"{kind}.jsonl", kind, 0.3, Path(paths["pretrain"]).parent)
+        assert 0.3e6 <= f.stat().st_size < 0.31e6
+        assert check_file(f, kind)["records"] > 50  # valid MiniMind records, every line
+    r = bench_file(tmp_path / "sft.jsonl", "sft", paths["tokenizer"], seq_len=128, step=False)
+    assert r["samples"] > 50 and r["mb_per_s"] > 0 and r["tokenize_peak_rss_mb"] > 0
+    assert r["cached_seconds"] < r["tokenize_seconds"]  # the second run reads the table
