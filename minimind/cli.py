@@ -255,10 +255,19 @@ def _add_data(sub):
     b.add_argument("--preset", default="minimind2-small", help="model for the step-1 measurement")
     b.add_argument("--no-step", action="store_true", help="measure tokenization only")
     b.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON")
+    b.add_argument("--page", default=None, metavar="MD", help="write the table into this Markdown page, between "
+                                                             "the markers naming the JSON (book/performance.md)")
+    b.add_argument("--from-json", default=None, metavar="FILE", help="measure nothing: use saved results")
 
     def run_bench(args):
         from .course.recipe import data_paths
-        from .use.bench_data import bench_data
+        from .use.bench_data import bench_data, format_markdown, write_page
+        if args.from_json:
+            results = json.loads(Path(args.from_json).read_text())
+            print(format_markdown(results))
+            if args.page:
+                write_page(args.page, results, args.from_json)
+            return
         corpus, tokenizer = args.corpus, args.tokenizer
         if corpus is None or tokenizer is None:
             paths = data_paths("course")
@@ -268,6 +277,8 @@ def _add_data(sub):
                              step=not args.no_step, files=args.files or None)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            if args.page:
+                write_page(args.page, results, args.json)
     b.set_defaults(func=run_bench)
 
     k = cmd.add_parser("check", help="validate a JSONL file: every line, with file:line and the fix for a bad one")

@@ -201,3 +201,18 @@ def test_data_bench_makes_valid_files_and_measures_them(tmp_path):
     r = bench_file(tmp_path / "sft.jsonl", "sft", paths["tokenizer"], seq_len=128, step=False)
     assert r["samples"] > 50 and r["mb_per_s"] > 0 and r["tokenize_peak_rss_mb"] > 0
     assert r["cached_seconds"] < r["tokenize_seconds"]  # the second run reads the table
+
+
+def test_the_book_shows_the_data_bench_tables_of_its_json():
+    """book/performance.md's data tables are the committed `minimind data bench` results."""
+    from minimind.use.bench_data import PAGE_BEGIN as DATA_BEGIN
+    from minimind.use.bench_data import PAGE_END as DATA_END
+    from minimind.use.bench_data import format_markdown
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "book" / "performance.md").read_text()
+    names = re.findall(re.escape(DATA_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
+    assert names, "book/performance.md has no `minimind data bench` table"
+    for name in names:
+        results = json.loads((root / name).read_text())
+        assert page_tables(text, name, DATA_BEGIN, DATA_END) == format_markdown(results), \
+            f"rerun: minimind data bench --from-json {name} --page book/performance.md"

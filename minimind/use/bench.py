@@ -542,25 +542,26 @@ PAGE_BEGIN = "<!-- begin: tables written by `minimind bench` from {json} -->"
 PAGE_END = "<!-- end: tables written by `minimind bench` -->"
 
 
-def page_tables(page_text: str, json_name: str) -> Optional[str]:
+def page_tables(page_text: str, json_name: str, begin: str = PAGE_BEGIN, end: str = PAGE_END) -> Optional[str]:
     """The tables between the markers for `json_name` in a page, None when the page has no such block."""
-    begin = PAGE_BEGIN.format(json=json_name)
+    begin = begin.format(json=json_name)
     if begin not in page_text:
         return None
-    return page_text.split(begin, 1)[1].split(PAGE_END, 1)[0].strip("\n")
+    return page_text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
 
 
-def update_page(page: str | Path, result: dict, json_name: str) -> None:
-    """Replace the tables for `json_name` in `page` with the ones `result` gives."""
+def update_page(page: str | Path, result, json_name: str, tables: Optional[str] = None, begin: str = PAGE_BEGIN,
+                end: str = PAGE_END) -> None:
+    """Replace the tables for `json_name` in `page` with `tables` (default: the ones `result` gives)."""
     page = Path(page)
     text = page.read_text()
-    begin = PAGE_BEGIN.format(json=json_name)
-    if page_tables(text, json_name) is None or PAGE_END not in text.split(begin, 1)[1]:
-        raise ValueError(f"{page} has no block for {json_name}: add the two lines\n{begin}\n{PAGE_END}\n"
+    marker = begin.format(json=json_name)
+    if page_tables(text, json_name, begin, end) is None or end not in text.split(marker, 1)[1]:
+        raise ValueError(f"{page} has no block for {json_name}: add the two lines\n{marker}\n{end}\n"
                          "where the tables go")
-    head, rest = text.split(begin, 1)
-    tail = rest.split(PAGE_END, 1)[1]
-    page.write_text(f"{head}{begin}\n\n{format_table(result)}\n\n{PAGE_END}{tail}")
+    head, rest = text.split(marker, 1)
+    tail = rest.split(end, 1)[1]
+    page.write_text(f"{head}{marker}\n\n{tables if tables is not None else format_table(result)}\n\n{end}{tail}")
 
 
 def main(settings: BenchSettings, out: Optional[str] = None, page: Optional[str] = None,
