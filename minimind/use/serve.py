@@ -1,8 +1,10 @@
 """An OpenAI-compatible HTTP server for a checkpoint (`minimind serve CKPT`), on the standard library only.
 
 /v1/chat/completions (whole or server-sent events), /v1/completions, /v1/models, /health, and / (a chat page).
-One generation at a time (a lock); reasoning comes back as `reasoning_content`. Extra request fields: top_k,
-repetition_penalty, enable_thinking, truncate (see book/use.md)."""
+One generation at a time (a lock); reasoning comes back as `reasoning_content`; with `tools` (models whose
+tokenizer has minimind-3's or MiniMind2's template) the calls the model writes come back as `tool_calls`, and
+`tool` messages carry their results back. Extra request fields: top_k, repetition_penalty, enable_thinking
+(or open_thinking), truncate (see book/use.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
-from ..data.tokenizer import ROLES
+from ..data.tokenizer import TOOL_ROLES
 from .chat import GenerationSettings, Reply, ThinkSplitter, fit_prompt, stream_text
+from .tools import ToolCallSplitter
 
 API_KEY_ENV = "MINIMIND_API_KEY"
 MAX_BODY = 4 * 1024 * 1024
@@ -99,17 +102,74 @@ def parse_messages(body: dict) -> list[dict]:
         role = m.get("role")
         if role == "developer":  # OpenAI's newer name for the system message
             role = "system"
-        if role not in ROLES:
-            raise APIError(400, f"messages[{i}].role is {role!r}: use one of {', '.join(ROLES)}",
+        if role not in TOOL_ROLES:
+            raise APIError(400, f"messages[{i}].role is {role!r}: use one of {', '.join(TOOL_ROLES)}",
                            f"messages[{i}].role", "invalid_value")
-        if "content" not in m or m["content"] is None:
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if ("content" not in m or m["content"] is None) and not calls:  # a call alone may have no content
             raise APIError(400, f"messages[{i}] has no 'content'", f"messages[{i}].content",
                            "missing_required_parameter")
-        msg = {"role": role, "content": _content(m["content"], i)}
+        msg = {"role": role, "content": "" if m.get("content") is None else _content(m["content"], i)}
         if role == "assistant" and isinstance(m.get("reasoning_content"), str):
             msg["reasoning_content"] = m["reasoning_content"]
+        if calls:
+            msg["tool_calls"] = _tool_calls(calls, i)
         out.append(msg)
     return out
+
+
+def _tool_calls(calls, i: int) -> list[dict]:
+    """An assistant message's tool_calls as the template renders them: [{"name", "arguments"}]."""
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise APIError(400, f"{where} must be a list", where, "invalid_type")
+    out = []
+    for k, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise APIError(400, f"{where}[{k}] must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}",
+                           f"{where}[{k}]", "invalid_type")
+        args = fn.get("arguments", "{}")
+        if not isinstance(args, (str, dict)):
+            raise APIError(400, f"{where}[{k}].function.arguments must be a JSON string", f"{where}[{k}]",
+                           "invalid_type")
+        out.append({"name": fn["name"], "arguments": args})
+    return out
+
+
+def parse_tools(body: dict) -> tuple[Optional[list], Optional[str]]:
+    """(the tools to show the model, None when it must not call any) and the forced call's prefix: "" for
+    tool_choice "required" (some call), the function's name for {"type": "function", "function": {"name"}}."""
+    tools, choice = body.get("tools"), body.get("tool_choice", "auto")
+    if tools is None or tools == []:
+        return None, None
+    if not isinstance(tools, list) or not all(
+            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str) for t in tools):
+        raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {'name', 'description', "
+                            "'parameters'}}", "tools", "invalid_type")
+    names = [t["function"]["name"] for t in tools]
+    if choice in (None, "auto"):
+        return tools, None
+    if choice == "none":
+        return None, None
+    if choice == "required":
+        return tools, ""
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in names:
+            raise APIError(400, f"tool_choice names {name!r}, which is not in 'tools' ({', '.join(names)})",
+                           "tool_choice", "invalid_value")
+        return tools, name
+    raise APIError(400, "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', "
+                        "'function': {'name': ...}}", "tool_choice", "invalid_value")
+
+
+def forced_call_prefix(name: Optional[str]) -> str:
+    """What the reply is made to start with when a call is required: the call's opening (and its name)."""
+    if name is None:
+        return ""
+    return '<tool_call>\n{"name": "' + (f'{name}", "arguments": ' if name else "")
 
 
 class Engine:
@@ -149,22 +209,37 @@ class Engine:
             raise APIError(404, f"the model {name!r} does not exist: this server serves {self.name!r} "
                                 "(see GET /v1/models)", "model", "model_not_found")
 
-    def chat_prompt(self, body: dict, settings: GenerationSettings) -> tuple[list[int], int, Optional[bool]]:
+    def chat_prompt(self, body: dict, settings: GenerationSettings, tools: Optional[list] = None,
+                    prefix: str = "") -> tuple[list[int], int, Optional[bool]]:
         msgs = parse_messages(body)
         thinking = body.get("enable_thinking")
         kwargs = body.get("chat_template_kwargs")
         if isinstance(kwargs, dict) and "enable_thinking" in kwargs:
             thinking = kwargs["enable_thinking"]
+        if body.get("open_thinking") is True or (isinstance(kwargs, dict) and kwargs.get("open_thinking") is True):
+            thinking = True  # minimind-3's name for the same switch
         if thinking is not None and not isinstance(thinking, bool):
             raise APIError(400, "'enable_thinking' must be true, false or null", "enable_thinking", "invalid_type")
+        uses_tools = tools or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs)
+        if uses_tools and getattr(self.tokenizer, "template", "minimind") == "minimind":
+            raise APIError(400, "this model's chat template (the course's) has no tools: serve a model whose "
+                                "tokenizer has minimind-3's template (trained with --template minimind3, or "
+                                "MiniMind's own)", "tools", "invalid_value")
+        extra = {"tools": tools} if tools else {}
         ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                                 enable_thinking=thinking)
+                                                 enable_thinking=thinking, **extra)
+        if prefix:
+            ids = ids + self.tokenizer.encode(prefix)
         dropped = 0
         if len(ids) >= self.context:
             if body.get("truncate") is not True:
                 raise APIError(400, f"the messages are {len(ids)} tokens, longer than this model's context of "
                                     f"{self.context} tokens: shorten them, or send \"truncate\": true to drop the "
                                     "oldest turns", "messages", "context_length_exceeded")
+            if tools or prefix:
+                raise APIError(400, f"the messages and tools are {len(ids)} tokens, longer than this model's "
+                                    f"context of {self.context} tokens: shorten them", "messages",
+                               "context_length_exceeded")
             try:
                 ids, dropped = fit_prompt(self.tokenizer, msgs, self.context, 1, thinking)
             except ValueError as err:
@@ -390,38 +465,72 @@ class Handler(BaseHTTPRequestHandler):
         e.check_model(body)
         settings = e.settings(body)
         stream = self._flag(body, "stream")
-        prompt, dropped, thinking = e.chat_prompt(body, settings)
+        tools, forced = parse_tools(body)
+        prefix = forced_call_prefix(forced)
+        prompt, dropped, thinking = e.chat_prompt(body, settings, tools, prefix)
         reply = Reply(truncated_messages=dropped)
         pieces = e.generate(prompt, settings, reply)
-        splitter = ThinkSplitter(in_think=thinking is True)
+        # a forced call's opening is part of the reply (the prompt wrote it), outside any <think> block
+        splitter = ThinkSplitter(in_think=thinking is True and not prefix)
+        calls = ToolCallSplitter() if tools else None
+
+        def split(pieces_in):
+            """("reasoning" | "content", text) and ("call", ToolCall) pieces of the reply."""
+            for kind, text in pieces_in:
+                if kind == "content" and calls is not None:
+                    yield from calls.push(text)
+                else:
+                    yield kind, text
+
+        def finish():
+            return "tool_calls" if calls is not None and calls.calls and reply.finish_reason == "stop" \
+                else reply.finish_reason
+
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         extra = {"minimind": {"truncated_messages": dropped}} if dropped else {}
         if not stream:
+            parts = list(split(splitter.push(prefix))) if prefix else []
             for text in self._while_connected(pieces):
-                splitter.push(text)
-            splitter.flush()
-            message = {"role": "assistant", "content": splitter.content_text}
+                parts += split(splitter.push(text))
+            parts += split(splitter.flush())
+            if calls is not None:
+                parts += calls.flush()
+            content = "".join(p for k, p in parts if k == "content").strip()
+            found = [p for k, p in parts if k == "call"]
+            message = {"role": "assistant", "content": content if content or not found else None}
             if splitter.reasoning_text:
                 message["reasoning_content"] = splitter.reasoning_text
+            if found:
+                message["tool_calls"] = [c.openai() for c in found]
             self._send_json(200, {"id": rid, "object": "chat.completion", "created": created, "model": e.name,
                                   "choices": [{"index": 0, "message": message, "logprobs": None,
-                                               "finish_reason": reply.finish_reason}],
+                                               "finish_reason": finish()}],
                                   "usage": _usage(reply), **extra})
             return
         include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
 
-        def chunk(delta: dict, finish=None, **more) -> dict:
+        def chunk(delta: dict, finish_reason=None, **more) -> dict:
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": e.name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **more}
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                    **more}
+
+        def deltas(parts):
+            for kind, piece in parts:
+                if kind == "call":
+                    yield chunk({"tool_calls": [piece.openai(index=calls.calls.index(piece))]})
+                else:
+                    yield chunk({"reasoning_content" if kind == "reasoning" else "content": piece})
 
         def events():
             yield chunk({"role": "assistant", "content": ""}, **extra)
+            if prefix:
+                yield from deltas(split(splitter.push(prefix)))
             for text in pieces:
-                for kind, piece in splitter.push(text):
-                    yield chunk({"reasoning_content" if kind == "reasoning" else "content": piece})
-            for kind, piece in splitter.flush():
-                yield chunk({"reasoning_content" if kind == "reasoning" else "content": piece})
-            yield chunk({}, reply.finish_reason)
+                yield from deltas(split(splitter.push(text)))
+            yield from deltas(split(splitter.flush()))
+            if calls is not None:
+                yield from deltas(calls.flush())
+            yield chunk({}, finish())
             if include_usage:
                 yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": e.name,
                        "choices": [], "usage": _usage(reply)}
