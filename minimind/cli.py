@@ -51,8 +51,8 @@ def _add_export(sub):
         print(f"wrote {out}: open it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     hf.set_defaults(func=run)
 
-    gg = fmt.add_parser("gguf", help="one .gguf file (llama.cpp's llama architecture for MiniMind2, qwen3 for "
-                                     "minimind-3; BPE tokenizer) for llama.cpp and ollama; dense models only")
+    gg = fmt.add_parser("gguf", help="one .gguf file for llama.cpp and ollama (BPE tokenizer, chat template): "
+                                     "llama / bailingmoe for MiniMind2, qwen3 / qwen3moe for minimind-3")
     gg.add_argument("ckpt", help="MiniMind checkpoint folder with its tokenizer files")
     gg.add_argument("--out", required=True, help="output file, e.g. minimind.gguf")
     gg.add_argument("--dtype", choices=["f32", "f16"], default="f32",

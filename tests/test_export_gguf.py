@@ -547,11 +547,16 @@ def llama_cpp_greedy(path, prompts, new=32):
     return llm, runs
 
 
-@pytest.mark.parametrize("preset,arch", [("minimind2", "llama"), ("minimind-3", "qwen3"),
-                                         ("minimind2-moe", "bailingmoe"), ("minimind-3-moe", "qwen3moe")])
-def test_llama_cpp_computes_our_model(tok, tmp_path, preset, arch):
+@pytest.mark.parametrize("preset,overrides,arch", [
+    ("minimind2", {}, "llama"), ("minimind-3", {}, "qwen3"), ("minimind2-moe", {}, "bailingmoe"),
+    ("minimind-3-moe", {}, "qwen3moe"),
+    ("minimind2-moe", dict(n_shared_experts=0, num_experts_per_tok=1, norm_topk_prob=False), "bailingmoe"),
+    ("minimind-3-moe", dict(n_shared_experts=1, num_experts_per_tok=2), "glm4moe")],
+    ids=["minimind2", "minimind-3", "minimind2-moe", "minimind-3-moe", "m2moe-top1-unshared", "m3moe-shared-top2"])
+def test_llama_cpp_computes_our_model(tok, tmp_path, preset, overrides, arch):
     pytest.importorskip("llama_cpp")
-    model = random_model(MiniMindConfig.from_preset(preset, num_hidden_layers=2, vocab_size=tok.vocab_size))
+    model = random_model(MiniMindConfig.from_preset(preset, num_hidden_layers=2, vocab_size=tok.vocab_size,
+                                                    **overrides))
     with torch.no_grad():  # weights of a trained model's size: 0.1 saturates a 640-wide model
         for p in model.parameters():
             p.mul_(0.3) if p.dim() > 1 else None
