@@ -143,3 +143,63 @@ def test_the_course_template_refuses_tools_by_name():
         with pytest.raises(openai.BadRequestError, match="has no tools"):
             client.chat.completions.create(model="mini", messages=[{"role": "user", "content": "hi"}],
                                            tools=[WEATHER])
+
+
+# -- running tools and episodes --------------------------------------------------------------------------------
+def toolbox(timeout=5.0):
+    import time
+
+    from minimind.use.tools import Tool, ToolBox
+
+    def slow(seconds: float):
+        time.sleep(seconds)
+        return "done"
+
+    return ToolBox([Tool("add", "a + b", ADD["function"]["parameters"], lambda a, b: a + b),
+                    Tool("fail", "raises", {"type": "object", "properties": {}}, lambda: 1 / 0),
+                    Tool("slow", "sleeps", {"type": "object", "properties": {"seconds": {"type": "number"}}}, slow)],
+                   timeout=timeout)
+
+
+def test_only_registered_tools_run_and_every_failure_is_a_message():
+    from minimind.use.tools import ToolCall
+    box = toolbox(timeout=0.2)
+    assert box.run(ToolCall("add", {"a": 2, "b": 3.5})) == "5.5"
+    assert box.run(ToolCall("os.system", {"cmd": "ls"})).startswith("error: there is no tool 'os.system'")
+    assert "unknown argument(s) c" in box.run(ToolCall("add", {"a": 1, "b": 2, "c": 3}))
+    assert "should be a number" in box.run(ToolCall("add", {"a": "1", "b": 2}))
+    assert "ZeroDivisionError" in box.run(ToolCall("fail", {}))
+    assert "longer than 0.2 s" in box.run(ToolCall("slow", {"seconds": 2}))
+    assert [t["function"]["name"] for t in box.schemas()] == ["add", "fail", "slow"]
+
+
+def scripted(*replies):
+    seen = []
+
+    def generate(messages, tools):
+        seen.append([dict(m) for m in messages])
+        return replies[len(seen) - 1]
+    return generate, seen
+
+
+def test_an_episode_runs_the_calls_and_feeds_the_results_back():
+    from minimind.use.tools import run_episode
+    generate, seen = scripted('<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>',
+                              "17 plus 25 is 42.")
+    ep = run_episode(generate, [{"role": "user", "content": "17 + 25?"}], toolbox())
+    assert ep.ended == "answer" and ep.answer == "17 plus 25 is 42."
+    assert [(c.name, r) for c, r in ep.calls] == [("add", "42")]
+    assert seen[1][-1] == {"role": "tool", "content": "42"}  # the second turn saw the tool's result
+    assert [m["role"] for m in ep.messages] == ["user", "assistant", "tool", "assistant"]
+
+
+def test_a_broken_call_gets_an_error_and_another_turn_then_the_turns_run_out():
+    from minimind.use.tools import run_episode
+    generate, seen = scripted('<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>', "I give up: 42.")
+    ep = run_episode(generate, [{"role": "user", "content": "17 + 25?"}], toolbox())
+    assert ep.ended == "answer" and ep.answer == "I give up: 42." and ep.calls == []
+    assert seen[1][-1]["role"] == "tool" and "not valid JSON" in seen[1][-1]["content"]
+    loop = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 1}}\n</tool_call>'
+    generate, _ = scripted(loop, loop, loop)
+    ep = run_episode(generate, [{"role": "user", "content": "1 + 1?"}], toolbox(), max_turns=3)
+    assert ep.ended == "max_turns" and len(ep.calls) == 3 and ep.answer == ""

@@ -117,3 +117,110 @@ def _add(out: list, text: str) -> None:
         out[-1] = ("content", out[-1][1] + text)
     else:
         out.append(("content", text))
+
+
+# -- running tools -----------------------------------------------------------------------------------------------
+@dataclass
+class Tool:
+    """A Python function the model may call, with the JSON schema of its arguments (what the model is shown)."""
+    name: str
+    description: str
+    parameters: dict
+    fn: object
+
+    def schema(self) -> dict:
+        """As OpenAI's `tools` (and the chat template) spell it."""
+        return {"type": "function", "function": {"name": self.name, "description": self.description,
+                                                 "parameters": self.parameters}}
+
+
+class ToolBox:
+    """The registered tools, and nothing else: a call to any other name, bad arguments, an exception or a slow
+    tool all come back as an error message for the model, never as an exception (no eval, no shell)."""
+
+    def __init__(self, tools=(), timeout: float = 5.0):
+        self.tools = {t.name: t for t in tools}
+        self.timeout = timeout
+
+    def schemas(self) -> list[dict]:
+        return [t.schema() for t in self.tools.values()]
+
+    def run(self, call: ToolCall) -> str:
+        """The tool's result as text (JSON for anything but a string), or "error: ..." saying what went wrong."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            return f"error: there is no tool {call.name!r}; the tools are {', '.join(self.tools) or 'none'}"
+        problem = _check_arguments(call.arguments, tool.parameters)
+        if problem:
+            return f"error: {call.name}: {problem}"
+        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import TimeoutError as Timeout
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            result = pool.submit(tool.fn, **call.arguments).result(timeout=self.timeout)
+        except Timeout:
+            return f"error: {call.name} took longer than {self.timeout:g} s"
+        except Exception as err:  # a tool's own failure is the model's information, not the caller's crash
+            return f"error: {call.name} failed: {type(err).__name__}: {err}"
+        finally:
+            pool.shutdown(wait=False)
+        return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+
+
+_JSON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "object": dict,
+               "array": list}
+
+
+def _check_arguments(args: dict, schema: dict) -> Optional[str]:
+    """Why `args` do not fit a JSON schema's properties and required list (the subset tools here use)."""
+    props = schema.get("properties", {})
+    missing = [k for k in schema.get("required", []) if k not in args]
+    if missing:
+        return f"missing argument(s) {', '.join(missing)}"
+    unknown = [k for k in args if k not in props]
+    if unknown:
+        return f"unknown argument(s) {', '.join(unknown)}; it takes {', '.join(props) or 'none'}"
+    for k, v in args.items():
+        kind = _JSON_TYPES.get(props[k].get("type"))
+        if kind and (not isinstance(v, kind) or (isinstance(v, bool) and props[k].get("type") != "boolean")):
+            return f"argument {k}={v!r} should be a {props[k]['type']}"
+    return None
+
+
+@dataclass
+class Episode:
+    """A multi-turn exchange: the messages (the model's turns and the tools' results), its tool calls and how
+    it ended ("answer", "max_turns", "length")."""
+    messages: list
+    calls: list = field(default_factory=list)
+    ended: str = ""
+
+    @property
+    def answer(self) -> str:
+        last = self.messages[-1]
+        return last["content"] if last["role"] == "assistant" and not last.get("tool_calls") else ""
+
+
+def run_episode(generate, messages: list[dict], toolbox: ToolBox, max_turns: int = 4) -> Episode:
+    """Let the model answer `messages`, running the tools it calls, until it answers without a call or
+    max_turns model turns have passed. generate(messages, tools) -> the model's text for the next turn."""
+    episode = Episode(list(messages))
+    for _ in range(max_turns):
+        text = generate(episode.messages, toolbox.schemas())
+        content, calls, problems = parse_tool_calls(text)
+        turn = {"role": "assistant", "content": content.strip()}
+        if not calls:
+            episode.messages.append(turn)
+            if problems:  # it tried to call and failed: tell it why, give it another turn
+                episode.messages.append({"role": "tool", "content": "error: " + "; ".join(problems)})
+                continue
+            episode.ended = "answer"
+            return episode
+        turn["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in calls]
+        episode.messages.append(turn)
+        for call in calls:
+            result = toolbox.run(call)
+            episode.calls.append((call, result))
+            episode.messages.append({"role": "tool", "content": result})
+    episode.ended = "max_turns"
+    return episode
