@@ -85,11 +85,12 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         self.group = group
         self._epoch, self._order = None, None
 
-    def epoch_order(self, epoch: int) -> list[int]:
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """Every index once, (n,) int64: kept as a tensor, since a list of millions of ints costs ~100 MB."""
         g = torch.Generator().manual_seed(self.seed + epoch)
         perm = torch.randperm(self.n, generator=g)
         if self.lengths is None:
-            return perm.tolist()
+            return perm
         size = self.batch_size * self.world  # a global batch
         span = size * self.group
         batches = []
@@ -98,7 +99,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
             chunk = chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
             batches += list(chunk.split(size))
         order = torch.randperm(len(batches), generator=g).tolist()
-        return torch.cat([batches[i] for i in order]).tolist()
+        return torch.cat([batches[i] for i in order])
 
     def __iter__(self):
         step = self.consumed
@@ -107,7 +108,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
             if epoch != self._epoch:
                 self._epoch, self._order = epoch, self.epoch_order(epoch)
             start = (b * self.world + self.rank) * self.batch_size
-            yield self._order[start:start + self.batch_size]
+            yield self._order[start:start + self.batch_size].tolist()
             step += 1
 
     def __len__(self):
