@@ -11,9 +11,21 @@ from minimind.train import STAGES, build_model, load_tokenizer, read_metrics, tr
 
 COMMON = dict(max_steps=1, batch_size=2, seq_len=64, device="cpu", progress=False, log_every=1, seed=0)
 OPTIONS = {"lora": dict(lora_rank=4), "grpo": dict(group_size=2, max_new_tokens=6),
-           "ppo": dict(max_new_tokens=6), "spo": dict(max_new_tokens=6)}
+           "ppo": dict(max_new_tokens=6), "spo": dict(max_new_tokens=6),
+           "agent": dict(group_size=2, max_new_tokens=6, max_turns=2)}
 DATA = {"pretrain": "pretrain", "sft": "sft", "reason": "reason", "lora": "lora", "distill": "sft", "dpo": "dpo",
-        "reward": "dpo", "ppo": "rl", "grpo": "rl", "spo": "rl"}
+        "reward": "dpo", "ppo": "rl", "grpo": "rl", "spo": "rl", "agent": "rl"}
+
+
+@pytest.fixture(scope="module")
+def tool_tokenizer(tmp_path_factory):
+    """A course tokenizer with minimind-3's template (the agent stage needs tools in its template)."""
+    from minimind.data.datasets import iter_texts
+    from minimind.data.tokenizer import train_tokenizer
+    out = tmp_path_factory.mktemp("tool_tok")
+    train_tokenizer(list(iter_texts([course()["pretrain"]]))[:2000], vocab_size=600,
+                    template="minimind3").save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +37,11 @@ def teacher(tmp_path_factory):
     return out
 
 
-def losses(stage, out, teacher, **extra):
+def losses(stage, out, teacher, tool_tokenizer=None, **extra):
     """The loss of each step of a short run of `stage` (tiny preset, course corpus)."""
     paths = course()
-    train_stage(stage, out, data=paths[DATA[stage]], tokenizer=paths["tokenizer"], preset="tiny",
+    tokenizer = tool_tokenizer if stage == "agent" else paths["tokenizer"]
+    train_stage(stage, out, data=paths[DATA[stage]], tokenizer=tokenizer, preset="tiny",
                 teacher=teacher if stage == "distill" else None, stage_kwargs=OPTIONS.get(stage),
                 **{**COMMON, **extra})
     values = [r["loss"] for r in read_metrics(out)]
@@ -41,11 +54,11 @@ def test_every_stage_is_covered():
 
 
 @pytest.mark.parametrize("stage", sorted(DATA))
-def test_bf16_first_steps_match_float32(stage, tmp_path, teacher):
+def test_bf16_first_steps_match_float32(stage, tmp_path, teacher, tool_tokenizer):
     # two steps: the second starts from weights that one bf16 update moved (and DPO's policy has left its
     # reference, so its loss is no longer log 2 whatever the precision)
-    full = losses(stage, tmp_path / "fp32", teacher, dtype="float32", max_steps=2)
-    half = losses(stage, tmp_path / "bf16", teacher, dtype="bfloat16", max_steps=2)
+    full = losses(stage, tmp_path / "fp32", teacher, tool_tokenizer, dtype="float32", max_steps=2)
+    half = losses(stage, tmp_path / "bf16", teacher, tool_tokenizer, dtype="bfloat16", max_steps=2)
     # bf16 keeps 8 bits of mantissa: about 0.4% per rounding, a few percent after a model's worth of them
     assert half == pytest.approx(full, rel=0.03, abs=0.03), (stage, full, half)
 

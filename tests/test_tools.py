@@ -7,8 +7,8 @@ import pytest
 from tiny_checkpoint import LINES, ScriptedModel
 
 from minimind.data.tokenizer import train_tokenizer
+from minimind.data.tools import ToolCallSplitter, parse_tool_calls
 from minimind.use.serve import running_server
-from minimind.use.tools import ToolCallSplitter, parse_tool_calls
 
 openai = pytest.importorskip("openai")
 
@@ -149,7 +149,7 @@ def test_the_course_template_refuses_tools_by_name():
 def toolbox(timeout=5.0):
     import time
 
-    from minimind.use.tools import Tool, ToolBox
+    from minimind.data.tools import Tool, ToolBox
 
     def slow(seconds: float):
         time.sleep(seconds)
@@ -162,7 +162,7 @@ def toolbox(timeout=5.0):
 
 
 def test_only_registered_tools_run_and_every_failure_is_a_message():
-    from minimind.use.tools import ToolCall
+    from minimind.data.tools import ToolCall
     box = toolbox(timeout=0.2)
     assert box.run(ToolCall("add", {"a": 2, "b": 3.5})) == "5.5"
     assert box.run(ToolCall("os.system", {"cmd": "ls"})).startswith("error: there is no tool 'os.system'")
@@ -183,7 +183,7 @@ def scripted(*replies):
 
 
 def test_an_episode_runs_the_calls_and_feeds_the_results_back():
-    from minimind.use.tools import run_episode
+    from minimind.data.tools import run_episode
     generate, seen = scripted('<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>',
                               "17 plus 25 is 42.")
     ep = run_episode(generate, [{"role": "user", "content": "17 + 25?"}], toolbox())
@@ -194,7 +194,7 @@ def test_an_episode_runs_the_calls_and_feeds_the_results_back():
 
 
 def test_a_broken_call_gets_an_error_and_another_turn_then_the_turns_run_out():
-    from minimind.use.tools import run_episode
+    from minimind.data.tools import run_episode
     generate, seen = scripted('<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>', "I give up: 42.")
     ep = run_episode(generate, [{"role": "user", "content": "17 + 25?"}], toolbox())
     assert ep.ended == "answer" and ep.answer == "I give up: 42." and ep.calls == []

@@ -390,6 +390,9 @@ class PPOStage(RolloutStage):
         super().setup(model, device)
         if self.critic is None:
             self.critic = ScalarHeadModel.from_causal_lm(unwrap(model))
+            # a critic that knows nothing should say so: V = 0 everywhere (then A = the return), not random values
+            # of order 1 that would drown the first rollouts' advantages in noise
+            torch.nn.init.zeros_(self.critic.score.weight)
         self.critic.to(device).train()
 
     def param_groups(self, args):

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..data.tokenizer import TOOL_ROLES
+from ..data.tools import ToolCallSplitter
 from .chat import GenerationSettings, Reply, ThinkSplitter, fit_prompt, stream_text
-from .tools import ToolCallSplitter
 
 API_KEY_ENV = "MINIMIND_API_KEY"
 MAX_BODY = 4 * 1024 * 1024

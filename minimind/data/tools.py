@@ -224,3 +224,38 @@ def run_episode(generate, messages: list[dict], toolbox: ToolBox, max_turns: int
             episode.messages.append({"role": "tool", "content": result})
     episode.ended = "max_turns"
     return episode
+
+
+# -- toolboxes by name (a stage option picks one) ----------------------------------------------------------------
+def _number_tool(name: str, description: str, fn) -> Tool:
+    schema = {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+              "required": ["a", "b"]}
+    return Tool(name, description, schema, lambda a, b: _tidy(fn(a, b)))
+
+
+def _tidy(x):
+    """7.0 -> 7: answers read as the course writes numbers."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def _divide(a, b):
+    if b == 0:
+        raise ValueError("division by zero")
+    return a / b
+
+
+def calculator() -> ToolBox:
+    """add, subtract, multiply, divide: exact arithmetic the model can call instead of guessing."""
+    return ToolBox([_number_tool("add", "a + b", lambda a, b: a + b),
+                    _number_tool("subtract", "a - b", lambda a, b: a - b),
+                    _number_tool("multiply", "a * b", lambda a, b: a * b),
+                    _number_tool("divide", "a / b", _divide)])
+
+
+TOOLBOXES = {"calculator": calculator, "none": ToolBox}
+
+
+def toolbox(name: str) -> ToolBox:
+    if name not in TOOLBOXES:
+        raise ValueError(f"unknown toolbox {name!r}: choose one of {', '.join(TOOLBOXES)}")
+    return TOOLBOXES[name]()

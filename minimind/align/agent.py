@@ -1,0 +1,183 @@
+"""Agentic RL: the policy answers in several turns, calling tools and reading their results, and learns from
+whether the task succeeded (MiniMind's train_agent.py, GRPO or CISPO).
+
+A rollout is prompt, then model turn, tool results, model turn, ...: the loss covers only the tokens the model
+wrote (the tool results are in the sequence, for the model to read, but masked out of the loss). Advantages are
+GRPO's (group_size rollouts per prompt, normalised within the group); CISPO replaces the clipped-ratio surrogate
+by the log-probability weighted with the ratio, clipped from above and held constant (so no token's gradient
+is ever clipped to zero).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..data.tokenizer import render_chat
+from ..data.tools import ToolBox, parse_tool_calls, toolbox
+from ..train.stages import Option, register
+from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
+
+AGENT_TEMPLATES = ("minimind2", "minimind3")
+MINIMIND2_DEFAULT_SYSTEM = "You are a helpful assistant"  # what MiniMind2's template adds without a system turn
+
+
+def cispo_loss(logp, old_logp, advantages, mask, eps_high: float = 5.0):
+    """-sg(min(ratio, eps_high)) * A * log pi per token (CISPO, as MiniMind's train_agent.py): (N, R)."""
+    ratio = torch.exp(logp - old_logp).clamp(max=eps_high).detach()  # (N, R)
+    return -(ratio * advantages[:, None] * logp)
+
+
+def turn_suffix(template: str, results: list[str]) -> str:
+    """The text after a model turn that called tools (its <|im_end|> already written): the tool results as the
+    template renders them, then the next generation prompt. Found by rendering, so it is the template's own."""
+    user = [{"role": "user", "content": "?"}]
+    call = {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}] * len(results)}
+    before = render_chat(user + [call], template=template)
+    after = render_chat(user + [call] + [{"role": "tool", "content": r} for r in results],
+                        add_generation_prompt=True, template=template)
+    return "\n" + after[len(before):]  # "\n": what the template writes after <|im_end|>
+
+
+def with_tools(prompt: str, template: str, schemas: list[dict]) -> str:
+    """A rendered prompt with the tools block the template puts in the system turn (the RL data renders its
+    prompts without tools): the head before the first user turn is rendered again, with the tools."""
+    if not schemas:
+        return prompt
+    system = None
+    if prompt.startswith("<|im_start|>system\n"):
+        system = prompt[len("<|im_start|>system\n"):prompt.index("<|im_end|>")]
+        if template == "minimind2" and system == MINIMIND2_DEFAULT_SYSTEM:
+            system = None  # the template's own default, which it leaves out when there are tools
+    head = [{"role": "system", "content": system}] if system is not None else []
+    probe = head + [{"role": "user", "content": "\x00"}]
+    plain = render_chat(probe, template=template).split("<|im_start|>user\n\x00")[0]
+    tooled = render_chat(probe, template=template, tools=schemas).split("<|im_start|>user\n\x00")[0]
+    if not prompt.startswith(plain):
+        raise ValueError(f"the RL prompt was not rendered with this tokenizer's template ({template}): "
+                         f"{prompt[:80]!r}")
+    return tooled + prompt[len(plain):]
+
+
+def agent_collate(items: list[dict], pad_id: int = 0) -> dict:
+    """Agent prompts as a batch of lists: each rollout is generated on its own (the turns differ)."""
+    return {"prompt": [it["prompt"] for it in items], "prompt_ids": [it["prompt_ids"] for it in items],
+            "answer": [it.get("answer") for it in items]}
+
+
+@register
+class AgentStage(GRPOStage):
+    """Multi-turn rollouts with tool calls (tools from a `ToolBox`), the loss on the model's own tokens only;
+    GRPO or CISPO. Reward = the task's (the final answer checked) + format_weight for every well-formed call."""
+    name, help = "agent", "agentic RL: multi-turn rollouts that call tools; GRPO or CISPO"
+    defaults = dict(lr=1e-4, batch_size=2, log_every=1)
+    options = {**GRPOStage.options,
+               "loss": Option("cispo", "agent: cispo (MiniMind's default) or grpo"),
+               "eps_high": Option(5.0, "agent: CISPO's upper clip of the importance weight"),
+               "max_turns": Option(3, "agent: model turns per rollout"),
+               "format_weight": Option(0.1, "agent: reward for each well-formed tool call (minus for a broken one)"),
+               "tools": Option("calculator", "agent: the toolbox the model may call (minimind.data.tools.TOOLBOXES)")}
+    collate_fn = staticmethod(agent_collate)
+
+    def __init__(self, reward_fn="rule", tokenizer=None, tools: str | ToolBox = "calculator", loss: str = "cispo",
+                 eps_high: float = 5.0, max_turns: int = 3, format_weight: float = 0.1, **kw):
+        super().__init__(reward_fn, tokenizer, **kw)
+        if loss not in ("cispo", "grpo"):
+            raise ValueError(f"loss {loss!r}: use cispo or grpo")
+        template = getattr(tokenizer, "template", "minimind")
+        if template not in AGENT_TEMPLATES:
+            raise ValueError(f"the agent stage needs a chat template with tools ({' or '.join(AGENT_TEMPLATES)}); "
+                             f"this tokenizer has {template!r}: train one with `minimind tokenizer train "
+                             "--template minimind3`")
+        self.template = template
+        self.toolbox = tools if isinstance(tools, ToolBox) else toolbox(tools)
+        self._prompts: dict[str, list[int]] = {}  # prompt text -> its ids with the tools block
+        self.loss_kind, self.eps_high, self.max_turns, self.format_weight = loss, eps_high, max_turns, format_weight
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self._prompts:
+            self._prompts[prompt] = self.tokenizer.encode(with_tools(prompt, self.template, self.toolbox.schemas()))
+        return self._prompts[prompt]
+
+    @torch.no_grad()
+    def run_one(self, policy, prompt_ids: list[int]):
+        """One multi-turn rollout: (response ids, mask of the model's own tokens, final answer, calls, broken,
+        model turns)."""
+        ids, own, answer, calls, broken, turns = list(prompt_ids), [], "", 0, 0, 0
+        device = policy.device
+        for turn in range(self.max_turns):
+            room = policy.config.max_position_embeddings - len(ids)
+            if room <= 1:
+                break
+            out = policy.generate(torch.tensor([ids], device=device), max_new_tokens=min(self.max_new_tokens, room),
+                                  do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                  eos_token_id=self.eos_id)[0, len(ids):].tolist()
+            if self.eos_id in out:
+                out = out[:out.index(self.eos_id) + 1]
+            ids += out
+            own += [1] * len(out)
+            turns += 1
+            text = self.tokenizer.decode(out, skip_special_tokens=True)
+            content, found, problems = parse_tool_calls(text)
+            calls, broken = calls + len(found), broken + len(problems)
+            if not found and not problems or out[-1:] != [self.eos_id] or turn == self.max_turns - 1:
+                answer = content
+                break
+            results = [self.toolbox.run(c) for c in found] + [f"error: {p}" for p in problems]
+            tool_ids = self.tokenizer.encode(turn_suffix(self.template, results))
+            ids += tool_ids
+            own += [0] * len(tool_ids)  # read, not written: no loss here
+        return ids[len(prompt_ids):], own, answer, calls, broken, turns
+
+    @torch.no_grad()
+    def generate_rollout(self, model, batch) -> Rollout:
+        policy, g = unwrap(model), self.samples_per_prompt
+        start = time.perf_counter()
+        runs, prompts, answers, prompt_seqs = [], [], [], []
+        for prompt, answer in zip(batch["prompt"], batch["answer"]):
+            ids = self.prompt_ids(prompt)
+            for _ in range(g):
+                runs.append(self.run_one(policy, ids))
+                prompts.append(prompt)
+                answers.append(answer)
+                prompt_seqs.append(ids)
+        seconds = time.perf_counter() - start
+        p_len, r_len = max(map(len, prompt_seqs)), max(max(len(r[0]) for r in runs), 1)
+        n, pad = len(runs), self.tokenizer.pad_token_id
+        sequences = torch.full((n, p_len + r_len), pad, dtype=torch.long)
+        attention = torch.zeros((n, p_len + r_len), dtype=torch.long)
+        mask = torch.zeros((n, r_len))
+        for i, (p, (resp, own, *_)) in enumerate(zip(prompt_seqs, runs)):
+            sequences[i, p_len - len(p):p_len] = torch.tensor(p)  # prompts left-padded, responses right-padded
+            sequences[i, p_len:p_len + len(resp)] = torch.tensor(resp, dtype=torch.long)
+            attention[i, p_len - len(p):p_len + len(resp)] = 1
+            mask[i, :len(own)] = torch.tensor(own, dtype=torch.float)
+        finals = [r[2] for r in runs]
+        task = torch.as_tensor(self.reward_fn(prompts, finals, answers), dtype=torch.float32).reshape(-1)
+        form = torch.tensor([self.format_weight * (r[3] - r[4]) for r in runs])
+        device = policy.device
+        rollout = Rollout(sequences=sequences.to(device), attention_mask=attention.to(device), mask=mask.to(device),
+                          rewards=(task + form).to(device), prompts=prompts, responses=finals, answers=answers,
+                          gen_tokens_per_s=float(mask.sum()) / max(seconds, 1e-9))
+        rollout.data.update(task_reward=task.to(device), tool_calls=torch.tensor([float(r[3]) for r in runs]),
+                            broken_calls=torch.tensor([float(r[4]) for r in runs]),
+                            turns=torch.tensor([float(r[5]) for r in runs]))
+        return rollout
+
+    def loss(self, model, rollout):
+        if self.loss_kind == "grpo":
+            loss, metrics = super().loss(model, rollout)
+        else:
+            d, mask = rollout.data, rollout.mask
+            logp, out = response_logprobs(model, rollout)
+            old_logp = d.setdefault("old_logp", logp.detach())
+            per_token = cispo_loss(logp, old_logp, d["advantages"], mask, self.eps_high) \
+                + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
+            loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+            metrics = _metrics(loss.device, **self.common_metrics(rollout, logp),
+                               group_reward_std=d["group_std"].mean(), zero_var_frac=d["zero_variance"].mean())
+        d = rollout.data
+        metrics.update(_metrics(loss.device, task_reward=d["task_reward"].mean(), tool_calls=d["tool_calls"].mean(),
+                                broken_calls=d["broken_calls"].mean(), turns=d["turns"].mean()))
+        return loss, metrics
+
