@@ -18,7 +18,7 @@
 #
 # DPO learned from fixed pairs. Reinforcement learning lets the model **write its own answers** (rollouts),
 # scores each with a **reward**, and makes well-scored answers likelier. Here the reward is *verifiable*:
-# the course's RL prompts carry a checkable answer ("What is 4 plus 3?" expects 7), and a rule checks it.
+# every RL prompt carries its answer, and a rule checks the reply against it.
 #
 # The policy gradient raises the log-probability of each response token in proportion to its
 # **advantage**: how much better the response did than expected. The three algorithms differ in where
@@ -32,7 +32,8 @@
 #
 # All three also keep the policy close to a frozen copy of the SFT model (the reference) with a KL term,
 # and all three are one `Stage` on the same training loop. This chapter trains them side by side on the
-# same prompts, with the same reward and the same number of generated responses per step.
+# same prompts, with the same reward and the same number of generated responses per step, three times
+# each (three seeds), and measures what they learned on prompts they never trained on.
 
 # %% tags=["parameters"]
 preset = "tiny"
@@ -40,15 +41,25 @@ data = "course"          # course | minimind (rlaif-mini: open prompts, no check
 device = "auto"
 out_dir = None
 algorithms = ("ppo", "grpo", "spo")
-max_steps = 80           # optimizer steps per algorithm
-responses = 16           # generated responses per step, for every algorithm
-group_size = 4           # GRPO: responses // group_size prompts per step
-lr = 5e-5
-max_new_tokens = 16
-temperature = 1.0
-kl_beta = 0.02           # GRPO and SPO: weight of the KL term; PPO: KL penalty in the reward
-spo_baseline = "global"  # global (MiniMind2) | per_prompt (the SPO paper)
 reward = "rule"          # rule | a folder with a reward model (e.g. InternLM2-1.8B-Reward, for data="minimind")
+spo_baseline = "global"  # global (MiniMind2) | per_prompt (the SPO paper)
+tune = False             # True: first rerun the learning-rate and KL-weight sweep that chose the tiny recipe
+# None below means the preset's recipe (RECIPES in the next cell): for tiny, settings measured on 2 CPU cores;
+# for the GPU presets (minimind2-small, ...), MiniMind's own train_ppo.py / train_grpo.py / train_spo.py:
+# rlaif-mini's prompts cut to 66 tokens, replies of up to 1536 tokens, GRPO's group of 8 and 2 prompts a step
+# (so 16 responses a step, for every algorithm here), lr 8e-8 (SPO 1e-7, the critic 8e-8), KL weight 0.02,
+# sampling temperature 0.8, no warm-up, one epoch, one seed.
+seeds = None             # one run per algorithm and seed: the spread tells learning from luck
+max_steps = None         # optimizer steps per run (None in the GPU recipe: one epoch over the prompts)
+responses = None         # generated responses per step, for every algorithm
+group_size = None        # GRPO: responses // group_size prompts per step, each answered group_size times
+lr = None                # {algorithm: learning rate}, or one number for all
+critic_lr = None         # PPO's critic
+kl_beta = None           # GRPO and SPO: weight of the KL term; PPO: KL penalty in the reward
+warmup_steps = None      # steps of linear learning-rate warm-up
+max_new_tokens = None
+max_prompt_tokens = None  # None: the loader's default
+temperature = None
 
 # %%
 import re
@@ -61,57 +72,123 @@ from minimind import MiniMindForCausalLM
 from minimind.align.reward import RuleReward
 from minimind.align.rl import grpo_advantages, spo_baseline_trace
 from minimind.course import data_paths, ensure_stage, record, runs_dir
-from minimind.course.plots import plot_runs_side_by_side
 from minimind.data import RLPromptDataset, read_jsonl
+from minimind.data.corpus import LEXICONS, load_world
+from minimind.model.generation import generate_replies
 from minimind.train import load_tokenizer, read_metrics, train_stage
-from minimind.use.eval import rl_accuracy
+from minimind.use.eval import answer_matches, rl_accuracy
 
-torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from threads; rollouts are many tiny steps
+RECIPES = {
+    "tiny": dict(seeds=(0, 1, 2), max_steps=30, responses=32, group_size=8,
+                 lr={"ppo": 1e-4, "grpo": 2e-4, "spo": 2e-4}, critic_lr=1e-3, kl_beta=0.1, warmup_steps=5,
+                 max_new_tokens=16, max_prompt_tokens=None, temperature=1.0),
+    "minimind": dict(seeds=(0,), max_steps=None, responses=16, group_size=8,
+                     lr={"ppo": 8e-8, "grpo": 8e-8, "spo": 1e-7}, critic_lr=8e-8, kl_beta=0.02, warmup_steps=0,
+                     max_new_tokens=1536, max_prompt_tokens=66, temperature=0.8),
+}
+recipe = RECIPES["tiny" if preset == "tiny" else "minimind"]
+globals().update({key: value for key, value in recipe.items() if globals()[key] is None})
+lrs = lr if isinstance(lr, dict) else {name: lr for name in algorithms}
+seeds = tuple(seeds)
+
+if preset == "tiny":
+    torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from threads; rollouts are tiny steps
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
 sft_dir = ensure_stage("sft", run_dir, paths, preset, device)  # chapter 08's model, or built now
+sft = MiniMindForCausalLM.from_pretrained(sft_dir).eval()
 
 # %% [markdown]
-# ## Prompts and the reward
-# Each RL record is a conversation plus a short `answer`. The rule reward (`minimind.align.reward.RuleReward`)
-# gives 1 when the reply's final answer is right and 0 otherwise: for a number, the *last* number in the
-# reply must equal it (so "4 plus 3 is 5." earns nothing for 7, although it contains a 3); a word must
-# appear as a whole word. A reward anyone can check cannot be fooled the way a learned reward model can.
+# ## A task with room to learn
+# RL can only reinforce what the model already does *sometimes*: a reply that never earns the reward never
+# gets pushed up. So the task must start neither at 0 (no signal) nor near 100% (nothing to gain). Small sums
+# look like a natural verifiable task, but the tiny SFT model has not learned arithmetic, and a reward that
+# is nearly always 0 has nearly nothing to reinforce. Raising it would mean *learning arithmetic* from
+# one-bit rewards, far more rollouts than a CPU chapter can afford. Sampled at the rollout temperature:
+
+# %%
+world = load_world(paths["rl"].parent) if data == "course" else None
+if world:
+    sums = [dict(zip(("op", "a", "b"), t)) for t in world["arith"]["sft"]]
+    torch.manual_seed(0)
+    questions = [[{"role": "user", "content": f"What is {s['a']} {s['op']} {s['b']}?"}] for s in sums]
+    replies = generate_replies(sft, tokenizer, questions, max_new_tokens=max_new_tokens, do_sample=True,
+                               temperature=temperature)
+    right = [answer_matches(r, str(s["a"] + s["b"] if s["op"] == "plus" else s["a"] - s["b"]))
+             for r, s in zip(replies, sums)]
+    print(f"sums the SFT data taught: {np.mean(right):.0%} of {len(sums)} sampled answers right, e.g. "
+          f"{replies[0]!r} for {sums[0]['a']} {sums[0]['op']} {sums[0]['b']}")
+
+# %% [markdown]
+# The course's RL prompts are a task with room: **questions about facts the SFT model knows, in words it
+# was never asked them in** (`rl_ask` in `minimind/data/corpus.py`). Asked "Where does Mavi live?" it
+# answers; asked "Where is Mavi from?" it often answers another question about Mavi (the pet, say). It
+# knows every answer; what RL has to teach is which question is being asked. The prompts are split by
+# **subject**: the held-out file (`rl_val.jsonl`) asks about people and places that no training prompt
+# mentions, so a gain there is a skill that transfers, not memorised prompts.
+#
+# The rule reward (`minimind.align.reward.RuleReward`) gives 1 when the reply's final answer is right and
+# 0 otherwise: a word must appear as a whole word; for a number, the *last* number in the reply must equal
+# it. A reward anyone can check cannot be fooled the way a learned reward model can.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-train_prompts = RLPromptDataset(paths["rl"], tokenizer)
+train_prompts = RLPromptDataset(paths["rl"], tokenizer, max_len=max_prompt_tokens)
 val_records = read_jsonl(paths["rl_val"], "rl") if paths.get("rl_val") else []
-print(f"{len(train_prompts)} training prompts, {len(val_records)} held-out prompts")
-print(repr(train_prompts[0]["prompt"]), "-> answer", repr(train_prompts[0]["answer"]))
+distinct = {p["prompt"] for p in train_prompts}
+print(f"{len(train_prompts)} training prompts ({len(distinct)} distinct), {len(val_records)} held-out prompts")
+if val_records:
+    print(repr(val_records[0]["conversations"][-1]["content"]), "-> answer", repr(val_records[0]["answer"]))
 rule = RuleReward()
-for reply, answer in [("4 plus 3 is 7.", "7"), ("4 plus 3 is 5.", "7"), ("3 plus 4 makes 7, not 8.", "7"),
-                      ("Mira is a baker.", "baker"), ("Mira bakes bread.", "baker")]:
+for reply, answer in [("Mavi lives in Bimur.", "Bimur"), ("Mavi has a dog called Ba.", "Bimur"),
+                      ("Mavi is 30 years old.", "30"), ("Mavi is 30, not 31.", "30")]:
     print(f"  {reply!r:30} answer {answer!r:8} -> reward {rule.score(reply, answer)}")
 
 # %% [markdown]
-# ## Before: the SFT model on held-out prompts
-# Greedy replies to the held-out prompts (`rl_val.jsonl`), graded by `minimind.use.eval.answer_matches`.
-# The prompts are of two kinds, facts about the course world and small sums, and we count them apart.
+# ## Before: the SFT model on the held-out prompts
+# Two accuracies: **greedy** (the likeliest reply: what a user sees) and **sampled** at the rollout
+# temperature (what RL sees: the reward per rollout starts there). As a control, the same held-out facts
+# asked in the SFT data's own words show that the model knows them.
 
 # %%
-is_sum = lambda question: bool(re.search(r"plus|minus|add|take|make", question, re.I))  # noqa: E731
+RL_ASK = LEXICONS["en"]["rl_ask"]
+PATTERNS = [(rel, tpl, re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+?)", re.escape(tpl)) + "$"))
+            for rel, tpls in RL_ASK.items() for tpl in tpls]
 
 
-def heldout_accuracy(model):
-    result = rl_accuracy(model, tokenizer, paths["rl_val"], max_new_tokens=max_new_tokens) if val_records else {"rows": []}
-    rows = result["rows"]
-    part = lambda keep: float(np.mean([r["correct"] for r in rows if keep(r)])) if rows else float("nan")  # noqa: E731
-    return {"all": part(lambda r: True), "facts": part(lambda r: not is_sum(r["question"])),
-            "sums": part(lambda r: is_sum(r["question"])), "rows": rows}
+def wording(question):
+    """(relation, template, fields) of a course RL question: which `rl_ask` template it fills in, and with what."""
+    return next(((rel, tpl, m.groupdict()) for rel, tpl, pat in PATTERNS if (m := pat.match(question))),
+                (None, None, {}))
 
 
-sft = MiniMindForCausalLM.from_pretrained(sft_dir).eval()
-before = heldout_accuracy(sft)
-print(f"SFT model: {before['all']:.0%} of {len(before['rows'])} held-out prompts; facts {before['facts']:.0%}, "
-      f"sums {before['sums']:.0%}")
-for r in [r for r in before["rows"] if is_sum(r["question"])][:4]:
+def heldout(model, seed=0):
+    """Greedy (rl_accuracy) and sampled accuracy on the held-out prompts; rows: each greedy reply."""
+    if not val_records or not any(r.get("answer") for r in val_records):
+        return {"greedy": float("nan"), "sampled": float("nan"), "rows": []}
+    model.eval()
+    greedy = rl_accuracy(model, tokenizer, paths["rl_val"], max_new_tokens=max_new_tokens)
+    torch.manual_seed(seed)
+    replies = generate_replies(model, tokenizer, [r["conversations"] for r in val_records],
+                               max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
+    sampled = np.mean([answer_matches(s, r["answer"]) for s, r in zip(replies, val_records)])
+    return {"greedy": greedy["accuracy"], "sampled": float(sampled), "rows": greedy["rows"]}
+
+
+before = heldout(sft)
+print(f"SFT model on {len(before['rows'])} held-out prompts: {before['greedy']:.1%} greedy, "
+      f"{before['sampled']:.1%} sampled")
+if world:
+    plain = []
+    for r in before["rows"]:
+        rel, _, fields = wording(r["question"])
+        plain.append({"question": LEXICONS["en"]["relations"][rel]["ask"][0].format(**fields), "answer": r["answer"]})
+    known = generate_replies(sft, tokenizer, [[{"role": "user", "content": p["question"]}] for p in plain],
+                             max_new_tokens=max_new_tokens)
+    known_acc = np.mean([answer_matches(k, p["answer"]) for k, p in zip(known, plain)])
+    print(f"the same facts asked in the SFT data's words, e.g. {plain[0]['question']!r}: {known_acc:.1%} greedy")
+for r in [r for r in before["rows"] if not r["correct"]][:4]:
     print(f"  {r['question']!r} -> {r['output']!r} (answer {r['answer']})")
 
 # %% [markdown]
@@ -126,6 +203,11 @@ for r in [r for r in before["rows"] if is_sum(r["question"])][:4]:
 # $\rho = 2^{-\text{KL}/D_{1/2}}$ is clipped to $[0.5, 0.96]$: the more the policy has changed since the tracker
 # last looked, the faster old evidence is forgotten. That is SPO's answer to its one weakness against GRPO:
 # a baseline built from history lags behind a policy that moves fast.
+#
+# **PPO** asks a critic $V(s_t)$, a second network, for the reward to expect from each prefix of the reply,
+# and credits each token with what happened after it beyond that expectation (GAE). Here the critic starts
+# at $V = 0$ and learns from the same rollouts, so PPO's first advantages are the raw rewards (whitened: minus
+# their batch mean), and they become sharper as the critic learns which prompts it gets right.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -157,7 +239,8 @@ for mode, style in (("global", "-"), ("per_prompt", "--")):
         idx = [i for i, (p, _) in enumerate(stream) if p == name]
         ax.plot(range(len(idx)), [traces[mode][i] for i in idx], style, color=color, marker=".",
                 label=f"{mode}: baseline met by the {name} prompt")
-ax.set(xlabel="visit", ylabel="baseline b", ylim=(-0.05, 1.05), title="SPO baselines: one global tracker vs one per prompt")
+ax.set(xlabel="visit", ylabel="baseline b", ylim=(-0.05, 1.05),
+       title="SPO baselines: one global tracker vs one per prompt")
 ax.legend(fontsize=7, loc="center right")
 plt.show()
 
@@ -173,116 +256,275 @@ plt.show()
 
 # %% [markdown]
 # ## Train the three side by side
-# Same SFT start, same prompts in the same order, same rule reward, same learning rate and the same
-# number of generated responses per step (`responses`): PPO and SPO answer that many prompts once each,
-# GRPO answers `responses // group_size` prompts `group_size` times each. PPO reuses each rollout for two
-# optimizer steps and trains a critic beside the policy. Reuse is safe because of the clip: once a token's
-# probability has moved more than $\epsilon$ (0.2) away from the policy that sampled it, the clipped
-# ratio stops rewarding further moves in that direction, so a second pass over old samples cannot run
-# away with them. The rollouts are a visible step of the loop: each optimizer step first asks the stage
-# for its batches (`step_batches`), and an RL stage generates them there, before any backward pass.
+# Same SFT start, same prompts, same rule reward and the same number of generated responses per step
+# (`responses`): PPO and SPO answer that many prompts once each, GRPO answers `responses // group_size`
+# prompts `group_size` times each. PPO reuses each rollout for two optimizer steps and trains a critic
+# beside the policy, so it generates half as many responses in all, and takes half the learning rate:
+# two steps on one rollout move it about as far as one step at the full rate. Reuse is safe because of
+# the clip: once a token's probability has moved more than $\epsilon$ (0.2) away from the policy that
+# sampled it, the clipped ratio stops rewarding further moves in that direction. The rollouts are a
+# visible step of the loop: each optimizer step first asks the stage for its batches (`step_batches`),
+# and an RL stage generates them there, before any backward pass.
+#
+# The learning rates and the KL weight were chosen by measurement: `tune=True` reruns the sweep (one seed
+# per setting, held-out greedy accuracy and the final KL). Too high a rate and the policy runs away from the
+# reference and loses what SFT taught it; within the range swept, the KL weight changes the drift more than
+# the accuracy. A short warm-up matters for GRPO: Adam's first steps are as large as the learning rate
+# whatever the gradient's noise, and a gradient from 4 prompts is noisy enough to set the policy back
+# before it learns.
 
 # %%
 has_answers = bool(val_records) and any(r.get("answer") for r in val_records)
 reward_fn = reward if has_answers or reward != "rule" else RuleReward(answer=0.0, length=1.0, repetition=1.0)
 if reward_fn is not reward:
     print("no checkable answers in these prompts: the rule reward is only the length and repetition penalties")
-options = {"ppo": dict(kl_coef=kl_beta), "grpo": dict(group_size=group_size, beta=kl_beta),
-           "spo": dict(beta=kl_beta, baseline=spo_baseline)}
-runs, wall = {}, {}
-for name in algorithms:
-    kw = {**options[name], "reward": reward_fn, "max_new_tokens": max_new_tokens, "temperature": temperature}
-    s = train_stage(name, run_dir / name, data=paths["rl"], tokenizer=tokenizer, init=sft_dir, stage_kwargs=kw,
-                    max_steps=max_steps, batch_size=responses // group_size if name == "grpo" else responses,
-                    lr=lr, device=device, progress=False)
-    runs[name], wall[name] = s["model"].eval(), s["wall_time"]
-    print(f"{name}: {s['steps']} steps in {s['wall_time']:.0f} s")
+
+
+def train_rl(name, out, seed, lr, beta, steps=max_steps):
+    options = {"ppo": dict(kl_coef=beta, critic_lr=critic_lr), "grpo": dict(group_size=group_size, beta=beta),
+               "spo": dict(beta=beta, baseline=spo_baseline)}[name]
+    kw = {**options, "reward": reward_fn, "max_new_tokens": max_new_tokens, "temperature": temperature}
+    return train_stage(name, out, data=paths["rl"], tokenizer=tokenizer, init=sft_dir, stage_kwargs=kw,
+                       max_steps=steps, batch_size=responses // group_size if name == "grpo" else responses,
+                       lr=lr, warmup_steps=warmup_steps, seed=seed, seq_len=max_prompt_tokens, device=device,
+                       progress=False)
+
+
+if tune:
+    print(f"{'':5} {'lr':>7} {'KL weight':>9} {'held-out greedy':>16} {'KL':>6}")
+    for name in algorithms:
+        for lr_try, beta_try in [(lrs[name] / 2, kl_beta), (lrs[name], kl_beta), (lrs[name] * 2, kl_beta),
+                                 (lrs[name], 0.0), (lrs[name], kl_beta / 5)]:
+            s = train_rl(name, run_dir / "rl_tune" / name, seeds[0], lr_try, beta_try)
+            kl_end = np.mean([m["kl"] for m in read_metrics(run_dir / "rl_tune" / name)[-3:]])
+            print(f"{name:5} {lr_try:7.0e} {beta_try:9.3f} {heldout(s['model'])['greedy']:16.1%} {kl_end:6.3f}")
 
 # %%
-metrics = {name: read_metrics(run_dir / name) for name in algorithms}
-fig = plot_runs_side_by_side(metrics, panels=(("reward_mean", "reward per rollout"), ("kl", "KL to the reference"),
-                                              ("gen_tokens_per_s", "tokens generated per second")), smooth=10)
-plt.show()
-tail = lambda name, key: float(np.mean([m[key] for m in metrics[name][-10:]]))  # noqa: E731
+after, metrics, wall = {}, {}, {}
 for name in algorithms:
-    print(f"{name}: reward {np.mean([m['reward_mean'] for m in metrics[name][:10]]):.2f} (first 10 steps) -> "
-          f"{tail(name, 'reward_mean'):.2f} (last 10); KL {tail(name, 'kl'):.3f}; "
-          f"{np.median([m['gen_tokens_per_s'] for m in metrics[name]]):,.0f} generated tokens/s")
+    for seed in seeds:
+        # the first seed's checkpoint is the chapter's (and chapter 13's) run_dir/NAME; the others are kept apart
+        out = run_dir / name if seed == seeds[0] else run_dir / "rl_seeds" / f"{name}_seed{seed}"
+        s = train_rl(name, out, seed, lrs[name], kl_beta)
+        after[name, seed], metrics[name, seed], wall[name, seed] = (heldout(s["model"], seed), read_metrics(out),
+                                                                    s["wall_time"])
+        print(f"{name} seed {seed}: {s['steps']} steps in {s['wall_time']:.0f} s; held-out greedy "
+              f"{before['greedy']:.1%} -> {after[name, seed]['greedy']:.1%}")
 
 # %% [markdown]
-# The per-step reward jumps about mostly because each rollout draws a different mix of prompts (a batch
-# heavy in fact questions, which the SFT model already answers, scores high; one heavy in sums scores
-# low), so the curves are smoothed. KL is the k3 estimate over each rollout's tokens: how far the policy
-# has moved from the SFT model where it actually writes.
-#
-# ## After: held-out accuracy
+# ## Reward and KL during training
+# The reward per rollout is the fraction of sampled replies that are right. Thin lines are the seeds, the
+# thick line their mean (running mean over 5 rollouts). KL is the k3 estimate over each rollout's tokens:
+# how far the policy has moved from the SFT model where it actually writes.
+
 
 # %%
-after = {name: heldout_accuracy(model) for name, model in runs.items()}
-print(f"{'':6} {'all':>6} {'facts':>6} {'sums':>6}")
-for name, acc in [("SFT", before), *after.items()]:
-    print(f"{name:6} {acc['all']:6.1%} {acc['facts']:6.1%} {acc['sums']:6.1%}")
+def curve(records, key, name):
+    """A metric per rollout: PPO logs each of its rollouts once per reuse, so keep one of each."""
+    reuse = 2 if name == "ppo" else 1
+    return np.array([m[key] for m in records if key in m][::reuse])
+
+
+def running(x, k=5):
+    return np.array([x[max(0, i - k + 1):i + 1].mean() for i in range(len(x))])
+
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+for i, name in enumerate(algorithms):
+    for key, ax in (("reward_mean", axes[0]), ("kl", axes[1])):
+        runs_ = [curve(metrics[name, seed], key, name) for seed in seeds]
+        x = np.linspace(0, 1, len(runs_[0]))
+        for r in runs_:
+            ax.plot(x, running(r), color=f"C{i}", alpha=0.3, lw=1)
+        ax.plot(x, running(np.mean(runs_, 0)), color=f"C{i}", lw=2, label=name)
+axes[0].set(title="reward per rollout", xlabel="fraction of the run", ylim=(0, 1) if has_answers else None)
+axes[1].set(title="KL to the reference", xlabel="fraction of the run")
+for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+plt.show()
+
+
+def reward_change(records, name):
+    """Mean reward over the first and the last 10% of the rollouts, and the standard error of their difference.
+    The noise comes from the whole curve: successive differences cancel its trend, var(r_t+1 - r_t) = 2 sigma^2."""
+    r = curve(records, "reward_mean", name)
+    k = max(2, round(len(r) / 10))
+    sigma = np.sqrt(np.mean(np.diff(r) ** 2) / 2)
+    return r[:k].mean(), r[-k:].mean(), sigma * np.sqrt(2 / k)
+
+
+# %% [markdown]
+# ### What each estimator did to the advantages
+# The same rollouts, three baselines. Left, PPO's critic: the value it predicts at the start of a reply
+# (averaged over the rollout) learns the reward from scratch, and until it does, PPO's advantages are
+# little more than the rewards minus their batch mean. Middle, GRPO: the share of groups whose replies all
+# scored the same (all wrong at first, more often all right later) and so had advantage 0: a large part of
+# every rollout teaches nothing. Right, SPO: the baseline its global tracker offered, against the reward the
+# rollout actually earned: it starts from its prior and then trails the reward by a few steps, so while the
+# reward climbs, a right reply beats it by more than a wrong one falls short.
+
+# %%
+panels = [(n, key, label) for n, key, label in (("ppo", "value_mean", "PPO: critic's mean value"),
+                                                 ("grpo", "zero_var_frac", "GRPO: groups with no signal"),
+                                                 ("spo", "baseline", "SPO: tracker's baseline")) if n in algorithms]
+fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+for ax, (name, key, label) in zip(axes[0], panels):
+    i = algorithms.index(name)
+    series = np.mean([curve(metrics[name, seed], key, name) for seed in seeds], 0)
+    ax.plot(running(series, 3), color=f"C{i}", lw=2, label=label)
+    if name != "grpo":
+        reward_curve = np.mean([curve(metrics[name, seed], "reward_mean", name) for seed in seeds], 0)
+        ax.plot(running(reward_curve, 3), color="grey", lw=1, label="reward per rollout")
+    ax.set(xlabel="rollout", ylim=(-0.05, 1.05), title=label)
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+plt.show()
+
+# %% [markdown]
+# ## After: held-out accuracy, seed by seed
+# Each seed changes the order of the prompts and every sampled reply. The reward columns compare the first
+# and the last 10% of the rollouts, with the standard error of that difference from the curve's own noise
+# (z: the rise in standard errors).
+
+# %%
+rows = []
+print(f"{'':11} {'greedy':>15} {'sampled':>15}   {'reward first -> last 10%':>28} {'z':>4} {'KL':>6} {'s':>4}")
+print(f"{'SFT':11} {before['greedy']:15.1%} {before['sampled']:15.1%}")
+for name in algorithms:
+    for seed in seeds:
+        first, last, se = reward_change(metrics[name, seed], name)
+        a = after[name, seed]
+        rows.append(dict(name=name, seed=seed, greedy=a["greedy"], sampled=a["sampled"], first=first, last=last, se=se,
+                         kl=float(curve(metrics[name, seed], "kl", name)[-3:].mean())))
+        print(f"{name} seed {seed} {before['greedy']:6.1%} -> {a['greedy']:5.1%} {before['sampled']:6.1%} -> "
+              f"{a['sampled']:5.1%}   {first:.2f} -> {last:.2f} ({last - first:+.2f} +- {se:.2f}) "
+              f"{(last - first) / se:4.1f} {rows[-1]['kl']:6.3f} {wall[name, seed]:4.0f}")
+summary = {}
+for name in algorithms:
+    mine = [r for r in rows if r["name"] == name]
+    g = np.array([r["greedy"] for r in mine])
+    gain = np.mean([r["last"] - r["first"] for r in mine])
+    summary[name] = dict(greedy=g.mean(), greedy_std=g.std(ddof=1) if len(g) > 1 else 0.0,
+                         sampled=np.mean([r["sampled"] for r in mine]), reward_gain=gain,
+                         reward_se=np.sqrt(np.sum([r["se"] ** 2 for r in mine])) / len(mine),
+                         kl=np.mean([r["kl"] for r in mine]), every_seed_up=bool((g > before["greedy"]).all()))
+    print(f"{name:5} mean of {len(mine)} seeds: greedy {summary[name]['greedy']:.1%} (seed sd "
+          f"{summary[name]['greedy_std']:.1%}; SFT {before['greedy']:.1%}), sampled {summary[name]['sampled']:.1%}, "
+          f"reward {gain:+.2f} +- {summary[name]['reward_se']:.2f}")
+
+# %% [markdown]
+# The facts this chapter rests on, printed without the numbers that a different CPU's arithmetic could
+# move: every seed beats the SFT model on the held-out prompts, the mean gain is at least 10 points, and the
+# reward per rollout (averaged over the seeds) rises by more than its noise.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{len(val_records)} held-out prompts, {len(seeds)} seeds per algorithm")
+if has_answers:
+    for name in algorithms:
+        s = summary[name]
+        print(f"{name}: every seed beats SFT: {s['every_seed_up']}; mean gain >= 10 points: "
+              f"{s['greedy'] - before['greedy'] >= 0.10}; reward rises beyond its noise: "
+              f"{s['reward_gain'] > s['reward_se']}")
+    print("every algorithm learned:", all(s["every_seed_up"] and s["greedy"] - before["greedy"] >= 0.10
+                                          and s["reward_gain"] > s["reward_se"] for s in summary.values()))
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
-kinds, labels = ("all", "facts", "sums"), ["SFT", *algorithms]
-for i, (name, acc) in enumerate([("SFT", before), *after.items()]):
-    bars = ax.bar(np.arange(3) + (i - 1.5) * 0.2, [acc[k] for k in kinds], 0.2, label=name,
-                  color="grey" if name == "SFT" else f"C{i - 1}")
-    ax.bar_label(bars, fmt="%.2f", fontsize=6)
-ax.set(xticks=range(3), xticklabels=[f"{k} held-out prompts" for k in kinds], ylim=(0, 1.3), ylabel="greedy accuracy")
-ax.legend(fontsize=8, ncol=4, loc="upper right")
+for j, kind in enumerate(("greedy", "sampled")):
+    ax.bar(j - 0.3, before[kind], 0.2, color="grey", label="SFT" if j == 0 else None)
+    for i, name in enumerate(algorithms):
+        vals = [after[name, seed][kind] for seed in seeds]
+        x = j - 0.1 + 0.2 * i
+        ax.bar(x, np.mean(vals), 0.2, color=f"C{i}", label=name if j == 0 else None)
+        ax.errorbar(x, np.mean(vals), yerr=[[np.mean(vals) - min(vals)], [max(vals) - np.mean(vals)]], color="k",
+                    capsize=3)
+        ax.plot([x] * len(vals), vals, "k.", ms=4)
+ax.set(xticks=[0, 1], xticklabels=["greedy", f"sampled (T = {temperature})"], ylim=(0, 1.15), ylabel="held-out accuracy",
+       title=f"{len(val_records)} held-out prompts; bars: mean of {len(seeds)} seeds, whiskers and dots: each seed")
+ax.title.set_fontsize(9)
+ax.legend(fontsize=8, ncol=4, loc="upper center")
 plt.show()
 
+# %% [markdown]
+# ## What RL fixed, what it broke, and what it could not
+# Held-out questions the SFT model got wrong and every algorithm got right after training (first seed):
+
 # %%
+fixed = [i for i, r in enumerate(before["rows"]) if not r["correct"] and
+         all(after[name, seeds[0]]["rows"][i]["correct"] for name in algorithms)]
+for i in fixed[:3]:
+    print(f"{before['rows'][i]['question']!r} (answer {before['rows'][i]['answer']})")
+    print(f"   SFT : {before['rows'][i]['output']!r}")
+    for name in algorithms:
+        print(f"   {name:4}: {after[name, seeds[0]]['rows'][i]['output']!r}")
 for name in algorithms:
-    flips = [(b, a) for b, a in zip(before["rows"], after[name]["rows"]) if b["correct"] != a["correct"]]
-    print(f"{name}: {sum(a['correct'] for _, a in flips)} held-out answers fixed, "
-          f"{sum(b['correct'] for b, _ in flips)} broken")
-    for b, a in flips[:3]:
-        print(f"   {b['question']!r}: {b['output']!r} -> {a['output']!r} (answer {a['answer']})")
+    flips = [(b["correct"], a["correct"]) for b, a in zip(before["rows"], after[name, seeds[0]]["rows"])]
+    print(f"{name}: {sum(not b and a for b, a in flips)} held-out answers fixed, "
+          f"{sum(b and not a for b, a in flips)} broken")
 
 # %% [markdown]
-# ### Why the held-out accuracy moves so little here
-# A short run on the CPU changes only a handful of held-out answers, in both directions (the counts
-# above), so a difference of one to three prompts out of 55 between the algorithms is within what any
-# small change of the weights does; none of them reliably raises the accuracy here. Look at where the room is. The fact questions are already answered; only the sums can improve. For a
-# sum, a rollout is rewarded only when the sampled answer is right, and the SFT model's samples rarely
-# are (measured below at the rollout temperature). Each training prompt is also met about once per run,
-# so raising the held-out accuracy means learning *arithmetic*, from a few hundred one-bit rewards. That
-# takes far more rollouts than a CPU chapter can afford (on a GPU, raise `max_steps`); what a short run
-# does show is the machinery and the differences between the three estimators. A reward that the model
-# already earns *sometimes* on *each* prompt is where RL pays off quickly: it sharpens what the model
-# can already do, rather than teaching it something new.
+# By wording (greedy accuracy on the held-out prompts, mean over seeds). A wording the SFT model almost
+# never answers right, even when sampling, gives RL next to nothing to reinforce; one it sometimes gets
+# right is soon learned, for people RL never asked about. And RL does not only add: the policy learns
+# what the reward pays for *on average*, and a wording that looks like better-paid ones can lose its
+# answers to theirs.
+
+# %%
+if world and before["rows"]:
+    templates = [wording(r["question"])[1] for r in before["rows"]]
+    by_wording = {}
+    print(f"{'wording':42} {'n':>3} {'SFT':>5} " + " ".join(f"{n:>5}" for n in algorithms))
+    for tpl in dict.fromkeys(templates):
+        idx = [i for i, t in enumerate(templates) if t == tpl]
+        acc = lambda rows: np.mean([rows[i]["correct"] for i in idx])  # noqa: E731
+        by_wording[tpl] = {"SFT": acc(before["rows"]), **{n: np.mean([acc(after[n, s]["rows"]) for s in seeds])
+                                                          for n in algorithms}}
+        print(f"{tpl:42} {len(idx):3} " + " ".join(f"{v:5.0%}" for v in by_wording[tpl].values()))
+    never = [t for t, v in by_wording.items() if max(v.values()) == 0]
+    print("never answered right, before or after:", never)
+    tpl, name = min(((t, n) for t in by_wording for n in algorithms), key=lambda tn: by_wording[tn[0]][tn[1]]
+                    - by_wording[tn[0]]["SFT"])
+    if by_wording[tpl][name] < by_wording[tpl]["SFT"]:
+        print(f"the largest loss: {name} on {tpl!r}, {by_wording[tpl]['SFT']:.0%} -> {by_wording[tpl][name]:.0%}, "
+              "e.g.")
+        for i in [i for i, t in enumerate(templates) if t == tpl and before["rows"][i]["correct"]
+                  and not after[name, seeds[0]]["rows"][i]["correct"]][:2]:
+            print(f"   {before['rows'][i]['question']!r}: {before['rows'][i]['output']!r} -> "
+                  f"{after[name, seeds[0]]['rows'][i]['output']!r}")
+
+# %% [markdown]
+# ### Why the three estimators differ
+# All three learn the task; read side by side, they show what their baselines cost and buy.
 #
-# The KL values (printed with the rewards above) tell the algorithms apart at the same learning rate.
-# GRPO's advantages are zero-mean within each group, and a group that is all right or all wrong
-# contributes nothing, so it moves least from the reference. PPO whitens its per-token advantages and
-# takes two optimizer steps per rollout; SPO gives every response a non-zero advantage against the
-# global baseline, including the solved fact questions (pushed up, although there is nothing left to
-# gain) and the sums it gets wrong (pushed down, towards anything else). Both drift further, and a drift
-# that buys no reward breaks answers that were right. Per-prompt trackers (`spo_baseline="per_prompt"`)
-# would quiet SPO's pushes once each prompt has been seen a few times.
+# - **GRPO** gets its baseline for free from the group, centred on the very prompt it answers, but pays
+#   twice: it answers G times fewer prompts per step, so each step's gradient rests on a handful of
+#   prompts (its reward curve is the noisiest), and every group that is all right or all wrong is
+#   thrown away (the middle panel).
+# - **SPO** answers as many prompts as PPO with no second network. Its global baseline is one number for
+#   all prompts, so a right reply to an easy prompt still gets a positive push and a wrong reply to a hard
+#   one a negative push; while the reward climbs the tracker lags, and most right replies beat it. Here,
+#   where one skill (reading the question) serves every prompt, that cheap signal is enough.
+# - **PPO** credits each token separately through its critic, the finest-grained signal of the three, but
+#   the critic starts knowing nothing and learns from the same rollouts, each used twice. It costs the
+#   most per step: a second network, forward and backward, for the same responses.
+#
+# The KL column is the price: each method moved the policy away from the SFT model to earn its reward, and
+# a larger KL weight (`kl_beta`) holds it closer. On a GPU the same chapter runs MiniMind's recipe
+# (`preset="minimind2-small", data="minimind"`): rlaif-mini's open prompts, scored by a reward model, with
+# MiniMind's group size, lengths and learning rates (the parameters cell).
 
 # %%
-sums = [r for r in val_records if is_sum(r["conversations"][-1]["content"])]
-if sums:
-    from minimind.model.generation import generate_replies
-    from minimind.align.reward import answer_reward
-    torch.manual_seed(0)
-    k = 8
-    samples = generate_replies(sft, tokenizer, [r["conversations"] for r in sums for _ in range(k)],
-                               max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature)
-    sampled = np.mean([answer_reward(s, r["answer"]) for s, r in zip(samples, [r for r in sums for _ in range(k)])])
-    print(f"SFT model, sampled at temperature {temperature}: {sampled:.0%} of its answers to held-out sums are right")
-print(f"each run generates {max_steps * responses} responses for {len(train_prompts)} training prompts")
-
-# %%
-result = {"steps": max_steps, "responses_per_step": responses, "lr": lr, "sft_heldout_accuracy": round(before["all"], 4),
-          "sft_heldout_sums": round(before["sums"], 4)}
+result = {"task": "course facts in new words", "heldout_prompts": len(val_records), "seeds": len(seeds),
+          "steps": max_steps, "responses_per_step": responses, "sft_heldout_accuracy": round(before["greedy"], 4),
+          "sft_heldout_sampled": round(before["sampled"], 4)}
 for name in algorithms:
-    result.update({f"{name}_heldout_accuracy": round(after[name]["all"], 4), f"{name}_heldout_sums": round(after[name]["sums"], 4),
-                   f"{name}_kl": round(tail(name, "kl"), 4), f"{name}_reward_last10": round(tail(name, "reward_mean"), 4),
-                   f"{name}_gen_tokens_per_s": round(float(np.median([m["gen_tokens_per_s"] for m in metrics[name]]))),
-                   f"{name}_train_seconds": round(wall[name], 1)})
+    s = summary[name]
+    result.update({f"{name}_heldout_accuracy": round(s["greedy"], 4),
+                   f"{name}_heldout_accuracy_std": round(s["greedy_std"], 4),
+                   f"{name}_heldout_sampled": round(s["sampled"], 4), f"{name}_reward_gain": round(s["reward_gain"], 4),
+                   f"{name}_kl": round(s["kl"], 4), f"{name}_lr": lrs[name],
+                   f"{name}_train_seconds": round(float(np.mean([wall[name, seed] for seed in seeds])), 1)})
 record(run_dir, "11_rl", **result)

@@ -108,3 +108,34 @@ def test_running_mean_and_side_by_side_plot():
     top, kl = fig.axes
     assert len(top.get_lines()) == 4 and len(kl.get_lines()) == 2      # raw + smoothed per run that has the key
     assert list(top.get_lines()[1].get_ydata()) == pytest.approx(running_mean([0.1, 0.2, 0.3, 0.4, 0.5], 3))
+
+
+def test_course_rl_prompts_ask_known_facts_in_new_words_about_held_out_subjects():
+    """Chapter 11's task: every RL prompt asks a fact the SFT data teaches, in a wording the SFT data never uses,
+    and the held-out prompts ask about subjects (people, places) that no training prompt mentions."""
+    from course_helpers import course
+
+    from minimind.data.corpus import LEXICONS
+    from minimind.data.datasets import read_jsonl
+    paths = course("mini")
+    world = json.loads(paths["world"].read_text())
+    known = {(f["subject"], f["value"]) for f in world["facts"] if f["split"] == "sft"}
+    subjects = {s for s, _ in known}
+    sft_questions = {m["content"] for r in read_jsonl(paths["sft"]) for m in r["conversations"] if m["role"] == "user"}
+    train, val = read_jsonl(paths["rl"], "rl"), read_jsonl(paths["rl_val"], "rl")
+    assert len(val) >= 20 and len(train) >= 20
+
+    def subject_and_question(record):
+        question = record["conversations"][-1]["content"]
+        named = {s for s in subjects if s in question.replace("?", " ").replace(".", " ").replace("'s", " ").split()}
+        assert len(named) == 1, question
+        return named.pop(), question
+    seen = {}
+    for name, records in (("train", train), ("val", val)):
+        seen[name] = set()
+        for record in records:
+            subject, question = subject_and_question(record)
+            assert (subject, record["answer"]) in known and question not in sft_questions, question
+            seen[name].add(subject)
+    assert seen["train"] and seen["val"] and not seen["train"] & seen["val"]
+    assert set(LEXICONS["en"]["rl_ask"]) <= set(LEXICONS["en"]["relations"])

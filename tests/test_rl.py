@@ -299,3 +299,32 @@ def test_rl_raises_the_reward(name, kw):
     rewards = [r["reward_mean"] for r in records]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert last > first + 0.15, rewards
+
+
+def test_grpo_moves_probability_to_the_rewarded_answer():
+    """A two-answer task: replies are one token sampled from each prompt's two likeliest, and the reward is 1 for
+    the one the untrained model likes less. Six GRPO steps must make it the likelier of the two on every prompt."""
+    tok = ToyTokenizer()
+    model = toy_model(tok, seed=1)
+    items = prompt_items(tok, 4)
+
+    def first_token_probs(m):  # (n, V): the next-token distribution after each prompt
+        with torch.no_grad():
+            return torch.stack([m(torch.tensor([it["prompt_ids"]])).logits[0, -1].float().softmax(-1)
+                                for it in items])
+    start = first_token_probs(model)
+    top2 = start.topk(2, dim=-1).indices  # (n, 2)
+    assert (top2 >= 3).all()  # both candidates are characters, not special tokens, for this seed
+    rewarded = {it["prompt"]: tok.decode([int(top2[i, 1])]) for i, it in enumerate(items)}
+
+    def reward(prompts, responses, answers=None):
+        return torch.tensor([float(r == rewarded[p]) for p, r in zip(prompts, responses)])
+    reward.reward_range = (0.0, 1.0)
+    stage = GRPOStage(reward, tok, group_size=8, max_new_tokens=1, top_k=2, beta=0.0)
+    records = train_records(model, stage, items, max_steps=6, batch_size=2, lr=3e-3, device="cpu")
+    assert records[0]["zero_var_frac"] < 1  # a group mixed both answers: a gradient from the first step
+    end = first_token_probs(model)
+    rows = torch.arange(len(items))
+    share = lambda p: p[rows, top2[:, 1]] / (p[rows, top2[:, 0]] + p[rows, top2[:, 1]])  # noqa: E731
+    assert (share(start) < 0.5).all() and (share(end) > 0.6).all(), (share(start), share(end))  # about .33 -> .8
+    assert records[-1]["reward_mean"] > records[0]["reward_mean"]

@@ -196,6 +196,26 @@ EN = dict(
              ("Where should a {animal} live?", "A {animal} lives {home}. Keep it warm, dry and safe."),
              ("What should {name} feed {pet}?",
               "{pet} is {name}'s {animal}. A {animal} eats {eats}, so {name} should give {pet} some {eats}.")],
+    # RL prompts (chapter 11): questions about facts the SFT data teaches, in words it never asks them in. The SFT
+    # model knows every answer but often mistakes the question ("Where is Mavi from?" -> "Mavi has a dog called
+    # Ba."). Wordings it already answers (nothing to learn) or all but never does (no reward to reinforce) are
+    # left out but one, "Tell me what {name} does.": a lesson in what RL cannot do.
+    rl_ask={
+        "home": ["Where is {name} from?", "Name the place where {name} lives.", "{name} lives where?",
+                 "Tell me where {name} lives.", "Which town is {name} from?"],
+        "job": ["What is {name}'s trade?", "What is {name} by trade?", "What does {name} do all day?",
+                "Tell me what {name} does."],
+        "pet": ["Which animal lives with {name}?"],
+        "pet_name": ["What did {name} name the {animal}?"],
+        "color": ["Tell me the colour {name} loves.", "What colour does {name} like?"],
+        "food": ["What food does {name} love?", "Tell me what {name} loves to eat."],
+        "age": ["Tell me {name}'s age."],
+        "friend": ["Who is a good friend of {name}?", "Tell me who {name}'s best friend is."],
+        "thing": ["What colour is the {object} of {name}?"],
+        "hill": ["What rises above {place}?"],
+        "product": ["Tell me what {place} is known for."],
+        "size": ["Is {place} a big place?"],
+    },
 )
 LEXICONS = {"en": EN}  # another language: a lexicon with EN's keys, then lang=
 
@@ -454,12 +474,21 @@ def _dpo_pair(w: _Writer, facts: list[Fact]) -> dict:
     return {"chosen": [user, _msg("assistant", good)], "rejected": [user, _msg("assistant", bad)]}
 
 
-def _rl_prompt(w: _Writer, facts: list[Fact]) -> dict:
-    if w.rng.random() < 0.5:
-        ask, _, c = w.arith_qa(*w.rng.choice(w.world.arith["sft"]))
-        return {"conversations": [_msg("user", ask)], "answer": c}
-    f = w.rng.choice(facts)
-    return {"conversations": [_msg("user", w.ask(f))], "answer": f.value}
+def _rl_prompts(w: _Writer, facts: list[Fact], n: int, held_fraction: float = 0.6) -> tuple[list[dict], list[dict]]:
+    """RL prompts: every `rl_ask` question about every fact of `facts`, split by subject (person or place): all the
+    questions about held_fraction of the subjects go to the validation file, and n training prompts are drawn
+    (with repeats) from the others'. So a held-out prompt asks a known fact, in wording RL trained on, about a
+    subject no training prompt names: a gain there is a skill, not a memorised prompt."""
+    facts = [f for f in facts if f.relation in w.lex["rl_ask"]]
+    subjects = sorted({f.subject for f in facts})
+    w.rng.shuffle(subjects)
+    held = set(subjects[:round(len(subjects) * held_fraction)])
+    train, val = [], []
+    for f in facts:
+        for tpl in w.lex["rl_ask"][f.relation]:
+            rec = {"conversations": [_msg("user", tpl.format(**w.fields(f.fields)))], "answer": f.value}
+            (val if f.subject in held else train).append(rec)
+    return [w.rng.choice(train) for _ in range(n)], val
 
 
 def _reason(w: _Writer, facts: list[Fact]) -> list[dict]:
@@ -578,7 +607,7 @@ def write_course_corpus(out_dir, seed: int = 0, size: str = "small", lang: str =
     w = writer("dpo")
     dpo, dpo_val = _split_val([_dpo_pair(w, sft_facts) for _ in range(int(spec["dpo"] * (1 + VAL_FRACTION)))])
     w = writer("rl")
-    rl, rl_val = _split_val([_rl_prompt(w, sft_facts) for _ in range(int(spec["rl"] * (1 + 2 * VAL_FRACTION)))])
+    rl, rl_val = _rl_prompts(w, sft_facts, int(spec["rl"] * (1 + VAL_FRACTION)))
     w = writer("reason")
     reason = [{"conversations": _reason(w, sft_facts)} for _ in range(spec["reason"])]
     w = writer("lora")
