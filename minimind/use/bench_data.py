@@ -55,18 +55,7 @@ data = DATASETS[kind](path, tok, seq_len)
 seconds = time.perf_counter() - t0
 item = data[len(data) - 1]  # the last sample reads back
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-# the Rust encoder alone on the first 32 MB of the same text: the ceiling of any pipeline around it
-from minimind.data.datasets import iter_jsonl, record_texts
-texts, size = [], 0
-for r in iter_jsonl(path):
-    texts += record_texts(r)
-    size += sum(len(t.encode("utf-8")) for t in record_texts(r))
-    if size > 32e6:
-        break
-t0 = time.perf_counter()
-tok.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-encoder = size / 1e6 / (time.perf_counter() - t0)
-print(json.dumps({"seconds": seconds, "samples": len(data), "peak_rss_mb": peak, "encoder_mb_per_s": encoder}))
+print(json.dumps({"seconds": seconds, "samples": len(data), "peak_rss_mb": peak}))
 """
 
 
@@ -94,7 +83,6 @@ def bench_file(path, kind: str, tokenizer, seq_len: int = 512, preset: str = "mi
                   "tokenize_seconds": round(cold["seconds"], 2), "mb_per_s": round(size_mb / cold["seconds"], 2),
                   "samples_per_s": round(cold["samples"] / cold["seconds"]),
                   "tokenize_peak_rss_mb": round(cold["peak_rss_mb"]),
-                  "encoder_alone_mb_per_s": round(cold["encoder_mb_per_s"], 2),
                   "cached_seconds": round(warm["seconds"], 2), "cached_peak_rss_mb": round(warm["peak_rss_mb"])}
         if step:
             stage = "pretrain" if kind == "pretrain" else "sft"
@@ -154,13 +142,12 @@ PAGE_END = "<!-- end: tables written by `minimind data bench` -->"
 
 def format_markdown(results: list[dict]) -> str:
     """The results as a Markdown table."""
-    lines = ["| data | file | tokenize | encoder alone | samples/s | peak RSS tokenizing | start when cached | "
-             "step 1: RSS, time |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| data | file | tokenize | samples/s | peak RSS tokenizing | start when cached | step 1: RSS, time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         step = (f"{r['step1_peak_rss_mb']:,} MB, {r['step1_seconds_cached']} s ({r['step1_preset']})"
                 if "step1_peak_rss_mb" in r else "-")
-        lines.append(f"| {r['kind']} | {r['size_mb']:,.0f} MB | {r['mb_per_s']:.2f} MB/s | "
-                     f"{r.get('encoder_alone_mb_per_s', float('nan')):.2f} MB/s | {r['samples_per_s']:,} | "
+        lines.append(f"| {r['kind']} | {r['size_mb']:,.0f} MB | {r['mb_per_s']:.2f} MB/s | {r['samples_per_s']:,} | "
                      f"{r['tokenize_peak_rss_mb']:,} MB | {r['cached_seconds']:.2f} s | {step} |")
     return "\n".join(lines)
 
