@@ -30,10 +30,6 @@ class TableWriter:
         self.files = {name: open(folder / f"{name}.bin", "wb") for name in columns} if folder else None
         self.chunks: dict[str, list] = {name: [] for name in columns}
 
-    def add(self, **rows) -> None:
-        """One row per column."""
-        self.add_many(**{name: [row] for name, row in rows.items()})
-
     def add_many(self, **rows) -> None:
         """Several rows per column (a list each), written in one piece."""
         for name, column in rows.items():

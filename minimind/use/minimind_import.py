@@ -12,9 +12,9 @@ from ..model.checkpoint import check_state_dict
 from ..model.config import MiniMindConfig
 from ..model.minimind_format import config_fields_from_state, read_torch_state
 from ..model.transformer import MiniMindForCausalLM
+from .export import TOKENIZER_FILES
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def import_pth(file, out, preset: Optional[str] = None, dtype: str = "keep", heads: int = 8,
