@@ -368,8 +368,8 @@ def _add_tokenizer(sub):
 
 
 def _add_chat(sub):
-    p = sub.add_parser("chat", help="chat with a checkpoint in the terminal (streaming, multi-turn; /reset, "
-                                    "/think, /exit)")
+    p = sub.add_parser("chat", help="chat with a checkpoint in the terminal (streaming, multi-turn, tools with "
+                                    "--tools; /reset, /think, /exit)")
     p.add_argument("ckpt", help="checkpoint folder (or a LoRA run folder, merged into its base), or a hub id such "
                                 "as jingyaogong/minimind-3")
     p.add_argument("--system", default=None, help="system message")
@@ -382,16 +382,26 @@ def _add_chat(sub):
                    help="on: the prompt opens <think> (reason first); off: an empty think block; auto: neither")
     p.add_argument("--hide-thinking", action="store_true", help="do not print the reasoning (toggle with /think)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    p.add_argument("--tools", default="none", metavar="SPEC",
+                   help="tools the model may call, run here and their results shown to it: calculator (add, "
+                        "subtract, multiply, divide), course (add, subtract, lookup in data/course/registry.json), "
+                        "course:PATH (another register file) or none (default). Needs a checkpoint with the "
+                        "minimind3 template")
+    p.add_argument("--max-tool-turns", type=int, default=4,
+                   help="model turns per message when it calls tools, the answer included (default: 4)")
 
     def run(args):
+        from .data.tools import toolbox
         from .model import load_checkpoint
         from .train.runtime import pick_device
         from .use.chat import terminal_chat
+        tools = toolbox(args.tools)  # a bad spec fails before the model loads
         model, tok = load_checkpoint(args.ckpt, device=pick_device(args.device))
         terminal_chat(model, tok, show_thinking=not args.hide_thinking, system=args.system,
                       enable_thinking={"auto": None, "on": True, "off": False}[args.think],
                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                      top_k=args.top_k, repetition_penalty=args.repetition_penalty)
+                      top_k=args.top_k, repetition_penalty=args.repetition_penalty, tools=tools,
+                      max_tool_turns=args.max_tool_turns)
     p.set_defaults(func=run)
 
 

@@ -1,14 +1,26 @@
 """Chat: streamed decoding across multi-byte characters, <think> splitting, stop strings, history, the
-terminal loop and the notebook widget."""
+terminal loop, the notebook widget, and tool calls (episodes of model turns and tool results)."""
 import random
 
 import pytest
 import torch
-from tiny_checkpoint import ScriptedModel, make_checkpoint, make_tokenizer
+from tiny_checkpoint import LINES, ScriptedModel, make_checkpoint, make_tokenizer
 
+from minimind.cli import build_parser
 from minimind.cli import main as cli
+from minimind.data.tokenizer import train_tokenizer
+from minimind.data.tools import course_tools, toolbox
 from minimind.model import load_checkpoint
-from minimind.use.chat import ChatSession, StopChecker, StreamDecoder, ThinkSplitter, fit_prompt, terminal_chat
+from minimind.use.chat import (
+    DIM,
+    RESET,
+    ChatSession,
+    StopChecker,
+    StreamDecoder,
+    ThinkSplitter,
+    fit_prompt,
+    terminal_chat,
+)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +201,148 @@ def test_widget_streams_into_transcript(tok):
     assert w.transcript.value.count("First add 3 and 4.") == 1  # hidden for the new reply
     w.reset()
     assert w.transcript.value == "" and w.session.history == []
+
+
+# -- tools -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tool_tok():
+    return train_tokenizer(LINES, vocab_size=400, template="minimind3")  # as tests/test_tools.py
+
+
+class ScriptedTurns(ScriptedModel):
+    """A ScriptedModel whose n-th generation writes the n-th reply (the last one again after that)."""
+
+    def __init__(self, tokenizer, *replies, context: int = 4096):
+        super().__init__(tokenizer, replies[0], context=context)
+        self.replies = [tokenizer.encode(r) for r in replies]
+
+    def stream_generate(self, input_ids, max_new_tokens=64, **kwargs):
+        self.reply_ids = self.replies[min(len(self.calls), len(self.replies) - 1)]
+        yield from super().stream_generate(input_ids, max_new_tokens, **kwargs)
+
+
+REGISTER = {"Zorin": {"home": "Tallow", "job": "baker", "age": 41, "pet": "cat", "colour": "red", "food": "soup"}}
+LOOKUP = '<tool_call>\n{"name": "lookup", "arguments": {"name": "Zorin", "fact": "job"}}\n</tool_call>'
+BROKEN = '<tool_call>\n{"name": "lookup", "arguments": {"name": }\n</tool_call>'
+
+
+def test_tool_episode_runs_the_call_and_feeds_the_result_back(tool_tok):
+    box = course_tools(REGISTER)
+    model = ScriptedTurns(tool_tok, "Let me check.\n" + LOOKUP, "Zorin is a baker.")
+    chat = ChatSession(model, tool_tok, tools=box, temperature=0.0, max_new_tokens=100)
+    events = list(chat.stream("What does Zorin do?"))
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "content" and kinds.count("tool") == 1
+    call, result = events[kinds.index("tool")][1]
+    assert (call.name, call.arguments, result) == ("lookup", {"name": "Zorin", "fact": "job"}, "baker")
+    before = "".join(t for k, t in events[:kinds.index("tool")])
+    after = "".join(t for k, t in events[kinds.index("tool") + 1:])
+    assert before == "Let me check." and after == "Zorin is a baker."  # the call's JSON is not shown as text
+    assert chat.history == [
+        {"role": "user", "content": "What does Zorin do?"},
+        {"role": "assistant", "content": "Let me check.",
+         "tool_calls": [{"name": "lookup", "arguments": {"name": "Zorin", "fact": "job"}}]},
+        {"role": "tool", "content": "baker"},
+        {"role": "assistant", "content": "Zorin is a baker."}]
+    assert chat.last.content == "Zorin is a baker." and [r for _, r in chat.last.tool_results] == ["baker"]
+    assert chat.last.completion_tokens == sum(len(r) + 1 for r in model.replies) and not chat.last.out_of_tool_turns
+    # both prompts show the tools; the second is the first turn, the call and its result, rendered by the template
+    first, second = (tool_tok.decode(c["prompt"]) for c in model.calls)
+    assert '"name": "lookup"' in first and "<tools>" in first and "baker" not in first
+    assert model.calls[1]["prompt"] == tool_tok.apply_chat_template(chat.history[:3], add_generation_prompt=True,
+                                                                    tokenize=True, tools=box.schemas())
+    assert "<tool_response>\nbaker\n</tool_response>" in second
+    chat.ask("And his pet?")  # the next message sees the whole episode
+    assert model.calls[2]["prompt"] == tool_tok.apply_chat_template(
+        chat.history[:5], add_generation_prompt=True, tokenize=True, tools=box.schemas())
+    chat.reset()
+    assert chat.history == [] and chat.last is None
+
+
+def test_a_broken_call_is_answered_with_an_error_and_another_turn(tool_tok):
+    model = ScriptedTurns(tool_tok, BROKEN, "I could not look it up.")
+    chat = ChatSession(model, tool_tok, tools=course_tools(REGISTER), temperature=0.0, max_new_tokens=100)
+    events = list(chat.stream("What does Zorin do?"))
+    tools = [p for k, p in events if k == "tool"]
+    assert len(tools) == 1 and tools[0][0] is None and tools[0][1].startswith("error: the tool call is not valid")
+    assert [m["role"] for m in chat.history] == ["user", "assistant", "tool", "assistant"]
+    assert chat.history[1] == {"role": "assistant", "content": BROKEN}  # what it wrote, no tool_calls
+    assert chat.history[2] == {"role": "tool", "content": tools[0][1]}
+    assert "<tool_response>\nerror: the tool call is not valid JSON" in tool_tok.decode(model.calls[1]["prompt"])
+    assert len(model.calls) == 2 and chat.last.content == "I could not look it up."
+
+
+def test_a_model_that_keeps_calling_runs_out_of_turns(tool_tok):
+    model = ScriptedTurns(tool_tok, LOOKUP)  # calls, every turn
+    chat = ChatSession(model, tool_tok, tools=course_tools(REGISTER), max_tool_turns=3, temperature=0.0)
+    assert chat.ask("What does Zorin do?") == ""
+    assert len(model.calls) == 3 and chat.last.out_of_tool_turns
+    assert [m["role"] for m in chat.history] == ["user"] + ["assistant", "tool"] * 3
+    with pytest.raises(ValueError, match="at least one turn"):
+        ChatSession(model, tool_tok, tools=course_tools(REGISTER), max_tool_turns=0)
+
+
+def test_terminal_chat_prints_calls_and_says_when_turns_run_out(tool_tok):
+    model = ScriptedTurns(tool_tok, LOOKUP, "Zorin is a baker.", LOOKUP)
+    lines = iter(["What does Zorin do?", "Again?", "/reset", "/exit"])
+    printed = []
+    session = terminal_chat(model, tool_tok, input_fn=lambda _: next(lines), color=True,
+                            print_fn=lambda *a, **k: printed.append(" ".join(map(str, a)) + k.get("end", "\n")),
+                            tools=course_tools(REGISTER), max_tool_turns=2, temperature=0.0)
+    out = "".join(printed)
+    assert "Tools: add, subtract, lookup." in out
+    assert DIM + '[lookup(name="Zorin", fact="job") -> baker]' + RESET + "\nZorin is a baker.\n" in out
+    assert "<tool_call>" not in out
+    assert out.count("(no answer: the model was still calling tools after 2 turns)") == 1
+    assert "(conversation reset)" in out and session.history == [] and len(model.calls) == 4
+
+
+def test_the_course_template_is_refused_with_the_fix(tok):
+    model = ScriptedModel(tok, "hello")
+    with pytest.raises(ValueError, match=r"template \('minimind'.*minimind3 template \(e.g. chapter 14's"):
+        ChatSession(model, tok, tools=toolbox("calculator"))
+    chat = ChatSession(model, tok, tools=toolbox("none"))  # no tools: the course model chats as before
+    assert chat.tools is None and chat.ask("hi") == "hello"
+    assert model.calls[-1]["prompt"] == tok.apply_chat_template([{"role": "user", "content": "hi"}],
+                                                                add_generation_prompt=True, tokenize=True)
+
+
+def test_fit_prompt_keeps_the_episode_and_drops_results_with_their_call(tool_tok):
+    call = {"role": "assistant", "content": "", "tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 2}}]}
+    old = [{"role": "user", "content": "Mira the baker likes apples. " * 4}, call, {"role": "tool", "content": "3"},
+           {"role": "assistant", "content": "It is 3."}]
+    now = [{"role": "user", "content": "And 2 plus 2?"}]
+
+    def size(msgs):
+        return len(tool_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True))
+    # room for the old tool result, the old answer and the question: the orphaned result goes too
+    ids, dropped = fit_prompt(tool_tok, old + now, context=size(old[2:] + now) + 10, reserve=10)
+    assert dropped == 3 and ids == tool_tok.apply_chat_template(old[3:] + now, add_generation_prompt=True,
+                                                                tokenize=True)
+    episode = now + [call, {"role": "tool", "content": "4"}]
+    with pytest.raises(ValueError, match="does not fit"):  # the episode's own messages never go
+        fit_prompt(tool_tok, episode, context=size(episode) + 5, reserve=10, keep=3)
+    assert fit_prompt(tool_tok, episode, context=size(episode) + 5, reserve=10)[1] > 0  # keep=1 drops them
+
+
+def test_cli_chat_tools_flag(ckpt, tmp_path, tool_tok, monkeypatch, capsys):
+    assert build_parser().parse_args(["chat", "x"]).tools == "none"
+    assert build_parser().parse_args(["chat", "x", "--tools", "course:reg.json"]).tools == "course:reg.json"
+    # the course checkpoint's template cannot show tools: a clear error, not a traceback
+    assert cli(["chat", str(ckpt), "--tools", "calculator", "--device", "cpu"]) == 2
+    assert "minimind3 template" in capsys.readouterr().err
+    assert cli(["chat", str(ckpt), "--tools", "abacus", "--device", "cpu"]) == 2
+    assert "unknown toolbox 'abacus'" in capsys.readouterr().err
+    # a minimind3 checkpoint chats with the calculator
+    from minimind import MiniMindConfig, MiniMindForCausalLM
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig(vocab_size=tool_tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                                               max_position_embeddings=2048))
+    folder = model.save_pretrained(tmp_path / "tools_ckpt", tokenizer=tool_tok)
+    lines = iter(["What is 2 plus 3?", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert cli(["chat", str(folder), "--tools", "calculator", "--max-new-tokens", "4", "--temperature", "0",
+                "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "Tools: add, subtract, multiply, divide." in out and "(error" not in out

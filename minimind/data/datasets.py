@@ -2,6 +2,8 @@
 
 Pretraining: one flat uint16 token file, cut into packed windows tokens[i*T : (i+1)*T] (nanoGPT style).
 Chat data (SFT, DPO): labels = ids on the assistant's tokens, -100 elsewhere. RL: prompts and their answers.
+Tool use as MiniMind writes it: a system message's `tools`, an assistant's `tool_calls` (lists, or lists as
+JSON strings) and `tool` messages holding results; they need a tokenizer with MiniMind's template.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 
 from .files import atomic_path, cache_dir, content_key
 from .token_table import build_table, token_dtype
-from .tokenizer import IGNORE_INDEX, ROLES, render_chat, render_chat_spans
+from .tokenizer import IGNORE_INDEX, ROLES, TOOL_ROLES, render_chat_spans
 
 KINDS = ("pretrain", "sft", "dpo", "rl", "eval")
 
@@ -69,14 +71,55 @@ def _check_messages(msgs, field: str, need_assistant: bool, last_assistant: bool
         for key in ("role", "content"):
             if key not in m:
                 return f'{field}[{i}] has no "{key}" field'
-        if m["role"] not in ROLES:
+        if m["role"] not in TOOL_ROLES:
             return f'{field}[{i}] has unknown role {m["role"]!r} (roles: {", ".join(ROLES)})'
         if not isinstance(m["content"], str):
+            if m["content"] is None and m["role"] == "assistant" and m.get("tool_calls"):
+                return f'{field}[{i}] content is null: write "" for a turn that only calls tools'
             return f'{field}[{i}] content is {type(m["content"]).__name__}, not a string'
+        problem = _check_tool_fields(m, f"{field}[{i}]")
+        if problem:
+            return problem
     if need_assistant and not any(m["role"] == "assistant" for m in msgs):
         return f'"{field}" has no assistant turn: nothing to learn from'
     if last_assistant and msgs[-1]["role"] != "assistant":
         return f'"{field}" does not end with an assistant turn'
+    return None
+
+
+def _json_list(value):
+    """A list given as itself or as a JSON string (MiniMind's files hold `tools` and `tool_calls` as strings);
+    anything else comes back unchanged. Raises json.JSONDecodeError for a string that is not JSON."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _absent(value) -> bool:
+    return value is None or (isinstance(value, (str, list)) and not value)  # as MiniMind's `if m.get(...)`
+
+
+def _check_tool_fields(m: dict, where: str) -> Optional[str]:
+    """The problem with a message's `tools` (system) or `tool_calls` (assistant), None when fine or absent."""
+    for key, role, what in (("tools", "system", "tool schemas"), ("tool_calls", "assistant", "tool calls")):
+        if _absent(m.get(key)):
+            continue
+        if m["role"] != role:
+            return f'{where} is a {m["role"]} message with "{key}": only a {role} message carries {what}'
+        try:
+            value = _json_list(m[key])
+        except json.JSONDecodeError as err:
+            return f'{where} "{key}" is a string but not valid JSON ({err.msg} at column {err.colno})'
+        if not isinstance(value, list):
+            return (f'{where} "{key}" is {type(value).__name__}, not a list of {what} '
+                    "(or that list as a JSON string)")
+        for k, item in enumerate(value):
+            if not isinstance(item, dict):
+                return f'{where} {key}[{k}] is {type(item).__name__}, not an object'
+            if key == "tool_calls":
+                call = item["function"] if item.get("function") else item  # as the template reads it
+                if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"] \
+                        or "arguments" not in call:
+                    return (f'{where} tool_calls[{k}] is not a tool call: write {{"name": ..., "arguments": {{...}}}} '
+                            'or {"type": "function", "function": {"name": ..., "arguments": ...}}')
     return None
 
 
@@ -135,6 +178,13 @@ def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[l
     """Validated records of a JSONL file, streamed; kind: pretrain, sft, dpo, rl, eval or auto (from the first line).
     A bad line raises DataError "file:line: problem; fix: ..."; with skip_bad it goes to `bad` as (line, problem).
     on_bytes(n) is called with each line's size (a progress bar's update)."""
+    for _, record in _numbered_jsonl(path, kind, skip_bad, bad, limit, on_bytes):
+        yield record
+
+
+def _numbered_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[list] = None,
+                    limit: Optional[int] = None, on_bytes=None) -> Iterator[tuple[int, dict]]:
+    """iter_jsonl's records with their line numbers: (line, record)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
@@ -181,7 +231,7 @@ def iter_jsonl(path, kind: str = "auto", skip_bad: bool = False, bad: Optional[l
                 bad.append((lineno, problem))
                 continue
             n += 1
-            yield record
+            yield lineno, record
 
 
 def read_jsonl(path, kind: str = "auto", skip_bad: bool = False, limit: Optional[int] = None) -> Records:
@@ -208,7 +258,7 @@ def conversation_warnings(messages) -> list[str]:
         found.append("a system turn after the start")
     if turns and turns[0] == "assistant":
         found.append("starts with the assistant")
-    if any(a == b for a, b in zip(turns, turns[1:])):
+    if any(a == b != "tool" for a, b in zip(turns, turns[1:])):  # several tool results in a row are normal
         found.append("two turns of the same role in a row")
     return found
 
@@ -361,9 +411,67 @@ class PretrainDataset(torch.utils.data.Dataset):
 def chat_labels(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a conversation: labels equal the ids on the tokens the assistant writes
     (from after `<|im_start|>assistant\\n` through `<|im_end|>`) and -100 everywhere else."""
-    text, spans = render_chat_spans(messages, template=template_of(tokenizer))
+    text, spans = render_record(messages, template_of(tokenizer))
     ids, offsets = tokenizer.encode_with_offsets(text)
     return ids, _mask(ids, offsets, spans)
+
+
+def chat_tools(messages: list[dict]) -> tuple[list[dict], Optional[list]]:
+    """(messages, tools) as the renderer takes them: `tool_calls` written as JSON strings parsed to lists, and
+    the system message's `tools` (parsed when a JSON string), None when it has none. The input is not changed."""
+    out, tools = [], None
+    for m in messages:
+        if isinstance(m, dict):
+            if m.get("role") == "system" and not _absent(m.get("tools")):
+                tools = _json_list(m["tools"])
+            if isinstance(m.get("tool_calls"), str) and m["tool_calls"]:
+                m = {**m, "tool_calls": _json_list(m["tool_calls"])}
+        out.append(m)
+    return out, tools
+
+
+TOOLS_FIX = ("use a tokenizer with minimind-3's chat template: train one with `minimind tokenizer train --template "
+             "minimind3` (in Python: train_tokenizer(..., template=\"minimind3\")), or load MiniMind's own "
+             "(MiniMindTokenizer.from_pretrained)")
+
+
+def _tool_use(messages: list[dict], tools) -> list[str]:
+    """What in a conversation needs a template with tools (empty when nothing does)."""
+    found = [("a tools list", bool(tools)),
+             ("tool calls", any(isinstance(m, dict) and m.get("tool_calls") for m in messages)),
+             ('tool results (role "tool")', any(isinstance(m, dict) and m.get("role") == "tool" for m in messages))]
+    return [what for what, hit in found if hit]
+
+
+def render_record(messages: list[dict], template: str, add_generation_prompt: bool = False):
+    """(text, assistant spans) of a record's conversation with its tools and tool calls (see chat_tools).
+    The course template cannot render tools: such a conversation raises DataError naming the fix."""
+    messages, tools = chat_tools(messages)
+    if template == "minimind":
+        found = _tool_use(messages, tools)
+        if found:
+            raise DataError(f"the chat template 'minimind' (the course's) cannot render tools, and this conversation "
+                            f"has {', '.join(found)}; fix: {TOOLS_FIX}")
+    return render_chat_spans(messages, add_generation_prompt, template=template, tools=tools)
+
+
+class _RecordError(DataError):
+    """A record of a chunk that cannot be rendered; `index`: its place in the chunk."""
+
+    def __init__(self, index: int, message: str):
+        super().__init__(message)
+        self.index = index
+
+
+def _render_all(conversations, template: str, add_generation_prompt: bool = False) -> list:
+    """render_record of each conversation; a failure raises _RecordError with the conversation's index."""
+    out = []
+    for k, messages in enumerate(conversations):
+        try:
+            out.append(render_record(messages, template, add_generation_prompt))
+        except ValueError as err:  # DataError, a bad tool call or role, a tool list that is not JSON
+            raise _RecordError(k, str(err)) from None
+    return out
 
 
 def template_of(tokenizer) -> str:
@@ -392,8 +500,7 @@ PROGRESS_BYTES = 32 << 20  # files at least this big show a progress bar (MB, MB
 
 def _encode_chats(tokenizer, conversations: list[list[dict]], max_len: int):
     """Tokenize conversations in one batch; truncate to max_len. -> [(ids (n,), learned (n,) bool, truncated)]."""
-    template = template_of(tokenizer)
-    rendered = [render_chat_spans(c, template=template) for c in conversations]
+    rendered = _render_all(conversations, template_of(tokenizer))
     limit = max_len * CHARS_PER_TOKEN
     encs = tokenizer.tokenizer.encode_batch([t[:limit] for t, _ in rendered], add_special_tokens=False)
     out = []
@@ -429,13 +536,18 @@ def _table(source, tokenizer, kind: str, max_len, skip_bad: bool, columns: dict,
             size = Path(source).stat().st_size
             bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, mininterval=1.0,
                        desc=f"tokenizing {Path(source).name}", disable=size < PROGRESS_BYTES)
-            records = iter_jsonl(source, kind, skip_bad=skip_bad, bad=bad, on_bytes=bar.update)
+            numbered = _numbered_jsonl(source, kind, skip_bad=skip_bad, bad=bad, on_bytes=bar.update)
         else:
-            records = iter(source)
+            numbered = enumerate(source)
         try:
-            while chunk := list(itertools.islice(records, CHUNK_RECORDS)):
+            while chunk := list(itertools.islice(numbered, CHUNK_RECORDS)):
                 kept = {name: [] for name in columns}
-                for rows, truncated in encode(chunk):
+                try:
+                    encoded = encode([record for _, record in chunk])
+                except _RecordError as err:  # name the record: file:line, or its index in the list
+                    n = chunk[err.index][0]
+                    raise DataError(f"{source}:{n}: {err}" if on_disk else f"{kind} records[{n}]: {err}") from None
+                for rows, truncated in encoded:
                     counts["records"] += 1
                     counts["truncated"] += truncated
                     if rows is None:
@@ -560,12 +672,13 @@ class RLPromptDataset(torch.utils.data.Dataset):
         template = template_of(tokenizer)
 
         def encode(records):
-            prompts = []
+            conversations = []
             for r in records:
                 msgs = list(r["conversations"])
                 while msgs and msgs[-1]["role"] == "assistant":
                     msgs.pop()
-                prompts.append(render_chat(msgs, add_generation_prompt=True, template=template))
+                conversations.append(msgs)
+            prompts = [text for text, _ in _render_all(conversations, template, add_generation_prompt=True)]
             cut = max_len * CHARS_PER_TOKEN if max_len is not None else None
             ids = tokenizer.encode_batch([p[-cut:] if cut else p for p in prompts])
             return [(dict(prompt_ids=i[-max_len:] if max_len else i, prompt=_utf8(p),

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
+
+from .files import find_root
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 
@@ -184,6 +187,8 @@ def _check_arguments(args: dict, schema: dict) -> Optional[str]:
         kind = _JSON_TYPES.get(props[k].get("type"))
         if kind and (not isinstance(v, kind) or (isinstance(v, bool) and props[k].get("type") != "boolean")):
             return f"argument {k}={v!r} should be a {props[k]['type']}"
+        if "enum" in props[k] and v not in props[k]["enum"]:
+            return f"argument {k}={v!r} should be one of {', '.join(map(str, props[k]['enum']))}"
     return None
 
 
@@ -252,10 +257,46 @@ def calculator() -> ToolBox:
                     _number_tool("divide", "a / b", _divide)])
 
 
-TOOLBOXES = {"calculator": calculator, "none": ToolBox}
+# The course world's register: people who appear in no text the model read (corpus.py writes registry.json), so
+# only a lookup can answer questions about them.
+REGISTRY_FACTS = ("home", "job", "age", "pet", "colour", "food")
 
 
-def toolbox(name: str) -> ToolBox:
+def lookup_tool(registry: dict) -> Tool:
+    """lookup(name, fact): one fact about a person of the register ({name: {fact: value}})."""
+    def lookup(name: str, fact: str):
+        person = registry.get(name)
+        if person is None:
+            raise ValueError(f"nobody called {name!r} is in the register")
+        return person[fact]
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "fact": {"type": "string", "enum": list(REGISTRY_FACTS)}},
+              "required": ["name", "fact"]}
+    return Tool("lookup", "a fact about a person in the town register", schema, lookup)
+
+
+def course_tools(registry=None) -> ToolBox:
+    """The course world's tools: add and subtract (exact sums of any size) and lookup in the register.
+    registry: {name: {fact: value}}, or the path of the corpus's registry.json (default: data/course's)."""
+    if registry is None or isinstance(registry, (str, Path)):
+        path = Path(registry) if registry else find_root() / "data" / "course" / "registry.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no register for the course toolbox; write the course corpus "
+                                    "(minimind data course) or name the file: --tools course:PATH")
+        registry = json.loads(path.read_text(encoding="utf-8"))["people"]
+    calc = calculator().tools
+    return ToolBox([calc["add"], calc["subtract"], lookup_tool(registry)])
+
+
+TOOLBOXES = {"calculator": calculator, "course": course_tools, "none": ToolBox}
+
+
+def toolbox(spec: str) -> ToolBox:
+    """A toolbox by name, "NAME" or "NAME:ARG" (course:PATH names the register file)."""
+    name, _, arg = spec.partition(":")
     if name not in TOOLBOXES:
-        raise ValueError(f"unknown toolbox {name!r}: choose one of {', '.join(TOOLBOXES)}")
-    return TOOLBOXES[name]()
+        raise ValueError(f"unknown toolbox {spec!r}: choose one of {', '.join(TOOLBOXES)} (course:PATH for a "
+                         "register file)")
+    if arg and name != "course":
+        raise ValueError(f"toolbox {name!r} takes no argument (got {spec!r})")
+    return TOOLBOXES[name](arg) if arg else TOOLBOXES[name]()

@@ -1,14 +1,18 @@
-"""Talk to a checkpoint: `ChatSession` (history, template, streamed reply, `<think>` split apart), the terminal
-chat (`minimind chat CKPT`) and a notebook widget (`chat_widget`). Streaming hands out whole characters only
-(`StreamDecoder`) and holds back a tag that may be cut in two, `</th` + `ink>` (`ThinkSplitter`).
+"""Talk to a checkpoint: `ChatSession` (history, template, streamed reply, `<think>` split apart, tools it may
+call), the terminal chat (`minimind chat CKPT [--tools SPEC]`) and a notebook widget (`chat_widget`). Streaming
+hands out whole characters only (`StreamDecoder`) and holds back a tag that may be cut in two, `</th` + `ink>`
+(`ThinkSplitter`).
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
 import torch
+
+from ..data.tools import ToolBox, ToolCall, ToolCallSplitter
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -157,6 +161,8 @@ class Reply:
     completion_tokens: int = 0
     seconds: float = 0.0
     truncated_messages: int = 0       # old turns dropped to fit the context
+    tool_results: list = field(default_factory=list)  # (ToolCall, or None for a broken call; result text)
+    out_of_tool_turns: bool = False   # the model still called tools when max_tool_turns model turns had passed
 
 
 @dataclass
@@ -217,14 +223,30 @@ def stream_text(model, tokenizer, prompt_ids: list[int], settings: GenerationSet
         reply.seconds = time.perf_counter() - start
 
 
+TOOL_TEMPLATES = ("minimind2", "minimind3")  # the chat templates that render tools, calls and results
+
+
 class ChatSession:
     """A conversation: history, chat template, streamed reply; the oldest turns go when the context is full.
-    enable_thinking: None (template adds nothing), True (prompt opens <think>), False (an empty think block)."""
+    enable_thinking: None (template adds nothing), True (prompt opens <think>), False (an empty think block).
+    tools: a ToolBox the model may call (an empty one is none); a user turn is then an episode of up to
+    max_tool_turns model turns, each call run and its result shown to the model, until it answers."""
 
     def __init__(self, model, tokenizer, system: Optional[str] = None, enable_thinking: Optional[bool] = None,
-                 **settings):
+                 tools: Optional[ToolBox] = None, max_tool_turns: int = 4, **settings):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.system, self.enable_thinking = system, enable_thinking
+        self.tools = tools if tools is not None and tools.tools else None
+        if self.tools is not None:
+            template = getattr(tokenizer, "template", "minimind")
+            if template not in TOOL_TEMPLATES:
+                raise ValueError(f"this checkpoint's chat template ({template!r}, the course's) cannot show the "
+                                 "model tools: chat with tools needs a checkpoint trained with the minimind3 "
+                                 "template (e.g. chapter 14's; `minimind tokenizer train --template minimind3`), "
+                                 "or MiniMind's own (jingyaogong/minimind-3)")
+        if max_tool_turns < 1:
+            raise ValueError(f"max_tool_turns is {max_tool_turns}: the model needs at least one turn")
+        self.max_tool_turns = max_tool_turns
         self.settings = GenerationSettings(**settings)
         self.history: list[dict] = []
         self.last: Optional[Reply] = None
@@ -239,49 +261,121 @@ class ChatSession:
             msgs.append({"role": "user", "content": user})
         return msgs
 
-    def stream(self, user: str, **overrides) -> Iterator[tuple[str, str]]:
-        """Yield ("reasoning" | "content", text) pieces of the reply; the turn joins the history at the end."""
+    def stream(self, user: str, **overrides) -> Iterator[tuple[str, object]]:
+        """Yield ("reasoning" | "content", text) pieces of the reply and, with tools, ("tool", (call, result))
+        for each call run (call None for a broken one, its result "error: ..."); the turn joins the history
+        at the end. Text the model writes around its calls streams as content; the calls themselves do not."""
         settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
-        msgs = self.messages(user)
+        turn = [{"role": "user", "content": user}]
+        total = Reply()
+        for _ in range(self.max_tool_turns if self.tools else 1):
+            reply, message, calls, problems = yield from self._model_turn(self.messages() + turn, settings,
+                                                                          keep=len(turn))
+            _add_up(total, reply)
+            turn.append(message)
+            if not calls and not problems:
+                break
+            for call in calls:
+                result = self.tools.run(call)
+                total.tool_results.append((call, result))
+                turn.append({"role": "tool", "content": result})
+                yield "tool", (call, result)
+            if problems:  # it tried to call and failed: tell it why (run_episode does the same)
+                error = "error: " + "; ".join(problems)
+                total.tool_results.append((None, error))
+                turn.append({"role": "tool", "content": error})
+                yield "tool", (None, error)
+        else:
+            total.out_of_tool_turns = self.tools is not None
+        last = turn[-1] if turn[-1]["role"] == "assistant" else {}
+        total.content, total.reasoning = last.get("content", ""), last.get("reasoning_content", "")
+        self.last = total
+        self.history += turn
+
+    def _model_turn(self, msgs: list[dict], settings: GenerationSettings, keep: int):
+        """One generation, streamed as ("reasoning" | "content", text); returns (reply, the assistant message,
+        its calls, the problems of blocks that were not calls). Calls are parsed only when there are tools."""
+        schemas = self.tools.schemas() if self.tools else None
         prompt, dropped = fit_prompt(self.tokenizer, msgs, self.model.config.max_position_embeddings,
-                                     min(settings.max_new_tokens, 64), self.enable_thinking)
+                                     min(settings.max_new_tokens, 64), self.enable_thinking, tools=schemas,
+                                     keep=keep)
         reply = Reply(truncated_messages=dropped)
-        splitter = ThinkSplitter(in_think=self.enable_thinking is True)
+        thinking = ThinkSplitter(in_think=self.enable_thinking is True)
+        splitter = ToolCallSplitter() if self.tools else None
+        content: list[str] = []
+
+        def pieces(parts):
+            for kind, text in parts:
+                for kind2, piece in (splitter.push(text) if kind == "content" and splitter else [(kind, text)]):
+                    if kind2 == "content":
+                        content.append(piece)
+                    if kind2 != "call":  # the calls go out as ("tool", ...) once they have run
+                        yield kind2, piece
+
         for text in stream_text(self.model, self.tokenizer, prompt, settings, reply):
-            yield from splitter.push(text)
-        yield from splitter.flush()
-        reply.content, reply.reasoning = splitter.content_text, splitter.reasoning_text
-        self.last = reply
-        self.history.append({"role": "user", "content": user})
-        turn = {"role": "assistant", "content": reply.content}
+            yield from pieces(thinking.push(text))
+        yield from pieces(thinking.flush())
+        if splitter:
+            for _, piece in splitter.flush():  # an unclosed <tool_call>: shown as the text it is
+                content.append(piece)
+                yield "content", piece
+        reply.content, reply.reasoning = "".join(content).strip(), thinking.reasoning_text
+        message = {"role": "assistant", "content": reply.content}
         if reply.reasoning:
-            turn["reasoning_content"] = reply.reasoning
-        self.history.append(turn)
+            message["reasoning_content"] = reply.reasoning
+        calls = splitter.calls if splitter else []
+        if calls:
+            message["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in calls]
+        return reply, message, calls, (splitter.problems if splitter else [])
 
     def ask(self, user: str, **overrides) -> str:
-        """The whole reply's answer (reasoning is in .last.reasoning)."""
+        """The whole reply's answer (reasoning is in .last.reasoning, tool calls in .last.tool_results)."""
         for _ in self.stream(user, **overrides):
             pass
         return self.last.content
 
 
+def _add_up(total: Reply, turn: Reply) -> None:
+    """Count one model turn into the episode's reply (the last turn's prompt and finish reason)."""
+    total.prompt_tokens, total.finish_reason = turn.prompt_tokens, turn.finish_reason
+    total.completion_tokens += turn.completion_tokens
+    total.seconds += turn.seconds
+    total.truncated_messages = max(total.truncated_messages, turn.truncated_messages)
+
+
+def format_tool_result(call: Optional[ToolCall], result: str, limit: int = 200) -> str:
+    """`[lookup(name="Zorin", fact="job") -> baker]`; a broken call (None) shows its error alone."""
+    if len(result) > limit:
+        result = result[:limit] + "..."
+    if call is None:
+        return f"[tool call not understood -> {result}]"
+    args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in call.arguments.items())
+    return f"[{call.name}({args}) -> {result}]"
+
+
 def fit_prompt(tokenizer, messages: list[dict], context: int, reserve: int,
-               enable_thinking: Optional[bool] = None) -> tuple[list[int], int]:
-    """(prompt ids, messages dropped): the oldest non-system turns go until `reserve` tokens are left for the
-    reply; ValueError if even the last message alone does not fit."""
+               enable_thinking: Optional[bool] = None, *, tools: Optional[list] = None,
+               keep: int = 1) -> tuple[list[int], int]:
+    """(prompt ids, messages dropped): the oldest non-system messages go (with the tool results that followed
+    them) until `reserve` tokens are left for the reply; the last `keep` messages always stay. tools: schemas
+    for the template. ValueError if what must stay does not fit."""
     msgs = list(messages)
     dropped = 0
+    extra = {"tools": tools} if tools else {}
     while True:
         ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                            enable_thinking=enable_thinking)
+                                            enable_thinking=enable_thinking, **extra)
         if len(ids) + reserve <= context:
             return ids, dropped
         first = next((i for i, m in enumerate(msgs) if m["role"] != "system"), None)
-        if first is None or first == len(msgs) - 1:
+        if first is None or first >= len(msgs) - keep:
             raise ValueError(f"the prompt is {len(ids)} tokens; with {reserve} tokens for the reply it does not "
                              f"fit the model's context of {context} tokens: shorten the message")
         msgs.pop(first)
         dropped += 1
+        while first < len(msgs) - keep and msgs[first]["role"] == "tool":  # results whose call is gone
+            msgs.pop(first)
+            dropped += 1
 
 
 # -- terminal ----------------------------------------------------------------------------------------------
@@ -291,13 +385,16 @@ HELP = ("commands: /reset (forget the conversation), /think (show or hide reason
 
 def terminal_chat(model, tokenizer, show_thinking: bool = True, input_fn=None, print_fn=None,
                   color: Optional[bool] = None, **session_kwargs) -> ChatSession:
-    """A read-eval-print chat loop: the reply streams as it is generated; reasoning in dim text."""
+    """A read-eval-print chat loop: the reply streams as it is generated; reasoning in dim text, and with tools
+    each call and its result on a dim line of its own (`[add(a=2, b=3) -> 5]`) before the answer."""
     import sys
     input_fn, print_fn = input_fn or input, print_fn or print
     session = ChatSession(model, tokenizer, **session_kwargs)
     if color is None:
         color = sys.stdout.isatty()
-    print_fn(f"MiniMind chat ({model.num_parameters() / 1e6:.1f}M parameters). {HELP}")
+    dim, reset = (DIM, RESET) if color else ("", "")
+    tools = f" Tools: {', '.join(session.tools.tools)}." if session.tools else ""
+    print_fn(f"MiniMind chat ({model.num_parameters() / 1e6:.1f}M parameters).{tools} {HELP}")
     while True:
         try:
             line = input_fn(">>> ")
@@ -320,26 +417,38 @@ def terminal_chat(model, tokenizer, show_thinking: bool = True, input_fn=None, p
         if line in ("/help", "/?"):
             print_fn(HELP)
             continue
-        kind_now = None
+        kind_now, after_tool_line, before = None, False, session.last
         try:
-            for kind, text in session.stream(line):
+            for kind, piece in session.stream(line):
                 if kind == "reasoning" and not show_thinking:
+                    continue
+                if kind == "tool":  # a line of its own; what follows starts a new one
+                    if kind_now is not None:
+                        print_fn(reset + "\n", end="", flush=True)
+                    print_fn(dim + format_tool_result(*piece) + reset, flush=True)
+                    kind_now, after_tool_line = None, True
                     continue
                 if kind != kind_now:
                     if kind_now is not None:
-                        print_fn((RESET if color else "") + "\n", end="", flush=True)
+                        print_fn(reset + "\n", end="", flush=True)
                     if kind == "reasoning":
-                        print_fn((DIM if color else "") + "[thinking] ", end="", flush=True)
+                        print_fn(dim + "[thinking] ", end="", flush=True)
                     kind_now = kind
-                print_fn(text, end="", flush=True)
+                print_fn(piece, end="", flush=True)
+                after_tool_line = False
         except KeyboardInterrupt:  # stop this reply, keep the chat
             print_fn(" [interrupted]", end="")
-        except ValueError as err:
-            print_fn(f"(error: {err})")
+            after_tool_line = False
+        except ValueError as err:  # e.g. the conversation no longer fits the context
+            print_fn(("\n" if kind_now else "") + reset + f"(error: {err})")
             continue
-        print_fn((RESET if color and kind_now == "reasoning" else "") + "")
-        if session.last is not None and session.last.truncated_messages:
-            print_fn(f"(dropped {session.last.truncated_messages} old messages to fit the context)")
+        if not after_tool_line:  # end the reply's line
+            print_fn(reset if kind_now == "reasoning" else "")
+        last = session.last if session.last is not before else None  # None: this turn did not finish
+        if last is not None and last.out_of_tool_turns:
+            print_fn(f"(no answer: the model was still calling tools after {session.max_tool_turns} turns)")
+        if last is not None and last.truncated_messages:
+            print_fn(f"(dropped {last.truncated_messages} old messages to fit the context)")
     return session
 
 
@@ -410,6 +519,8 @@ class ChatWidget:
                                                   top_p=self.top_p.value, max_new_tokens=self.max_tokens.value):
                 if kind == "reasoning":
                     reasoning += text
+                elif kind == "tool":
+                    content += ("\n" if content else "") + format_tool_result(*text) + "\n"
                 else:
                     content += text
                 self._render(self._bubble(reasoning, content))
