@@ -40,22 +40,26 @@ def test_cispo_weights_are_clipped_from_above_and_held_constant():
 
 
 class ScriptedPolicy:
-    """generate() appends the next scripted turn (then EOS): stands in for the model in a rollout."""
+    """generate() appends the next scripted turn (then EOS) to each row, in order: stands in for the model."""
 
     def __init__(self, tok, turns):
         from minimind import MiniMindConfig
         self.tok, self.turns, self.device = tok, list(turns), torch.device("cpu")
         self.config = MiniMindConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+        self.seen = []
 
-    def generate(self, ids, max_new_tokens, **kw):
-        turn = self.tok.encode(self.turns.pop(0)) + [self.tok.eos_token_id]
-        return torch.cat([ids, torch.tensor([turn])], dim=1)
+    def generate(self, ids, max_new_tokens, attention_mask=None, **kw):
+        self.seen.append([self.tok.decode(row[m.bool()].tolist()) for row, m in zip(ids, attention_mask)])
+        rows = [self.tok.encode(self.turns.pop(0)) + [self.tok.eos_token_id] for _ in range(ids.shape[0])]
+        width = max(map(len, rows))
+        new = torch.tensor([r + [self.tok.eos_token_id] * (width - len(r)) for r in rows])
+        return torch.cat([ids, new], dim=1)
 
 
 def test_a_rollout_masks_the_tool_results_and_rewards_the_answer(tok):
     stage = AgentStage("rule", tok, tools="calculator", group_size=2, max_new_tokens=64)
-    policy = ScriptedPolicy(tok, [ADD_CALL, "The answer is 42.", "The answer is 41."])
+    policy = ScriptedPolicy(tok, [ADD_CALL, "The answer is 41.", "The answer is 42."])  # row 0, row 1, row 0
     prompt = render_chat([{"role": "user", "content": "What is 17 plus 25?"}], add_generation_prompt=True,
                          template="minimind3")
     rollout = stage.generate_rollout(policy, {"prompt": [prompt], "prompt_ids": [[0]], "answer": ["42"]})
@@ -72,6 +76,10 @@ def test_a_rollout_masks_the_tool_results_and_rewards_the_answer(tok):
         ADD_CALL, "").replace("The answer is 42.", "")
     assert read.startswith("\n<|im_start|>user\n<tool_response>\n42\n</tool_response>")
     assert "<tools>" in tok.decode(rollout.sequences[0, :p].tolist())  # the prompt shows the tools
+    # the two rollouts generated together; the second turn only for the one that called, after its result
+    assert [len(batch) for batch in policy.seen] == [2, 1]
+    assert policy.seen[1][0].endswith("<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+                                      "<think>\n\n</think>\n\n")
 
 
 def test_the_agent_stage_needs_a_template_with_tools():

@@ -9,7 +9,8 @@ from minimind.data.corpus import SIZES, build_world, corpus_paths, ensure_course
 from minimind.data.datasets import check_file, iter_texts, read_jsonl
 
 KINDS = dict(pretrain="pretrain", pretrain_val="pretrain", sft="sft", sft_val="sft", lora="sft", reason="sft",
-             dpo="dpo", dpo_val="dpo", rl="rl", rl_val="rl", eval="eval")
+             dpo="dpo", dpo_val="dpo", rl="rl", rl_val="rl", eval="eval", tool_sft="sft", tool_sft_val="sft",
+             tool_eval="rl", tool_rl="rl", tool_rl_val="rl")
 
 
 def _digests(folder):
@@ -22,7 +23,7 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
     write_course_corpus(tmp_path / "b", seed=3, size="mini")
     write_course_corpus(tmp_path / "c", seed=4, size="mini")
     a, b, c = (_digests(tmp_path / x) for x in "abc")
-    assert len(a) == 12 and a == b
+    assert len(a) == 18 and a == b
     assert all(a[name] != c[name] for name in a)
 
 
@@ -114,3 +115,31 @@ def test_cli_writes_the_corpus_and_tokenizer(tmp_path, capsys):
     assert "pretrain.jsonl" in out and (tmp_path / "tokenizer" / "tokenizer_config.json").exists()
     assert main(["data", "course", "--out", str(tmp_path), "--size", "huge"]) == 2
     assert "unknown corpus size 'huge'" in capsys.readouterr().err
+
+
+def test_tool_tasks_need_the_tools_and_the_held_out_ones_were_never_trained_on():
+    from minimind.data.tools import ToolCall, course_tools
+    paths = course("small")
+    registry = json.loads(paths["registry"].read_text())
+    box = course_tools(registry["people"])
+    held = {n for n, s in registry["split"].items() if s == "heldout"}
+    world = json.loads(paths["world"].read_text())
+    assert not set(registry["people"]) & {p["name"] for p in world["people"]}
+    pretrain = paths["pretrain"].read_text()
+    assert not any(name in pretrain for name in registry["people"])  # the register is in no text the model read
+    trained = paths["tool_sft"].read_text() + paths["tool_rl"].read_text()
+    assert held and not any(f'"{name}' in trained or f" {name}" in trained for name in held)
+    calls = 0
+    for rec in read_jsonl(paths["tool_sft"], "sft"):
+        msgs = rec["conversations"]
+        for m, after in zip(msgs, msgs[1:]):
+            for call in m.get("tool_calls") or []:  # every scripted result is what the tool returns
+                assert box.run(ToolCall(call["name"], call["arguments"])) == after["content"]
+                calls += 1
+    assert calls > 1000
+    evals = list(read_jsonl(paths["tool_eval"], "rl"))
+    assert {r["kind"] for r in evals} == {"lookup", "sum", "later"}
+    assert all(r["conversations"][0]["tools"] == box.schemas() for r in evals)
+    sums = {tuple(int(x) for x in r["conversations"][-1]["content"].replace("?", " ").replace(".", " ").split()
+                  if x.isdigit()) for r in evals if r["kind"] == "sum"}
+    assert sums and not any(f"{a} plus {b} " in trained or f"{a} minus {b} " in trained for a, b in sums)

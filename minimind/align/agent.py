@@ -10,6 +10,7 @@ is ever clipped to zero).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,7 +43,7 @@ def turn_suffix(template: str, results: list[str]) -> str:
 def with_tools(prompt: str, template: str, schemas: list[dict]) -> str:
     """A rendered prompt with the tools block the template puts in the system turn (the RL data renders its
     prompts without tools): the head before the first user turn is rendered again, with the tools."""
-    if not schemas:
+    if not schemas or "\n<tools>\n" in prompt:  # no tools, or the data's own tools already rendered
         return prompt
     system = None
     if prompt.startswith("<|im_start|>system\n"):
@@ -57,6 +58,64 @@ def with_tools(prompt: str, template: str, schemas: list[dict]) -> str:
         raise ValueError(f"the RL prompt was not rendered with this tokenizer's template ({template}): "
                          f"{prompt[:80]!r}")
     return tooled + prompt[len(plain):]
+
+
+@dataclass
+class AgentRun:
+    """One multi-turn rollout: the ids after the prompt, which of them the model wrote (1) or read (0, tool
+    results and the template around them), the final answer, the episode as messages, and counts."""
+    ids: list = field(default_factory=list)
+    own: list = field(default_factory=list)
+    answer: str = ""
+    messages: list = field(default_factory=list)
+    calls: int = 0
+    broken: int = 0
+    turns: int = 0
+    done: bool = False
+
+
+@torch.no_grad()
+def agent_rollouts(policy, tokenizer, template: str, toolbox: ToolBox, prompts: list[list[int]], max_turns: int = 3,
+                   max_new_tokens: int = 64, **sampling) -> list[AgentRun]:
+    """Multi-turn rollouts, batched: every turn, the unfinished rollouts generate together (left-padded); the
+    calls they wrote are run and their results appended, the others end with their answer. sampling goes to
+    generate (do_sample, temperature, top_k, top_p); greedy without it."""
+    from ..data.datasets import pad_sequences
+    eos, room = tokenizer.eos_token_id, policy.config.max_position_embeddings
+    runs = [AgentRun() for _ in prompts]
+    for turn in range(max_turns):
+        active = [i for i, r in enumerate(runs) if not r.done and len(prompts[i]) + len(r.ids) < room - 1]
+        for i, r in enumerate(runs):
+            r.done = r.done or i not in active
+        if not active:
+            break
+        contexts = [prompts[i] + runs[i].ids for i in active]
+        ids, mask = pad_sequences(contexts, tokenizer.pad_token_id, side="left")  # (B, L) each
+        width = ids.shape[1]
+        out = policy.generate(ids.to(policy.device), max_new_tokens=min(max_new_tokens, room - width),
+                              attention_mask=mask.to(policy.device), eos_token_id=eos, **sampling)
+        for i, row in zip(active, out[:, width:].tolist()):
+            r = runs[i]
+            if eos in row:
+                row = row[:row.index(eos) + 1]
+            r.ids += row
+            r.own += [1] * len(row)
+            r.turns += 1
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            content, found, problems = parse_tool_calls(text)
+            r.calls, r.broken = r.calls + len(found), r.broken + len(problems)
+            if not found and not problems or row[-1:] != [eos] or turn == max_turns - 1:
+                r.answer, r.done = content.strip(), True
+                r.messages.append({"role": "assistant", "content": text.strip()})
+                continue
+            results = [toolbox.run(c) for c in found] + [f"error: {p}" for p in problems]
+            r.messages.append({"role": "assistant", "content": content.strip(),
+                               "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in found]})
+            r.messages += [{"role": "tool", "content": x} for x in results]
+            suffix = tokenizer.encode(turn_suffix(template, results))
+            r.ids += suffix
+            r.own += [0] * len(suffix)  # read, not written: no loss here
+    return runs
 
 
 def agent_collate(items: list[dict], pad_id: int = 0) -> dict:
@@ -100,68 +159,36 @@ class AgentStage(GRPOStage):
         return self._prompts[prompt]
 
     @torch.no_grad()
-    def run_one(self, policy, prompt_ids: list[int]):
-        """One multi-turn rollout: (response ids, mask of the model's own tokens, final answer, calls, broken,
-        model turns)."""
-        ids, own, answer, calls, broken, turns = list(prompt_ids), [], "", 0, 0, 0
-        device = policy.device
-        for turn in range(self.max_turns):
-            room = policy.config.max_position_embeddings - len(ids)
-            if room <= 1:
-                break
-            out = policy.generate(torch.tensor([ids], device=device), max_new_tokens=min(self.max_new_tokens, room),
-                                  do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                  eos_token_id=self.eos_id)[0, len(ids):].tolist()
-            if self.eos_id in out:
-                out = out[:out.index(self.eos_id) + 1]
-            ids += out
-            own += [1] * len(out)
-            turns += 1
-            text = self.tokenizer.decode(out, skip_special_tokens=True)
-            content, found, problems = parse_tool_calls(text)
-            calls, broken = calls + len(found), broken + len(problems)
-            if not found and not problems or out[-1:] != [self.eos_id] or turn == self.max_turns - 1:
-                answer = content
-                break
-            results = [self.toolbox.run(c) for c in found] + [f"error: {p}" for p in problems]
-            tool_ids = self.tokenizer.encode(turn_suffix(self.template, results))
-            ids += tool_ids
-            own += [0] * len(tool_ids)  # read, not written: no loss here
-        return ids[len(prompt_ids):], own, answer, calls, broken, turns
-
-    @torch.no_grad()
     def generate_rollout(self, model, batch) -> Rollout:
         policy, g = unwrap(model), self.samples_per_prompt
         start = time.perf_counter()
-        runs, prompts, answers, prompt_seqs = [], [], [], []
-        for prompt, answer in zip(batch["prompt"], batch["answer"]):
-            ids = self.prompt_ids(prompt)
-            for _ in range(g):
-                runs.append(self.run_one(policy, ids))
-                prompts.append(prompt)
-                answers.append(answer)
-                prompt_seqs.append(ids)
+        prompts = [p for p in batch["prompt"] for _ in range(g)]
+        answers = [a for a in batch["answer"] for _ in range(g)]
+        prompt_seqs = [self.prompt_ids(p) for p in prompts]
+        runs = agent_rollouts(policy, self.tokenizer, self.template, self.toolbox, prompt_seqs, self.max_turns,
+                              self.max_new_tokens, do_sample=True, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p)
         seconds = time.perf_counter() - start
-        p_len, r_len = max(map(len, prompt_seqs)), max(max(len(r[0]) for r in runs), 1)
+        p_len, r_len = max(map(len, prompt_seqs)), max(max(len(r.ids) for r in runs), 1)
         n, pad = len(runs), self.tokenizer.pad_token_id
         sequences = torch.full((n, p_len + r_len), pad, dtype=torch.long)
         attention = torch.zeros((n, p_len + r_len), dtype=torch.long)
         mask = torch.zeros((n, r_len))
-        for i, (p, (resp, own, *_)) in enumerate(zip(prompt_seqs, runs)):
+        for i, (p, r) in enumerate(zip(prompt_seqs, runs)):
             sequences[i, p_len - len(p):p_len] = torch.tensor(p)  # prompts left-padded, responses right-padded
-            sequences[i, p_len:p_len + len(resp)] = torch.tensor(resp, dtype=torch.long)
-            attention[i, p_len - len(p):p_len + len(resp)] = 1
-            mask[i, :len(own)] = torch.tensor(own, dtype=torch.float)
-        finals = [r[2] for r in runs]
+            sequences[i, p_len:p_len + len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
+            attention[i, p_len - len(p):p_len + len(r.ids)] = 1
+            mask[i, :len(r.own)] = torch.tensor(r.own, dtype=torch.float)
+        finals = [r.answer for r in runs]
         task = torch.as_tensor(self.reward_fn(prompts, finals, answers), dtype=torch.float32).reshape(-1)
-        form = torch.tensor([self.format_weight * (r[3] - r[4]) for r in runs])
+        form = torch.tensor([self.format_weight * (r.calls - r.broken) for r in runs])
         device = policy.device
         rollout = Rollout(sequences=sequences.to(device), attention_mask=attention.to(device), mask=mask.to(device),
                           rewards=(task + form).to(device), prompts=prompts, responses=finals, answers=answers,
                           gen_tokens_per_s=float(mask.sum()) / max(seconds, 1e-9))
-        rollout.data.update(task_reward=task.to(device), tool_calls=torch.tensor([float(r[3]) for r in runs]),
-                            broken_calls=torch.tensor([float(r[4]) for r in runs]),
-                            turns=torch.tensor([float(r[5]) for r in runs]))
+        rollout.data.update(task_reward=task.to(device), tool_calls=torch.tensor([float(r.calls) for r in runs]),
+                            broken_calls=torch.tensor([float(r.broken) for r in runs]),
+                            turns=torch.tensor([float(r.turns) for r in runs]))
         return rollout
 
     def loss(self, model, rollout):

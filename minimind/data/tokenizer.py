@@ -645,6 +645,64 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 6400, min_frequency:
     return MiniMindTokenizer(Tokenizer.from_str(json.dumps(state)), template=template)
 
 
+def extend_tokenizer(tok: MiniMindTokenizer, texts: Iterable[str], new_merges: int = 500,
+                     template: str = "minimind3") -> MiniMindTokenizer:
+    """Grow a trained tokenizer for new text (vocabulary extension): every old token keeps its id; minimind-3's
+    tags the old one lacks (<tool_call>, ...) become added tokens; then up to new_merges merges learned on
+    texts are appended, with their tokens after the old ids. Old merges keep their priority, so the old text
+    splits as before except where a new merge joins what no old merge did. The result renders `template`."""
+    from tokenizers import Tokenizer
+    state = json.loads(tok.tokenizer.to_str())
+    vocab, merges = state["model"]["vocab"], state["model"]["merges"]
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in merges]
+    tags = [t for t, special in _ADDED_TOKENS.get(template, []) if not special and t not in vocab
+            and not t.startswith("<|buffer")]
+    for t in tags:
+        vocab[t] = len(vocab)
+        state["added_tokens"].append(dict(id=vocab[t], content=t, single_word=False, lstrip=False, rstrip=False,
+                                          normalized=False, special=False))
+    # BPE training continued from the old split: pairs of old tokens in the new text, most frequent first
+    old = Tokenizer.from_str(tok.tokenizer.to_str())
+    tag = re.compile("|".join(re.escape(a["content"]) for a in state["added_tokens"]))
+    words: dict[tuple, int] = {}
+    for text in texts:
+        for piece in tag.split(text):
+            for word, _ in old.pre_tokenizer.pre_tokenize_str(piece):
+                key = tuple(t.value for t in old.model.tokenize(word))
+                words[key] = words.get(key, 0) + 1
+    for _ in range(new_merges):
+        pairs: dict[tuple, int] = {}
+        for word, n in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] = pairs.get(pair, 0) + n
+        if not pairs:
+            break
+        (a, b), count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        if count < 2:
+            break
+        vocab[a + b] = len(vocab)
+        merges.append([a, b])
+        merged: dict[tuple, int] = {}
+        for word, n in words.items():
+            key = _merge_pair(word, a, b) if a in word else word
+            merged[key] = merged.get(key, 0) + n
+        words = merged
+    state["model"]["merges"] = merges
+    return MiniMindTokenizer(Tokenizer.from_str(json.dumps(state)), template=template)
+
+
+def _merge_pair(word: tuple, a: str, b: str) -> tuple:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
 def bytes_per_token(tokenizer: MiniMindTokenizer, texts: Iterable[str]) -> float:
     """UTF-8 bytes of the texts over their token count: how much text one token carries."""
     texts = list(texts)

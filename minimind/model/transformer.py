@@ -129,6 +129,30 @@ class MiniMindForCausalLM(Checkpointable, nn.Module):
         c = self.config
         return self.num_parameters() - routed + routed * c.num_experts_per_tok // max(c.n_routed_experts, 1)
 
+    @torch.no_grad()
+    def resize_token_embeddings(self, vocab_size: int) -> "MiniMindForCausalLM":
+        """Grow the vocabulary (for a tokenizer extended with new tokens, extend_tokenizer): old rows are kept,
+        new rows start at the mean of the old ones, so a new token begins as an average token, not as noise
+        that the output layer would predict at random."""
+        old = self.model.embed_tokens.weight  # (V_old, H)
+        if vocab_size < old.shape[0]:
+            raise ValueError(f"resize_token_embeddings({vocab_size}): the model has {old.shape[0]} tokens already; "
+                             "shrinking would drop trained rows")
+        embed = nn.Embedding(vocab_size, old.shape[1], device=old.device, dtype=old.dtype)
+        embed.weight[:old.shape[0]] = old
+        embed.weight[old.shape[0]:] = old.mean(dim=0)
+        self.model.embed_tokens = embed
+        if self.config.tie_word_embeddings:
+            self.lm_head = nn.Linear(old.shape[1], vocab_size, bias=False, device=old.device, dtype=old.dtype)
+            self.lm_head.weight = embed.weight
+        else:
+            head = self.lm_head.weight  # (V_old, H)
+            self.lm_head = nn.Linear(old.shape[1], vocab_size, bias=False, device=old.device, dtype=old.dtype)
+            self.lm_head.weight[:head.shape[0]] = head
+            self.lm_head.weight[head.shape[0]:] = head.mean(dim=0)
+        self.config.vocab_size = vocab_size
+        return self
+
     def forward(self, input_ids, labels=None, attention_mask=None, position_ids=None,
                 past_key_values: Optional[KVCache] = None, use_cache: bool = False,
                 logits_to_keep: int = 0) -> CausalLMOutput:

@@ -514,6 +514,39 @@ def rl_accuracy(model, tokenizer, rl_jsonl, max_new_tokens: int = 24, batch_size
     return exact_match_accuracy(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
+def tool_task_accuracy(model, tokenizer, tasks, toolbox=None, max_turns: int = 3, max_new_tokens: int = 48,
+                       batch_size: int = 64, **sampling) -> dict:
+    """Task success on tool tasks (tool_eval.jsonl, tool_rl_val.jsonl: prompts whose system turn carries the
+    tools, and an "answer"): with a toolbox, multi-turn episodes that run the calls; without one (toolbox=None),
+    the question alone, answered from what the model knows. Greedy unless sampling says otherwise.
+    -> {"accuracy", "n", "by_kind": {kind: accuracy}, "rows": [...], "episodes": [messages per task]}."""
+    from ..align.agent import agent_rollouts
+    from ..data.datasets import read_jsonl, template_of
+    from ..model.generation import generate_replies
+    records = list(read_jsonl(tasks, "rl")) if isinstance(tasks, (str, Path)) else list(tasks)
+    replies, episodes = [], []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        if toolbox is None:
+            convs = [[m for m in r["conversations"] if m["role"] != "system"] for r in chunk]
+            replies += generate_replies(model, tokenizer, convs, max_new_tokens=max_new_tokens,
+                                        batch_size=batch_size, **sampling)
+            episodes += [[{"role": "assistant", "content": x}] for x in replies[-len(chunk):]]
+            continue
+        prompts = [tokenizer.encode(tokenizer.apply_chat_template(r["conversations"], add_generation_prompt=True,
+                                                                   tools=toolbox.schemas())) for r in chunk]
+        runs = agent_rollouts(model, tokenizer, template_of(tokenizer), toolbox, prompts, max_turns,
+                              max_new_tokens, **sampling)
+        replies += [r.answer for r in runs]
+        episodes += [r.messages for r in runs]
+    rows = [dict(question=r["conversations"][-1]["content"], answer=str(r["answer"]), kind=r.get("kind", "task"),
+                 reply=x, correct=answer_matches(x, str(r["answer"]))) for r, x in zip(records, replies)]
+    kinds = sorted({row["kind"] for row in rows})
+    by_kind = {k: sum(x["correct"] for x in rows if x["kind"] == k) / sum(x["kind"] == k for x in rows) for k in kinds}
+    return {"accuracy": sum(x["correct"] for x in rows) / max(len(rows), 1), "n": len(rows), "by_kind": by_kind,
+            "rows": rows, "episodes": episodes}
+
+
 # -- every stage of a run, side by side (chapter 13) -------------------------------------------------------
 # the course's stages in reading order; "reward" is left out: a reward model is a scorer, not a language model
 COURSE_STAGES = ("pretrain", "sft", "lora", "reason", "distill", "dpo", "ppo", "grpo", "spo")
