@@ -118,28 +118,33 @@ def test_cli_writes_the_corpus_and_tokenizer(tmp_path, capsys):
 
 
 def test_tool_tasks_need_the_tools_and_the_held_out_ones_were_never_trained_on():
+    from minimind.data.corpus import registry_pairs
     from minimind.data.tools import ToolCall, course_tools
     paths = course("small")
     registry = json.loads(paths["registry"].read_text())
     box = course_tools(registry["people"])
-    held = {n for n, s in registry["split"].items() if s == "heldout"}
     world = json.loads(paths["world"].read_text())
-    assert not set(registry["people"]) & {p["name"] for p in world["people"]}
-    pretrain = paths["pretrain"].read_text()
-    assert not any(name in pretrain for name in registry["people"])  # the register is in no text the model read
-    trained = paths["tool_sft"].read_text() + paths["tool_rl"].read_text()
-    assert held and not any(f'"{name}' in trained or f" {name}" in trained for name in held)
-    calls = 0
+    assert set(registry["people"]) == {p["name"] for p in world["people"]}
+    corpus_text = "".join(paths[n].read_text() for n in ("pretrain", "sft", "reason", "lora", "dpo", "rl", "eval"))
+    for name, person in registry["people"].items():  # the register's facts are in no text the model read
+        assert f"number {person['house']}" not in corpus_text and str(person["born"]) not in corpus_text
+        assert f"{person['height']} centimetres" not in corpus_text
+    held = registry_pairs(registry, "heldout")
+    assert len(held) == len(world["people"]) and not set(held) & set(registry_pairs(registry, "sft"))
+    calls, asked = 0, set()
     for rec in read_jsonl(paths["tool_sft"], "sft"):
         msgs = rec["conversations"]
         for m, after in zip(msgs, msgs[1:]):
             for call in m.get("tool_calls") or []:  # every scripted result is what the tool returns
                 assert box.run(ToolCall(call["name"], call["arguments"])) == after["content"]
                 calls += 1
-    assert calls > 1000
+                if call["name"] == "lookup":
+                    asked.add((call["arguments"]["name"], call["arguments"]["fact"]))
+    assert calls > 1000 and not asked & set(held) and asked - {p for p in asked if p[1] == "age"}
     evals = list(read_jsonl(paths["tool_eval"], "rl"))
     assert {r["kind"] for r in evals} == {"lookup", "sum", "later"}
     assert all(r["conversations"][0]["tools"] == box.schemas() for r in evals)
+    trained = paths["tool_sft"].read_text() + paths["tool_rl"].read_text()
     sums = {tuple(int(x) for x in r["conversations"][-1]["content"].replace("?", " ").replace(".", " ").split()
                   if x.isdigit()) for r in evals if r["kind"] == "sum"}
     assert sums and not any(f"{a} plus {b} " in trained or f"{a} minus {b} " in trained for a, b in sums)

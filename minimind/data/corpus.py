@@ -25,11 +25,11 @@ def _generator_hash() -> str:
 # in minutes); `large` is ten times more text over a world five times bigger, for GPU runs.
 SIZES: dict[str, dict] = {
     "mini": dict(people=8, places=4, pretrain_docs=400, sft=200, dpo=100, rl=100, reason=100, lora=60,
-                 registry=12, tool_sft=200, tool_rl=100),
+                 tool_sft=200, tool_rl=100),
     "small": dict(people=24, places=10, pretrain_docs=14000, sft=4000, dpo=1500, rl=1000, reason=1500,
-                  lora=600, registry=60, tool_sft=3000, tool_rl=1000),
+                  lora=600, tool_sft=3000, tool_rl=1000),
     "large": dict(people=120, places=40, pretrain_docs=140000, sft=40000, dpo=15000, rl=10000,
-                  reason=15000, lora=3000, registry=600, tool_sft=30000, tool_rl=10000),
+                  reason=15000, lora=3000, tool_sft=30000, tool_rl=10000),
 }
 HELDOUT_FRACTION = 0.25
 VAL_FRACTION = 0.05
@@ -217,30 +217,24 @@ EN = dict(
         "product": ["Tell me what {place} is known for."],
         "size": ["Is {place} a big place?"],
     },
-    # Tools (chapter 14): questions about people of the town register, who appear in no text the model read, and
-    # sums of three-digit numbers; tool_ask in the SFT data and held-out tasks, tool_rl_ask only in RL prompts.
+    # Tools (chapter 14): the town register holds facts about the world's people that no text of the corpus
+    # mentions (house numbers, years of birth, heights), and the calculator does sums of two-digit numbers (the
+    # tiny model cannot add past 10 in its head); tool_ask in the SFT data and held-out tasks, tool_rl_ask in RL.
     tool_system="You can look people up in the town register and do sums with the tools.",
     tool_ask={
-        "home": ["Where does {name} live?", "Which place is {name}'s home?"],
-        "job": ["What does {name} do for work?", "What is {name}'s job?"],
-        "age": ["How old is {name}?", "What is {name}'s age?"],
-        "pet": ["What pet does {name} have?", "What animal does {name} keep?"],
-        "colour": ["What is {name}'s favourite colour?", "Which colour does {name} like best?"],
-        "food": ["What is {name}'s favourite food?", "What does {name} like to eat most?"],
+        "house": ["What is the number of {name}'s house?", "Which house number does {name} have?"],
+        "born": ["In which year was {name} born?", "When was {name} born?"],
+        "height": ["How tall is {name}?", "What is {name}'s height?"],
     },
     tool_rl_ask={
-        "home": ["Where is {name} from?", "Tell me where {name} lives."],
-        "job": ["What is {name}'s trade?", "What is {name} by trade?"],
-        "age": ["Tell me {name}'s age."],
-        "pet": ["Which animal lives with {name}?"],
-        "colour": ["What colour does {name} like?"],
-        "food": ["What food does {name} love?"],
+        "house": ["Tell me {name}'s house number.", "Which number is {name}'s house?"],
+        "born": ["Tell me the year {name} was born.", "What year was {name} born in?"],
+        "height": ["Tell me how tall {name} is.", "How many centimetres tall is {name}?"],
         "plus": ["What is the sum of {a} and {b}?"],
         "minus": ["Subtract {b} from {a}."],
     },
-    tool_answer={"home": "{name} lives in {value}.", "job": "{name} is a {value}.",
-                 "age": "{name} is {value} years old.", "pet": "{name} has a {value}.",
-                 "colour": "{name}'s favourite colour is {value}.", "food": "{name}'s favourite food is {value}."},
+    tool_answer={"house": "{name} lives at number {value}.", "born": "{name} was born in {value}.",
+                 "height": "{name} is {value} centimetres tall."},
     later_ask="How old will {name} be in {k} years?",
     later_answer="{name} will be {r} years old in {k} years.",
 )
@@ -559,29 +553,31 @@ def _lora(w: _Writer) -> list[dict]:
     return [_msg("user", ask.format(**p)), _msg("assistant", ans.format(**p))]
 
 
-def build_registry(world: World, seed: int = 0, size: str = "small", lang: str = "en") -> dict:
-    """The town register (chapter 14's lookup tool): people who appear in no text of the corpus, each with the
-    facts REGISTRY_FACTS names, and split by person into "sft" (asked in tool SFT and agent RL prompts) and
-    "heldout" (asked only in the held-out tool tasks)."""
-    lex, n = LEXICONS[lang], SIZES[size]["registry"]
-    rng = random.Random(f"registry-{seed}")
-    taken = {p["name"] for p in world.people} | {p["pet"] for p in world.people}
-    taken |= {v for p in world.places for v in (p["place"], p["river"], p["hill"])}
-    people = {}
-    for name in _names(rng, lex, n, 2, taken):
-        people[name] = dict(home=rng.choice(world.places)["place"], job=rng.choice(lex["jobs"]),
-                            age=str(rng.randint(18, 70)), pet=rng.choice(list(lex["animals"])),
-                            colour=rng.choice(lex["colors"]), food=rng.choice(lex["foods"]))
+def build_registry(world: World, seed: int = 0, lang: str = "en") -> dict:
+    """The town register (chapter 14's lookup tool): for each of the world's people, facts that no text of the
+    corpus mentions (house number, year of birth, height) and their age. One of each person's three register facts
+    is held out ("heldout": {name: fact}): asked only in the held-out tool tasks, so a right answer there was read
+    from the tool, never remembered."""
+    lex, rng = LEXICONS[lang], random.Random(f"registry-{seed}")
+    people = {p["name"]: dict(age=int(p["age"]), house=rng.randint(2, 99), born=2026 - int(p["age"]),
+                              height=rng.randint(150, 199)) for p in world.people}
     names = sorted(people)
     rng.shuffle(names)
-    held = set(names[:round(n * 0.4)])
-    return dict(people=people, split={name: "heldout" if name in held else "sft" for name in people})
+    facts = list(lex["tool_ask"])
+    return dict(people=people, heldout={name: facts[i % len(facts)] for i, name in enumerate(names)})
+
+
+def registry_pairs(registry: dict, split: str) -> list[tuple[str, str]]:
+    """The (name, fact) lookups of a split: "heldout" (one fact per person) or "sft" (the others)."""
+    held = registry["heldout"]
+    return [(name, fact) for name in sorted(registry["people"]) for fact in sorted(set(EN["tool_ask"]))
+            if (held[name] == fact) == (split == "heldout")]
 
 
 def _big_sum(rng: random.Random, exclude: set = frozenset()) -> tuple[str, int, int]:
-    """A sum or difference of three-digit numbers (beyond what the tiny model learns to do in its head)."""
+    """A sum or difference of two-digit numbers (past the sums to 10 the SFT data teaches)."""
     while True:
-        op, a, b = rng.choice(["plus", "minus"]), rng.randint(100, 999), rng.randint(100, 999)
+        op, a, b = rng.choice(["plus", "minus"]), rng.randint(10, 99), rng.randint(10, 99)
         if op == "minus" and b > a:
             a, b = b, a
         if (a, b) not in exclude:
@@ -592,28 +588,28 @@ def _call(tool: str, **arguments) -> dict:
     return {"name": tool, "arguments": arguments}
 
 
-def _tool_task(w: _Writer, registry: dict, names: list, kind: str, rl: bool = False, sums: set = frozenset()):
-    """One task that needs a tool: (question, the tool calls and results in order, the final answer, the answer
-    to check). kind: lookup, sum or later (a lookup, then a sum)."""
+def _tool_task(w: _Writer, registry: dict, pairs: list, kind: str, rl: bool = False, sums: set = frozenset()):
+    """One task that needs a tool: (question, the tool calls and their results, as the course toolbox returns
+    them, the final answer, the answer to check). kind: lookup (of one of `pairs`), sum, or later (a lookup of
+    an age, then a sum)."""
     lex, rng = w.lex, w.rng
     asks = lex["tool_rl_ask"] if rl else lex["tool_ask"]
     if kind == "lookup":
-        name, fact = rng.choice(names), rng.choice(list(lex["tool_ask"]))
+        name, fact = rng.choice(pairs)
         value = registry["people"][name][fact]
-        question = rng.choice(asks.get(fact, lex["tool_ask"][fact])).format(name=name)
-        return question, [(_call("lookup", name=name, fact=fact), value)], \
-            lex["tool_answer"][fact].format(name=name, value=value), value
+        return rng.choice(asks[fact]).format(name=name), [(_call("lookup", name=name, fact=fact), {fact: value})], \
+            lex["tool_answer"][fact].format(name=name, value=value), str(value)
     if kind == "sum":
         op, a, b = _big_sum(rng, sums)
         c = a + b if op == "plus" else a - b
         pool = asks[op] if rl else lex["sum_ask" if op == "plus" else "diff_ask"]
         answer = lex["sum_answer" if op == "plus" else "diff_answer"].format(a=a, b=b, c=c)
         return rng.choice(pool).format(a=a, b=b), \
-            [(_call("add" if op == "plus" else "subtract", a=a, b=b), str(c))], answer, str(c)
-    name, k = rng.choice(names), rng.randint(2, 30)
-    age = int(registry["people"][name]["age"])
+            [(_call("add" if op == "plus" else "subtract", a=a, b=b), {"result": c})], answer, str(c)
+    name, k = rng.choice(sorted(registry["people"])), rng.randint(2, 30)
+    age = registry["people"][name]["age"]
     return lex["later_ask"].format(name=name, k=k), \
-        [(_call("lookup", name=name, fact="age"), str(age)), (_call("add", a=age, b=k), str(age + k))], \
+        [(_call("lookup", name=name, fact="age"), {"age": age}), (_call("add", a=age, b=k), {"result": age + k})], \
         lex["later_answer"].format(name=name, k=k, r=age + k), str(age + k)
 
 
@@ -622,7 +618,7 @@ def _tool_system(lex: dict, schemas: list) -> dict:
     return {"role": "system", "content": lex["tool_system"], "tools": schemas}
 
 
-def _tool_dialogue(w: _Writer, registry: dict, names: list, facts: list[Fact], schemas: list,
+def _tool_dialogue(w: _Writer, registry: dict, pairs: list, facts: list[Fact], schemas: list,
                    sums: set) -> list[dict]:
     """A tool-call SFT conversation: mostly tasks that need a tool (the call, the tool's turn, the answer), some
     questions the model answers from what it knows (with the tools offered, and without)."""
@@ -631,17 +627,18 @@ def _tool_dialogue(w: _Writer, registry: dict, names: list, facts: list[Fact], s
         conv = [m for m in _sft_dialogue(w, facts) if m["role"] != "system"]
         return ([_tool_system(w.lex, schemas)] if r < 0.1 else []) + conv
     kind = "lookup" if r < 0.6 else "sum" if r < 0.85 else "later"
-    question, steps, final, _ = _tool_task(w, registry, names, kind, sums=sums)
+    question, steps, final, _ = _tool_task(w, registry, pairs, kind, sums=sums)
     conv = [_tool_system(w.lex, schemas), _msg("user", question)]
     for call, result in steps:
-        conv += [{"role": "assistant", "content": "", "tool_calls": [call]}, _msg("tool", result)]
+        conv += [{"role": "assistant", "content": "", "tool_calls": [call]},
+                 _msg("tool", json.dumps(result, ensure_ascii=False))]
     return conv + [_msg("assistant", final)]
 
 
-def _tool_tasks(w: _Writer, registry: dict, names: list, schemas: list, n: int, rl: bool, sums: set,
+def _tool_tasks(w: _Writer, registry: dict, pairs: list, schemas: list, n: int, rl: bool, sums: set,
                 kinds=("lookup", "lookup", "sum", "later")) -> list[dict]:
     """Prompts with their answers (the RL format), the tools in the system turn: n tasks, or with n=None every
-    fact of `names` once plus as many sums and "later" questions as there are people."""
+    lookup of `pairs` in every wording, plus as many sums and half as many "later" questions."""
     out = []
 
     def add(question, answer, kind):
@@ -649,17 +646,18 @@ def _tool_tasks(w: _Writer, registry: dict, names: list, schemas: list, n: int, 
                     "kind": kind})
     if n is None:
         asks = w.lex["tool_rl_ask"] if rl else w.lex["tool_ask"]
-        for name in names:
-            for fact, value in registry["people"][name].items():
-                add(w.rng.choice(asks[fact]).format(name=name), value, "lookup")
-        for kind in ("sum", "later"):
-            for _ in names:
-                question, _, _, answer = _tool_task(w, registry, names, kind, rl, sums)
+        for name, fact in pairs:
+            for tpl in asks[fact]:
+                add(tpl.format(name=name), str(registry["people"][name][fact]), "lookup")
+        lookups = len(out)
+        for kind, count in (("sum", lookups), ("later", lookups // 2)):
+            for _ in range(count):
+                question, _, _, answer = _tool_task(w, registry, pairs, kind, rl, sums)
                 add(question, answer, kind)
         return out
     for _ in range(n):
         kind = w.rng.choice(kinds)
-        question, _, _, answer = _tool_task(w, registry, names, kind, rl, sums)
+        question, _, _, answer = _tool_task(w, registry, pairs, kind, rl, sums)
         add(question, answer, kind)
     return out
 
@@ -768,10 +766,9 @@ def _tool_files(world, spec, lex, writer, sft_facts, seed, size, lang) -> tuple[
     """Chapter 14's files: tool-call SFT conversations, held-out tool tasks (people of the register no training
     file names, sums never asked), agent RL prompts in other words and their held-out set; and the register."""
     from .tools import course_tools
-    registry = build_registry(world, seed, size, lang)
+    registry = build_registry(world, seed, lang)
     schemas = course_tools({}).schemas()
-    train = sorted(n for n, s in registry["split"].items() if s == "sft")
-    held = sorted(n for n, s in registry["split"].items() if s == "heldout")
+    train, held = registry_pairs(registry, "sft"), registry_pairs(registry, "heldout")
     w = writer("tool_eval")
     tool_eval = _tool_tasks(w, registry, held, schemas, None, rl=False, sums=set())
     asked = {tuple(_sum_of(r)) for r in tool_eval if r["kind"] == "sum"}

@@ -668,6 +668,8 @@ def extend_tokenizer(tok: MiniMindTokenizer, texts: Iterable[str], new_merges: i
     for text in texts:
         for piece in tag.split(text):
             for word, _ in old.pre_tokenizer.pre_tokenize_str(piece):
+                if not word.strip(_BYTE_SPACES):
+                    continue  # whitespace stays split: "</think>\n\n" ends a prompt as it sits before an answer
                 key = tuple(t.value for t in old.model.tokenize(word))
                 words[key] = words.get(key, 0) + 1
     for _ in range(new_merges):
@@ -689,6 +691,9 @@ def extend_tokenizer(tok: MiniMindTokenizer, texts: Iterable[str], new_merges: i
         words = merged
     state["model"]["merges"] = merges
     return MiniMindTokenizer(Tokenizer.from_str(json.dumps(state)), template=template)
+
+
+_BYTE_SPACES = "ĠĊĉčċČ"  # byte-level BPE's space, newline, tab, carriage return, vertical tab, form feed
 
 
 def _merge_pair(word: tuple, a: str, b: str) -> tuple:

@@ -239,8 +239,11 @@ def _number_tool(name: str, description: str, fn) -> Tool:
 
 
 def _tidy(x):
-    """7.0 -> 7: answers read as the course writes numbers."""
+    """7.0 -> 7: answers read as the course writes numbers (inside a result object too)."""
+    if isinstance(x, dict):
+        return {k: _tidy(v) for k, v in x.items()}
     return int(x) if isinstance(x, float) and x.is_integer() else x
+
 
 
 def _divide(a, b):
@@ -257,18 +260,18 @@ def calculator() -> ToolBox:
                     _number_tool("divide", "a / b", _divide)])
 
 
-# The course world's register: people who appear in no text the model read (corpus.py writes registry.json), so
-# only a lookup can answer questions about them.
-REGISTRY_FACTS = ("home", "job", "age", "pet", "colour", "food")
+# The course world's register (corpus.py writes registry.json): facts about the world's people that no text the
+# model read mentions, so only a lookup can answer questions about them.
+REGISTRY_FACTS = ("age", "house", "born", "height")
 
 
 def lookup_tool(registry: dict) -> Tool:
-    """lookup(name, fact): one fact about a person of the register ({name: {fact: value}})."""
+    """lookup(name, fact) -> {fact: value}: one fact about a person of the register ({name: {fact: value}})."""
     def lookup(name: str, fact: str):
         person = registry.get(name)
         if person is None:
             raise ValueError(f"nobody called {name!r} is in the register")
-        return person[fact]
+        return {fact: person[fact]}
     schema = {"type": "object", "properties": {"name": {"type": "string"},
                                                "fact": {"type": "string", "enum": list(REGISTRY_FACTS)}},
               "required": ["name", "fact"]}
@@ -284,8 +287,10 @@ def course_tools(registry=None) -> ToolBox:
             raise FileNotFoundError(f"{path}: no register for the course toolbox; write the course corpus "
                                     "(minimind data course) or name the file: --tools course:PATH")
         registry = json.loads(path.read_text(encoding="utf-8"))["people"]
-    calc = calculator().tools
-    return ToolBox([calc["add"], calc["subtract"], lookup_tool(registry)])
+    # results as JSON objects: the number follows ": " as it follows a space in the answer, so the model copies
+    # the very token it will write (after the tool turn's newline, "59" would be another token than " 59")
+    return ToolBox([_number_tool("add", "a + b", lambda a, b: {"result": a + b}),
+                    _number_tool("subtract", "a - b", lambda a, b: {"result": a - b}), lookup_tool(registry)])
 
 
 TOOLBOXES = {"calculator": calculator, "course": course_tools, "none": ToolBox}
