@@ -96,7 +96,7 @@ def test_task_success_runs_the_episodes_and_counts_by_kind(extended):
         task = next(t for t in tasks if t["conversations"][-1]["content"] == question)
         if task["kind"] == "lookup" and "<tool_response>" not in text:
             name = next(n for n in registry["people"] if n in question)
-            fact = next(f for f in ("house", "born", "height") if str(registry["people"][name][f]) == task["answer"])
+            fact = next(f for f in ("house", "weight", "shoe") if str(registry["people"][name][f]) == task["answer"])
             call = json.dumps({"name": "lookup", "arguments": {"name": name, "fact": fact}})
             return f"<tool_call>\n{call}\n</tool_call>"
         return f"The answer is {task['answer']}."

@@ -25,11 +25,11 @@ def _generator_hash() -> str:
 # in minutes); `large` is ten times more text over a world five times bigger, for GPU runs.
 SIZES: dict[str, dict] = {
     "mini": dict(people=8, places=4, pretrain_docs=400, sft=200, dpo=100, rl=100, reason=100, lora=60,
-                 tool_sft=200, tool_rl=100),
+                 tool_sft=200, tool_rl=100, strangers=100),
     "small": dict(people=24, places=10, pretrain_docs=14000, sft=4000, dpo=1500, rl=1000, reason=1500,
-                  lora=600, tool_sft=3000, tool_rl=1000),
+                  lora=600, tool_sft=3000, tool_rl=1000, strangers=2000),
     "large": dict(people=120, places=40, pretrain_docs=140000, sft=40000, dpo=15000, rl=10000,
-                  reason=15000, lora=3000, tool_sft=30000, tool_rl=10000),
+                  reason=15000, lora=3000, tool_sft=30000, tool_rl=10000, strangers=20000),
 }
 HELDOUT_FRACTION = 0.25
 VAL_FRACTION = 0.05
@@ -218,23 +218,23 @@ EN = dict(
         "size": ["Is {place} a big place?"],
     },
     # Tools (chapter 14): the town register holds facts about the world's people that no text of the corpus
-    # mentions (house numbers, years of birth, heights), and the calculator does sums of two-digit numbers (the
-    # tiny model cannot add past 10 in its head); tool_ask in the SFT data and held-out tasks, tool_rl_ask in RL.
+    # mentions (house numbers, weights, shoe sizes), and the calculator does sums of two-digit numbers (the tiny
+    # model cannot add past 10 in its head); tool_ask in the SFT data and held-out tasks, tool_rl_ask in RL.
     tool_system="You can look people up in the town register and do sums with the tools.",
     tool_ask={
         "house": ["What is the number of {name}'s house?", "Which house number does {name} have?"],
-        "born": ["In which year was {name} born?", "When was {name} born?"],
-        "height": ["How tall is {name}?", "What is {name}'s height?"],
+        "weight": ["How heavy is {name}?", "What does {name} weigh?"],
+        "shoe": ["What shoe size does {name} wear?", "What is {name}'s shoe size?"],
     },
     tool_rl_ask={
         "house": ["Tell me {name}'s house number.", "Which number is {name}'s house?"],
-        "born": ["Tell me the year {name} was born.", "What year was {name} born in?"],
-        "height": ["Tell me how tall {name} is.", "How many centimetres tall is {name}?"],
+        "weight": ["Tell me how heavy {name} is.", "How many kilograms does {name} weigh?"],
+        "shoe": ["Tell me {name}'s shoe size.", "Which size of shoes does {name} wear?"],
         "plus": ["What is the sum of {a} and {b}?"],
         "minus": ["Subtract {b} from {a}."],
     },
-    tool_answer={"house": "{name} lives at number {value}.", "born": "{name} was born in {value}.",
-                 "height": "{name} is {value} centimetres tall."},
+    tool_answer={"house": "{name} lives at number {value}.", "weight": "{name} weighs {value} kilograms.",
+                 "shoe": "{name} wears shoes of size {value}."},
     later_ask="How old will {name} be in {k} years?",
     later_answer="{name} will be {r} years old in {k} years.",
 )
@@ -553,34 +553,56 @@ def _lora(w: _Writer) -> list[dict]:
     return [_msg("user", ask.format(**p)), _msg("assistant", ans.format(**p))]
 
 
-def build_registry(world: World, seed: int = 0, lang: str = "en") -> dict:
+def build_registry(world: World, seed: int = 0, size: str = "small", lang: str = "en") -> dict:
     """The town register (chapter 14's lookup tool): for each of the world's people, facts that no text of the
-    corpus mentions (house number, year of birth, height) and their age. One of each person's three register facts
+    corpus mentions (house number, weight, shoe size) and their age. One of each person's three register facts
     is held out ("heldout": {name: fact}): asked only in the held-out tool tasks, so a right answer there was read
-    from the tool, never remembered."""
+    from the tool, never remembered. The register also lists many strangers (people of no text), whom the tool
+    SFT data asks about: each once or twice, so that SFT teaches reading the answer, not remembering it."""
     lex, rng = LEXICONS[lang], random.Random(f"registry-{seed}")
-    people = {p["name"]: dict(age=int(p["age"]), house=rng.randint(2, 99), born=2026 - int(p["age"]),
-                              height=rng.randint(150, 199)) for p in world.people}
+
+    def entry(age: int) -> dict:
+        return dict(age=age, house=rng.randint(2, 69), weight=rng.randint(40, 69), shoe=rng.randint(35, 46))
+    people = {p["name"]: entry(int(p["age"])) for p in world.people}
     names = sorted(people)
     rng.shuffle(names)
     facts = list(lex["tool_ask"])
-    return dict(people=people, heldout={name: facts[i % len(facts)] for i, name in enumerate(names)})
+    taken = set(people) | {p["pet"] for p in world.people}
+    taken |= {v for p in world.places for v in (p["place"], p["river"], p["hill"])}
+    taken |= {w.capitalize() for w in _words(lex)}  # no stranger called "Take"
+    strangers = _names(rng, lex, SIZES[size]["strangers"], 2, taken)
+    return dict(people={**people, **{n: entry(rng.randint(18, 70)) for n in strangers}},
+                heldout={name: facts[i % len(facts)] for i, name in enumerate(names)}, strangers=strangers)
+
+
+def _words(value) -> set:
+    """Every word in a lexicon (its strings, nested in dicts, lists and tuples)."""
+    import re
+    if isinstance(value, str):
+        return set(re.findall(r"[A-Za-z]+", value))
+    if isinstance(value, dict):
+        value = [*value, *value.values()]
+    return set().union(*map(_words, value)) if isinstance(value, (list, tuple)) else set()
 
 
 def registry_pairs(registry: dict, split: str) -> list[tuple[str, str]]:
-    """The (name, fact) lookups of a split: "heldout" (one fact per person) or "sft" (the others)."""
+    """The (name, fact) lookups about the world's people of a split: "heldout" (one fact per person) or "sft"
+    (the others); "strangers": every lookup about a stranger."""
+    facts = sorted(set(EN["tool_ask"]))
+    if split == "strangers":
+        return [(name, fact) for name in registry["strangers"] for fact in facts]
     held = registry["heldout"]
-    return [(name, fact) for name in sorted(registry["people"]) for fact in sorted(set(EN["tool_ask"]))
-            if (held[name] == fact) == (split == "heldout")]
+    return [(name, fact) for name in sorted(held) for fact in facts if (held[name] == fact) == (split == "heldout")]
 
 
 def _big_sum(rng: random.Random, exclude: set = frozenset()) -> tuple[str, int, int]:
-    """A sum or difference of two-digit numbers (past the sums to 10 the SFT data teaches)."""
+    """A sum or difference of two-digit numbers (past the sums to 10 the SFT data teaches). Every number in it is
+    one token of the course tokenizer, as are the course's ages: the model copies whole numbers, one token each."""
     while True:
-        op, a, b = rng.choice(["plus", "minus"]), rng.randint(10, 99), rng.randint(10, 99)
+        op, a, b = rng.choice(["plus", "minus"]), rng.randint(10, 49), rng.randint(10, 49)
         if op == "minus" and b > a:
             a, b = b, a
-        if (a, b) not in exclude:
+        if (a, b) not in exclude and a > 20:  # past every sum of the SFT data (numbers up to 20)
             return op, a, b
 
 
@@ -606,7 +628,7 @@ def _tool_task(w: _Writer, registry: dict, pairs: list, kind: str, rl: bool = Fa
         answer = lex["sum_answer" if op == "plus" else "diff_answer"].format(a=a, b=b, c=c)
         return rng.choice(pool).format(a=a, b=b), \
             [(_call("add" if op == "plus" else "subtract", a=a, b=b), {"result": c})], answer, str(c)
-    name, k = rng.choice(sorted(registry["people"])), rng.randint(2, 30)
+    name, k = rng.choice(sorted({n for n, _ in pairs})), rng.randint(2, 30)
     age = registry["people"][name]["age"]
     return lex["later_ask"].format(name=name, k=k), \
         [(_call("lookup", name=name, fact="age"), {"age": age}), (_call("add", a=age, b=k), {"result": age + k})], \
@@ -621,8 +643,11 @@ def _tool_system(lex: dict, schemas: list) -> dict:
 def _tool_dialogue(w: _Writer, registry: dict, pairs: list, facts: list[Fact], schemas: list,
                    sums: set) -> list[dict]:
     """A tool-call SFT conversation: mostly tasks that need a tool (the call, the tool's turn, the answer), some
-    questions the model answers from what it knows (with the tools offered, and without)."""
+    questions the model answers from what it knows (with the tools offered, and without). Lookups are about
+    strangers three times in four (`pairs` are the world's people's)."""
     r = w.rng.random()
+    if w.rng.random() < 0.75:
+        pairs = registry_pairs(registry, "strangers")
     if r < 0.2:
         conv = [m for m in _sft_dialogue(w, facts) if m["role"] != "system"]
         return ([_tool_system(w.lex, schemas)] if r < 0.1 else []) + conv
@@ -763,15 +788,16 @@ def write_course_corpus(out_dir, seed: int = 0, size: str = "small", lang: str =
 
 
 def _tool_files(world, spec, lex, writer, sft_facts, seed, size, lang) -> tuple[dict, dict]:
-    """Chapter 14's files: tool-call SFT conversations, held-out tool tasks (people of the register no training
-    file names, sums never asked), agent RL prompts in other words and their held-out set; and the register."""
+    """Chapter 14's files: tool-call SFT conversations, held-out tool tasks (register facts no training file
+    asks, sums never asked), agent RL prompts in other words and their held-out set; and the register."""
     from .tools import course_tools
-    registry = build_registry(world, seed, lang)
+    registry = build_registry(world, seed, size, lang)
     schemas = course_tools({}).schemas()
     train, held = registry_pairs(registry, "sft"), registry_pairs(registry, "heldout")
     w = writer("tool_eval")
     tool_eval = _tool_tasks(w, registry, held, schemas, None, rl=False, sums=set())
-    asked = {tuple(_sum_of(r)) for r in tool_eval if r["kind"] == "sum"}
+    # the held-out sums, either way round ("Take b from a" names b first)
+    asked = {pair for r in tool_eval if r["kind"] == "sum" for pair in (_sum_of(r), _sum_of(r)[::-1])}
     w = writer("tool_sft")
     n = int(spec["tool_sft"] * (1 + VAL_FRACTION))
     tool_sft, tool_sft_val = _split_val([{"conversations": _tool_dialogue(w, registry, train, sft_facts, schemas,
