@@ -60,7 +60,10 @@ run_dir = runs_dir(preset, out_dir)
 # ## Generating the corpus
 # `write_course_corpus` (the command line: `minimind data course --out DIR`) builds the world from the
 # seed and writes every file. We time a fresh generation into the run folder, and check that it is
-# byte for byte the copy that `ensure_course_data` keeps in `data/course/` for all chapters.
+# byte for byte the copy that `ensure_course_data` keeps in `data/course/` for all chapters. The `tool_*`
+# files and `registry.json` are for tool use: conversations in which the assistant calls a tool (MiniMind's
+# format: the system turn lists the tools, the assistant turn holds `tool_calls`, a `tool` turn the result),
+# and the town register those calls read, facts about the world's people that no other file mentions.
 
 # %%
 start = time.perf_counter()

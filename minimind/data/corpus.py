@@ -640,14 +640,14 @@ def _tool_system(lex: dict, schemas: list) -> dict:
     return {"role": "system", "content": lex["tool_system"], "tools": schemas}
 
 
-def _tool_dialogue(w: _Writer, registry: dict, pairs: list, facts: list[Fact], schemas: list,
+def _tool_dialogue(w: _Writer, registry: dict, pairs: list, strangers: list, facts: list[Fact], schemas: list,
                    sums: set) -> list[dict]:
     """A tool-call SFT conversation: mostly tasks that need a tool (the call, the tool's turn, the answer), some
     questions the model answers from what it knows (with the tools offered, and without). Lookups are about
     strangers three times in four (`pairs` are the world's people's)."""
     r = w.rng.random()
     if w.rng.random() < 0.75:
-        pairs = registry_pairs(registry, "strangers")
+        pairs = strangers
     if r < 0.2:
         conv = [m for m in _sft_dialogue(w, facts) if m["role"] != "system"]
         return ([_tool_system(w.lex, schemas)] if r < 0.1 else []) + conv
@@ -661,7 +661,7 @@ def _tool_dialogue(w: _Writer, registry: dict, pairs: list, facts: list[Fact], s
 
 
 def _tool_tasks(w: _Writer, registry: dict, pairs: list, schemas: list, n: int, rl: bool, sums: set,
-                kinds=("lookup", "lookup", "sum", "later")) -> list[dict]:
+                kinds=("lookup", "lookup", "sum", "later"), strangers: list = ()) -> list[dict]:
     """Prompts with their answers (the RL format), the tools in the system turn: n tasks, or with n=None every
     lookup of `pairs` in every wording, plus as many sums and half as many "later" questions."""
     out = []
@@ -680,9 +680,10 @@ def _tool_tasks(w: _Writer, registry: dict, pairs: list, schemas: list, n: int, 
                 question, _, _, answer = _tool_task(w, registry, pairs, kind, rl, sums)
                 add(question, answer, kind)
         return out
-    for _ in range(n):
+    for _ in range(n):  # as in tool SFT, three lookups in four about strangers: a reward for reading the tool
         kind = w.rng.choice(kinds)
-        question, _, _, answer = _tool_task(w, registry, pairs, kind, rl, sums)
+        some = strangers if strangers and w.rng.random() < 0.75 else pairs
+        question, _, _, answer = _tool_task(w, registry, some, kind, rl, sums)
         add(question, answer, kind)
     return out
 
@@ -794,16 +795,17 @@ def _tool_files(world, spec, lex, writer, sft_facts, seed, size, lang) -> tuple[
     registry = build_registry(world, seed, size, lang)
     schemas = course_tools({}).schemas()
     train, held = registry_pairs(registry, "sft"), registry_pairs(registry, "heldout")
+    strangers = registry_pairs(registry, "strangers")
     w = writer("tool_eval")
     tool_eval = _tool_tasks(w, registry, held, schemas, None, rl=False, sums=set())
     # the held-out sums, either way round ("Take b from a" names b first)
     asked = {pair for r in tool_eval if r["kind"] == "sum" for pair in (_sum_of(r), _sum_of(r)[::-1])}
     w = writer("tool_sft")
     n = int(spec["tool_sft"] * (1 + VAL_FRACTION))
-    tool_sft, tool_sft_val = _split_val([{"conversations": _tool_dialogue(w, registry, train, sft_facts, schemas,
-                                                                          asked)} for _ in range(n)])
+    dialogues = [_tool_dialogue(w, registry, train, strangers, sft_facts, schemas, asked) for _ in range(n)]
+    tool_sft, tool_sft_val = _split_val([{"conversations": c} for c in dialogues])
     w = writer("tool_rl")
-    tool_rl = _tool_tasks(w, registry, train, schemas, spec["tool_rl"], rl=True, sums=asked)
+    tool_rl = _tool_tasks(w, registry, train, schemas, spec["tool_rl"], rl=True, sums=asked, strangers=strangers)
     tool_rl_val = _tool_tasks(w, registry, held, schemas, None, rl=True, sums=asked)
     return dict(tool_sft=tool_sft, tool_sft_val=tool_sft_val, tool_eval=tool_eval, tool_rl=tool_rl,
                 tool_rl_val=tool_rl_val), registry
