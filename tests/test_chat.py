@@ -221,37 +221,38 @@ class ScriptedTurns(ScriptedModel):
         yield from super().stream_generate(input_ids, max_new_tokens, **kwargs)
 
 
-REGISTER = {"Zorin": {"home": "Tallow", "job": "baker", "age": 41, "pet": "cat", "colour": "red", "food": "soup"}}
-LOOKUP = '<tool_call>\n{"name": "lookup", "arguments": {"name": "Zorin", "fact": "job"}}\n</tool_call>'
+REGISTER = {"Zorin": {"age": 41, "house": 12, "weight": 60, "shoe": 40}}
+RESULT = '{"house": 12}'
+LOOKUP = '<tool_call>\n{"name": "lookup", "arguments": {"name": "Zorin", "fact": "house"}}\n</tool_call>'
 BROKEN = '<tool_call>\n{"name": "lookup", "arguments": {"name": }\n</tool_call>'
 
 
 def test_tool_episode_runs_the_call_and_feeds_the_result_back(tool_tok):
     box = course_tools(REGISTER)
-    model = ScriptedTurns(tool_tok, "Let me check.\n" + LOOKUP, "Zorin is a baker.")
+    model = ScriptedTurns(tool_tok, "Let me check.\n" + LOOKUP, "Zorin lives at number 12.")
     chat = ChatSession(model, tool_tok, tools=box, temperature=0.0, max_new_tokens=100)
-    events = list(chat.stream("What does Zorin do?"))
+    events = list(chat.stream("Where is Zorin's house?"))
     kinds = [k for k, _ in events]
     assert kinds[-1] == "content" and kinds.count("tool") == 1
     call, result = events[kinds.index("tool")][1]
-    assert (call.name, call.arguments, result) == ("lookup", {"name": "Zorin", "fact": "job"}, "baker")
+    assert (call.name, call.arguments, result) == ("lookup", {"name": "Zorin", "fact": "house"}, RESULT)
     before = "".join(t for k, t in events[:kinds.index("tool")])
     after = "".join(t for k, t in events[kinds.index("tool") + 1:])
-    assert before == "Let me check." and after == "Zorin is a baker."  # the call's JSON is not shown as text
+    assert before == "Let me check." and after == "Zorin lives at number 12."  # the call's JSON is not shown as text
     assert chat.history == [
-        {"role": "user", "content": "What does Zorin do?"},
+        {"role": "user", "content": "Where is Zorin's house?"},
         {"role": "assistant", "content": "Let me check.",
-         "tool_calls": [{"name": "lookup", "arguments": {"name": "Zorin", "fact": "job"}}]},
-        {"role": "tool", "content": "baker"},
-        {"role": "assistant", "content": "Zorin is a baker."}]
-    assert chat.last.content == "Zorin is a baker." and [r for _, r in chat.last.tool_results] == ["baker"]
+         "tool_calls": [{"name": "lookup", "arguments": {"name": "Zorin", "fact": "house"}}]},
+        {"role": "tool", "content": RESULT},
+        {"role": "assistant", "content": "Zorin lives at number 12."}]
+    assert chat.last.content == "Zorin lives at number 12." and [r for _, r in chat.last.tool_results] == [RESULT]
     assert chat.last.completion_tokens == sum(len(r) + 1 for r in model.replies) and not chat.last.out_of_tool_turns
     # both prompts show the tools; the second is the first turn, the call and its result, rendered by the template
     first, second = (tool_tok.decode(c["prompt"]) for c in model.calls)
-    assert '"name": "lookup"' in first and "<tools>" in first and "baker" not in first
+    assert '"name": "lookup"' in first and "<tools>" in first and RESULT not in first
     assert model.calls[1]["prompt"] == tool_tok.apply_chat_template(chat.history[:3], add_generation_prompt=True,
                                                                     tokenize=True, tools=box.schemas())
-    assert "<tool_response>\nbaker\n</tool_response>" in second
+    assert f"<tool_response>\n{RESULT}\n</tool_response>" in second
     chat.ask("And his pet?")  # the next message sees the whole episode
     assert model.calls[2]["prompt"] == tool_tok.apply_chat_template(
         chat.history[:5], add_generation_prompt=True, tokenize=True, tools=box.schemas())
@@ -262,7 +263,7 @@ def test_tool_episode_runs_the_call_and_feeds_the_result_back(tool_tok):
 def test_a_broken_call_is_answered_with_an_error_and_another_turn(tool_tok):
     model = ScriptedTurns(tool_tok, BROKEN, "I could not look it up.")
     chat = ChatSession(model, tool_tok, tools=course_tools(REGISTER), temperature=0.0, max_new_tokens=100)
-    events = list(chat.stream("What does Zorin do?"))
+    events = list(chat.stream("Where is Zorin's house?"))
     tools = [p for k, p in events if k == "tool"]
     assert len(tools) == 1 and tools[0][0] is None and tools[0][1].startswith("error: the tool call is not valid")
     assert [m["role"] for m in chat.history] == ["user", "assistant", "tool", "assistant"]
@@ -275,7 +276,7 @@ def test_a_broken_call_is_answered_with_an_error_and_another_turn(tool_tok):
 def test_a_model_that_keeps_calling_runs_out_of_turns(tool_tok):
     model = ScriptedTurns(tool_tok, LOOKUP)  # calls, every turn
     chat = ChatSession(model, tool_tok, tools=course_tools(REGISTER), max_tool_turns=3, temperature=0.0)
-    assert chat.ask("What does Zorin do?") == ""
+    assert chat.ask("Where is Zorin's house?") == ""
     assert len(model.calls) == 3 and chat.last.out_of_tool_turns
     assert [m["role"] for m in chat.history] == ["user"] + ["assistant", "tool"] * 3
     with pytest.raises(ValueError, match="at least one turn"):
@@ -283,15 +284,15 @@ def test_a_model_that_keeps_calling_runs_out_of_turns(tool_tok):
 
 
 def test_terminal_chat_prints_calls_and_says_when_turns_run_out(tool_tok):
-    model = ScriptedTurns(tool_tok, LOOKUP, "Zorin is a baker.", LOOKUP)
-    lines = iter(["What does Zorin do?", "Again?", "/reset", "/exit"])
+    model = ScriptedTurns(tool_tok, LOOKUP, "Zorin lives at number 12.", LOOKUP)
+    lines = iter(["Where is Zorin's house?", "Again?", "/reset", "/exit"])
     printed = []
     session = terminal_chat(model, tool_tok, input_fn=lambda _: next(lines), color=True,
                             print_fn=lambda *a, **k: printed.append(" ".join(map(str, a)) + k.get("end", "\n")),
                             tools=course_tools(REGISTER), max_tool_turns=2, temperature=0.0)
     out = "".join(printed)
     assert "Tools: add, subtract, lookup." in out
-    assert DIM + '[lookup(name="Zorin", fact="job") -> baker]' + RESET + "\nZorin is a baker.\n" in out
+    assert DIM + f'[lookup(name="Zorin", fact="house") -> {RESULT}]' + RESET + "\nZorin lives at number 12.\n" in out
     assert "<tool_call>" not in out
     assert out.count("(no answer: the model was still calling tools after 2 turns)") == 1
     assert "(conversation reset)" in out and session.history == [] and len(model.calls) == 4

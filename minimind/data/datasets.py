@@ -19,7 +19,7 @@ import torch
 
 from .files import atomic_path, cache_dir, content_key
 from .token_table import build_table, token_dtype
-from .tokenizer import IGNORE_INDEX, ROLES, TOOL_ROLES, render_chat_spans
+from .tokenizer import IGNORE_INDEX, TOOL_ROLES, render_chat_spans
 
 KINDS = ("pretrain", "sft", "dpo", "rl", "eval")
 
@@ -72,7 +72,7 @@ def _check_messages(msgs, field: str, need_assistant: bool, last_assistant: bool
             if key not in m:
                 return f'{field}[{i}] has no "{key}" field'
         if m["role"] not in TOOL_ROLES:
-            return f'{field}[{i}] has unknown role {m["role"]!r} (roles: {", ".join(ROLES)})'
+            return f'{field}[{i}] has unknown role {m["role"]!r} (roles: {", ".join(TOOL_ROLES)})'
         if not isinstance(m["content"], str):
             if m["content"] is None and m["role"] == "assistant" and m.get("tool_calls"):
                 return f'{field}[{i}] content is null: write "" for a turn that only calls tools'
