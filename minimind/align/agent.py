@@ -135,7 +135,8 @@ class AgentStage(GRPOStage):
                "eps_high": Option(5.0, "agent: CISPO's upper clip of the importance weight"),
                "max_turns": Option(3, "agent: model turns per rollout"),
                "format_weight": Option(0.1, "agent: reward for each well-formed tool call (minus for a broken one)"),
-               "tools": Option("calculator", "agent: the toolbox the model may call (minimind.data.tools.TOOLBOXES)")}
+               "tools": Option("calculator", "agent: the toolbox the model may call: calculator, course (the course "
+                                          "world's register, data/course/registry.json), course:PATH, none")}
     collate_fn = staticmethod(agent_collate)
 
     def __init__(self, reward_fn="rule", tokenizer=None, tools: str | ToolBox = "calculator", loss: str = "cispo",
