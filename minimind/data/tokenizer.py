@@ -682,7 +682,8 @@ def extend_tokenizer(tok: MiniMindTokenizer, texts: Iterable[str], new_merges: i
         (a, b), count = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
         if count < 2:
             break
-        vocab[a + b] = len(vocab)
+        if a + b not in vocab:  # a token the old vocabulary has (made by another path) keeps its id
+            vocab[a + b] = len(vocab)
         merges.append([a, b])
         merged: dict[tuple, int] = {}
         for word, n in words.items():
