@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.tokenizer import render_chat
+from ..data.tokenizer import TOOL_TEMPLATES, render_chat
 from ..data.tools import ToolBox, parse_tool_calls, toolbox
 from ..train.stages import Option, register
 from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
 
-AGENT_TEMPLATES = ("minimind2", "minimind3")
 MINIMIND2_DEFAULT_SYSTEM = "You are a helpful assistant"  # what MiniMind2's template adds without a system turn
 
 
@@ -145,8 +144,8 @@ class AgentStage(GRPOStage):
         if loss not in ("cispo", "grpo"):
             raise ValueError(f"loss {loss!r}: use cispo or grpo")
         template = getattr(tokenizer, "template", "minimind")
-        if template not in AGENT_TEMPLATES:
-            raise ValueError(f"the agent stage needs a chat template with tools ({' or '.join(AGENT_TEMPLATES)}); "
+        if template not in TOOL_TEMPLATES:
+            raise ValueError(f"the agent stage needs a chat template with tools ({' or '.join(TOOL_TEMPLATES)}); "
                              f"this tokenizer has {template!r}: train one with `minimind tokenizer train "
                              "--template minimind3`")
         self.template = template

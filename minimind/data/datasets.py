@@ -19,7 +19,7 @@ import torch
 
 from .files import atomic_path, cache_dir, content_key
 from .token_table import build_table, token_dtype
-from .tokenizer import IGNORE_INDEX, TOOL_ROLES, render_chat_spans
+from .tokenizer import IGNORE_INDEX, TOOL_ROLES, TOOL_TEMPLATES, render_chat_spans
 
 KINDS = ("pretrain", "sft", "dpo", "rl", "eval")
 
@@ -447,7 +447,7 @@ def render_record(messages: list[dict], template: str, add_generation_prompt: bo
     """(text, assistant spans) of a record's conversation with its tools and tool calls (see chat_tools).
     The course template cannot render tools: such a conversation raises DataError naming the fix."""
     messages, tools = chat_tools(messages)
-    if template == "minimind":
+    if template not in TOOL_TEMPLATES:
         found = _tool_use(messages, tools)
         if found:
             raise DataError(f"the chat template 'minimind' (the course's) cannot render tools, and this conversation "

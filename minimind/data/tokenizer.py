@@ -19,6 +19,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 THINK_TOKENS = ["<think>", "</think>"]
 ROLES = ("system", "user", "assistant")
 TOOL_ROLES = ROLES + ("tool",)  # the roles of MiniMind2's and minimind-3's templates
+TOOL_TEMPLATES = ("minimind2", "minimind3")  # the chat templates that render tools, calls and their results
 IGNORE_INDEX = -100  # the label of a token that is not learned (PyTorch's default ignore_index)
 
 # minimind-3's added tokens in id order (0-35), as MiniMind's trainer/train_tokenizer.py makes them: the

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
+from ..data.tokenizer import TOOL_TEMPLATES
 from ..data.tools import ToolBox, ToolCall, ToolCallSplitter
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -223,9 +224,6 @@ def stream_text(model, tokenizer, prompt_ids: list[int], settings: GenerationSet
         reply.seconds = time.perf_counter() - start
 
 
-TOOL_TEMPLATES = ("minimind2", "minimind3")  # the chat templates that render tools, calls and results
-
-
 class ChatSession:
     """A conversation: history, chat template, streamed reply; the oldest turns go when the context is full.
     enable_thinking: None (template adds nothing), True (prompt opens <think>), False (an empty think block).
@@ -344,7 +342,7 @@ def _add_up(total: Reply, turn: Reply) -> None:
 
 
 def format_tool_result(call: Optional[ToolCall], result: str, limit: int = 200) -> str:
-    """`[lookup(name="Zorin", fact="job") -> baker]`; a broken call (None) shows its error alone."""
+    """`[lookup(name="Zorin", fact="house") -> {"house": 12}]`; a broken call (None) shows its error alone."""
     if len(result) > limit:
         result = result[:limit] + "..."
     if call is None:

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
-from ..data.tokenizer import TOOL_ROLES
+from ..data.tokenizer import TOOL_ROLES, TOOL_TEMPLATES
 from ..data.tools import ToolCallSplitter
 from .chat import GenerationSettings, Reply, ThinkSplitter, fit_prompt, stream_text
 
@@ -221,7 +221,7 @@ class Engine:
         if thinking is not None and not isinstance(thinking, bool):
             raise APIError(400, "'enable_thinking' must be true, false or null", "enable_thinking", "invalid_type")
         uses_tools = tools or any(m["role"] == "tool" or m.get("tool_calls") for m in msgs)
-        if uses_tools and getattr(self.tokenizer, "template", "minimind") == "minimind":
+        if uses_tools and getattr(self.tokenizer, "template", "minimind") not in TOOL_TEMPLATES:
             raise APIError(400, "this model's chat template (the course's) has no tools: serve a model whose "
                                 "tokenizer has minimind-3's template (trained with --template minimind3, or "
                                 "MiniMind's own)", "tools", "invalid_value")
