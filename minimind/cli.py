@@ -16,6 +16,9 @@ def _add_course(sub):
     p.add_argument("--out", default=None, help="run folder (default: runs/PRESET)")
     p.add_argument("--data", default="course", help="data source passed to the notebooks (default: course)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="training precision in every chapter (auto: bfloat16 on a GPU or a CPU with bf16 "
+                        "hardware, else float32)")
     p.add_argument("--only", nargs="*", default=None, help="run only these chapter numbers, e.g. 00 05")
     p.add_argument("--no-book", action="store_true", help="skip building the book")
     p.add_argument("--dry-run", action="store_true",
@@ -30,7 +33,7 @@ def _add_course(sub):
             return
         from .course.runner import run_course
         run_course(preset=args.preset, out=args.out, data=args.data, device=args.device, only=args.only,
-                   build_book=not args.no_book)
+                   build_book=not args.no_book, dtype=args.dtype)
     p.set_defaults(func=run)
 
 
@@ -146,7 +149,8 @@ def _add_train(sub):
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 256)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast dtype (auto: bfloat16 on a GPU or a CPU with bf16 hardware, else float32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
@@ -491,7 +495,8 @@ def _add_eval(sub):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="training and decoding throughput against transformers' Llama (same config, "
-                                     "same weights, interleaved), MFU on GPUs, MoE against its dense twin")
+                                     "same weights, interleaved), MFU on GPUs, MoE against its dense twin, "
+                                     "precision and compile")
     p.add_argument("--presets", nargs="+", default=None, metavar="P",
                    help="dense presets to compare (default: tiny minimind2-small; --quick: tiny)")
     p.add_argument("--moe-preset", default=None,
@@ -499,7 +504,7 @@ def _add_bench(sub):
                         "variant); 'none' skips it")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast dtype (auto: bfloat16 on a GPU, float32 on CPU)")
+                   help="autocast dtype (auto: bfloat16 on a GPU or a CPU with bf16 hardware, else float32)")
     p.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile both models for training (auto: on for CUDA, off on CPU; "
                         "--compile alone: on)")
@@ -511,6 +516,17 @@ def _add_bench(sub):
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per decoding run (default: 64)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the cores the load average leaves free, at least 1)")
+    p.add_argument("--variant-presets", nargs="+", default=None, metavar="P",
+                   help="dense presets for the precision and compile section: ours, transformers and MiniMind's "
+                        "code in fp32 and bf16, eager and compiled (default: minimind2-small; --quick: tiny)")
+    p.add_argument("--skip-variants", action="store_true", help="leave the precision and compile section out")
+    p.add_argument("--variant-reps", type=int, default=None,
+                   help="rounds of the precision and compile section (default: 9, or --reps; --quick: 3)")
+    p.add_argument("--variant-compile", default=None, choices=["on", "off"],
+                   help="the compiled variants of that section (default: on; --quick: off)")
+    p.add_argument("--minimind-code", default=None, metavar="PATH",
+                   help="MiniMind's model_minimind.py, or a checkout of its repository, for the section's "
+                        "'MiniMind's code' variants (default: the copy under tests/fixtures/minimind_code)")
     p.add_argument("--quick", action="store_true", help="tiny preset, short runs: under a minute on a CPU")
     p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
     p.add_argument("--page", default=None, metavar="MD",
@@ -526,11 +542,17 @@ def _add_bench(sub):
                  "dtype": args.dtype, "compile": args.compile, "batch_size": args.batch_size,
                  "seq_len": args.seq_len, "threads": args.threads,
                  "decode_batches": tuple(args.decode_batches) if args.decode_batches else None,
-                 "new_tokens": args.new_tokens}
+                 "new_tokens": args.new_tokens, "minimind_code": args.minimind_code,
+                 "variant_presets": () if args.skip_variants else
+                 tuple(args.variant_presets) if args.variant_presets else None,
+                 "variant_compile": None if args.variant_compile is None else args.variant_compile == "on"}
         if args.moe_preset is not None:
             given["moe_preset"] = None if args.moe_preset == "none" else args.moe_preset
         if args.reps is not None:
-            given.update(train_reps=args.reps, decode_reps=args.reps, moe_reps=args.reps, fast_path_reps=args.reps)
+            given.update(train_reps=args.reps, decode_reps=args.reps, moe_reps=args.reps, fast_path_reps=args.reps,
+                         variant_reps=args.reps)
+        if args.variant_reps is not None:
+            given["variant_reps"] = args.variant_reps
         main(make(**{k: v for k, v in given.items() if v is not None or k == "moe_preset"}), out=args.json,
              page=args.page, from_json=args.from_json)
     p.set_defaults(func=run)

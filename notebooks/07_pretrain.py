@@ -27,6 +27,7 @@
 preset = "tiny"        # tiny | minimind2-small | minimind2 | minimind2-moe
 data = "course"        # course (generated, offline) | minimind (MiniMind's pretrain_hq.jsonl)
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 max_steps = 300        # None: one epoch over the data (the real presets)
 batch_size = 16
@@ -120,7 +121,7 @@ for step in range(demo_steps):
 # %%
 # NBVAL_CHECK_OUTPUT
 loop = train_stage("pretrain", run_dir / "step_demo", data=paths["pretrain"], tokenizer=tokenizer, preset=preset,
-                   seq_len=seq_len, device="cpu", progress=False, log_every=1, max_steps=demo_steps,
+                   seq_len=seq_len, device="cpu", dtype="float32", progress=False, log_every=1, max_steps=demo_steps,
                    batch_size=demo_batch, lr=lr, warmup_steps=2)
 by_loop = [m["loss"] for m in read_metrics(run_dir / "step_demo")]
 print("the loop's losses equal the hand-written step's:", np.allclose(by_hand, by_loop, rtol=1e-5, atol=1e-6))
@@ -137,7 +138,7 @@ prompts = ["Rusar lives in", "If you add 4 and 9, you get", "One autumn afternoo
 eval_every = max(1, (max_steps or 1000) // 4)
 summary = train_stage("pretrain", run_dir / "pretrain", data=paths["pretrain"], val_data=paths["pretrain_val"],
                       tokenizer=tokenizer, preset=preset, max_steps=max_steps, batch_size=batch_size,
-                      seq_len=seq_len, lr=lr, device=device, eval_every=eval_every, eval_batches=10,
+                      seq_len=seq_len, lr=lr, device=device, dtype=dtype, eval_every=eval_every, eval_batches=10,
                       callbacks=[sample_callback(tokenizer, prompts, max_new_tokens=16)])
 metrics = read_metrics(run_dir / "pretrain")
 val_loss = [m["val_loss"] for m in metrics if "val_loss" in m][-1]

@@ -28,6 +28,7 @@
 preset = "tiny"
 data = "course"        # course | minimind (sft_mini_512.jsonl)
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 max_steps = 250        # None: one epoch
 batch_size = 16
@@ -47,7 +48,7 @@ from minimind.use.eval import answer_matches, exact_match_accuracy
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-pretrained = ensure_stage("pretrain", run_dir, paths, preset, device)  # chapter 07's model, or built now
+pretrained = ensure_stage("pretrain", run_dir, paths, preset, device, dtype=dtype)  # chapter 07's model, or built now
 
 # %% [markdown]
 # ## A dialogue as the model sees it
@@ -97,7 +98,7 @@ for r, reply in list(zip(heldout, base_replies))[:3]:
 
 # %%
 summary = train_stage("sft", run_dir / "sft", data=paths["sft"], val_data=paths.get("sft_val"), tokenizer=tokenizer,
-                      init=pretrained, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
+                      init=pretrained, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype,
                       eval_every=max(1, (max_steps or 1000) // 5), eval_batches=10)
 plot_metrics({"sft": run_dir / "sft"}, title="SFT: loss on assistant tokens")
 plt.show()

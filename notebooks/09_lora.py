@@ -31,6 +31,7 @@
 preset = "tiny"
 data = "course"        # course | minimind (lora_identity.jsonl)
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 max_steps = 240
 rank = 8
@@ -58,7 +59,7 @@ from minimind.use.eval import answer_matches, exact_match_accuracy
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device)
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)
 
 # %% [markdown]
 # ## How many parameters train?
@@ -126,7 +127,7 @@ for q, r in list(zip(questions, before_replies))[:3]:
 
 # %%
 summary = train_stage("lora", run_dir / "lora", data=lora_dir / "train.jsonl", tokenizer=tokenizer, init=sft_dir,
-                      max_steps=max_steps, lr=lr, device=device, stage_kwargs=dict(lora_rank=rank, lora_alpha=alpha))
+                      max_steps=max_steps, lr=lr, device=device, dtype=dtype, stage_kwargs=dict(lora_rank=rank, lora_alpha=alpha))
 plot_metrics({"lora": run_dir / "lora"}, keys=("loss",), title="LoRA: loss on the new dialogues")
 plt.show()
 sizes = {p.name: p.stat().st_size for p in (run_dir / "lora").glob("*.safetensors")}

@@ -35,6 +35,7 @@
 preset = "tiny"
 data = "course"        # course | minimind (MiniMind's dpo.jsonl)
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 max_steps = 100        # None: one epoch over the pairs
 batch_size = 8         # pairs per step
@@ -61,7 +62,7 @@ torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device)  # chapter 08's model, or built now
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model, or built now
 
 # %% [markdown]
 # ## Preference pairs
@@ -127,7 +128,7 @@ print(f"SFT: log p(chosen) > log p(rejected) on {(sft_c > sft_r).float().mean():
 # %%
 eval_every = max(1, (max_steps or 100) // 6)
 summary = train_stage("dpo", run_dir / "dpo", data=paths["dpo"], val_data=val_file, tokenizer=tokenizer, init=sft_dir,
-                      stage_kwargs={"beta": beta}, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device,
+                      stage_kwargs={"beta": beta}, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype,
                       eval_every=eval_every, log_every=2, callbacks=[preference_callback(sft, val_items, beta)])
 dpo = summary["model"].eval()
 metrics = read_metrics(run_dir / "dpo")
@@ -201,7 +202,7 @@ plt.show()
 sweep = {}
 for b in beta_sweep:
     m = train_stage("dpo", run_dir / f"dpo_beta_{b}", data=paths["dpo"], tokenizer=tokenizer, init=sft_dir,
-                    stage_kwargs={"beta": b}, max_steps=sweep_steps, batch_size=batch_size, lr=lr, device=device,
+                    stage_kwargs={"beta": b}, max_steps=sweep_steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype,
                     progress=False)["model"].eval()
     c, r = pair_logprobs(m, val_items)
     sweep[b] = {"accuracy": preference_accuracy(m, sft, val_items, beta=b)["accuracy"],

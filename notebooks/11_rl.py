@@ -39,6 +39,7 @@
 preset = "tiny"
 data = "course"          # course | minimind (rlaif-mini: open prompts, no checkable answers)
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 algorithms = ("ppo", "grpo", "spo")
 reward = "rule"          # rule | a folder with a reward model (e.g. InternLM2-1.8B-Reward, for data="minimind")
@@ -96,7 +97,7 @@ if preset == "tiny":
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device)  # chapter 08's model, or built now
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model, or built now
 sft = MiniMindForCausalLM.from_pretrained(sft_dir).eval()
 
 # %% [markdown]
@@ -286,7 +287,7 @@ def train_rl(name, out, seed, lr, beta, steps=max_steps):
     kw = {**options, "reward": reward_fn, "max_new_tokens": max_new_tokens, "temperature": temperature}
     return train_stage(name, out, data=paths["rl"], tokenizer=tokenizer, init=sft_dir, stage_kwargs=kw,
                        max_steps=steps, batch_size=responses // group_size if name == "grpo" else responses,
-                       lr=lr, warmup_steps=warmup_steps, seed=seed, seq_len=max_prompt_tokens, device=device,
+                       lr=lr, warmup_steps=warmup_steps, seed=seed, seq_len=max_prompt_tokens, device=device, dtype=dtype,
                        progress=False)
 
 

@@ -33,6 +33,7 @@
 preset = "tiny"
 data = "course"
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 kd_steps = 150         # steps for each student
 reason_steps = 150     # steps for each of the two reasoning runs
@@ -58,7 +59,7 @@ from minimind.use.eval import answer_matches, extract_numbers
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-teacher_dir = ensure_stage("sft", run_dir, paths, preset, device)
+teacher_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)
 
 # %% [markdown]
 # ## Teacher and students
@@ -82,7 +83,7 @@ def new_student():
 print(f"teacher {teacher.num_parameters():,} parameters, student {new_student().num_parameters():,}")
 
 # %%
-common = dict(data=paths["sft"], tokenizer=tokenizer, max_steps=kd_steps, device=device, lr=2e-3,
+common = dict(data=paths["sft"], tokenizer=tokenizer, max_steps=kd_steps, device=device, dtype=dtype, lr=2e-3,
               eval_every=max(1, kd_steps // 5))
 plain = train_stage("sft", run_dir / "student_plain", model=new_student(), val_data=paths["sft_val"], **common)
 kd = train_stage("distill", run_dir / "distill", model=new_student(), teacher=teacher_dir,
@@ -133,7 +134,7 @@ runs = {}
 for name, stage in [("direct", "sft"), ("traces", "reason")]:
     runs[name] = train_stage(stage, run_dir / ("reason" if name == "traces" else "reason_direct"),
                              data=folder / f"{name}.jsonl", tokenizer=tokenizer, init=teacher_dir,
-                             max_steps=reason_steps, device=device,
+                             max_steps=reason_steps, device=device, dtype=dtype,
                              stage_kwargs=dict(tag_weight=2.0) if stage == "reason" else None)
 
 

@@ -33,6 +33,7 @@
 preset = "tiny"
 data = "course"        # course | minimind (no course questions there: perplexity only)
 device = "auto"
+dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
 out_dir = None
 ppl_docs = 64          # held-out documents scored for perplexity
 max_new_tokens = 32    # per exact-match answer
@@ -66,7 +67,7 @@ paths = data_paths(data)
 dev = pick_device(device)
 if dev.type == "cpu" and preset == "tiny":
     torch.set_num_threads(1)  # the tiny model's matrices are too small to share out: one thread is faster
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device)  # chapter 08's model (and 07's), or built now
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model (and 07's), or built now
 checkpoints = find_checkpoints(run_dir)
 print("checkpoints found:", ", ".join(f"{stage} ({folder.name}/)" for stage, folder in checkpoints.items()))
 

@@ -3,6 +3,7 @@ measured by running the benchmark, never asserted here."""
 import itertools
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from minimind.use.bench import (
     PAGE_END,
     PRETRAIN_HQ_TOKENS,
     BenchSettings,
+    bench_variants,
     dense_twin,
     epoch_hours,
     flops_per_token,
@@ -33,6 +35,7 @@ from minimind.use.bench import (
 )
 
 MOE = dict(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_flops_per_token_by_hand():
@@ -115,17 +118,133 @@ def check_result(result, decode_batches):
         assert row["speedup_of_all_on"] == 1.0 or row["variant"] != "all on"
     assert result["moe"]["time_per_token_ratio"] > 0
     assert "hours" in result["projection"] and "seed_implied_mfu" in result["projection"]
+    for row in result["variants"]:
+        check_variants(row, result["settings"]["variant_reps"], minimind_code=True,
+                       compiled=result["settings"]["variant_compile"])
     assert "| training |" in format_table(result)
+    if result["variants"]:
+        assert "| precision and compile |" in format_table(result)
 
 
-def test_run_benchmark_on_tiny_shapes():
+def median_ratio(slow, fast):
+    return statistics.median(a / b for a, b in zip(slow, fast))
+
+
+FIELDS_VARIANTS = {"preset", "batch_size", "seq_len", "auto_dtype", "half_dtype", "params", "minimind_code",
+                   "compile_s", "variants", "ratios", "skipped"}
+
+
+def check_variants(row, reps, minimind_code, compiled):
+    """A precision-and-compile row: every variant ran `reps` rounds; every ratio is the median of the
+    per-round ratios of the times it names."""
+    assert FIELDS_VARIANTS <= set(row)
+    auto, half = {"bfloat16": "bf16", "float32": "fp32"}[row["auto_dtype"]], "bf16"
+    families = ["ours", "transformers"] + (["MiniMind's code"] if minimind_code else [])
+    names = {f"{f} {d} eager" for f in families for d in ("fp32", half)}
+    names |= {f"{f} {auto} compiled" for f in ("ours", "transformers")} if compiled else set()
+    times = {v["name"]: v["times_s"] for v in row["variants"]}
+    assert set(times) == names
+    assert set(row["params"]) == set(families) and len(set(row["params"].values())) == 1  # same shape
+    base = times["transformers fp32 eager"]
+    for v in row["variants"]:
+        assert len(v["times_s"]) == reps and min(v["times_s"]) > 0 and v["tokens_per_s"] > 0
+        assert v["tokens_per_s"] == pytest.approx(row["batch_size"] * row["seq_len"] / statistics.median(v["times_s"]))
+        assert v["vs_transformers_fp32"] == pytest.approx(median_ratio(base, v["times_s"]))
+        assert v["model"] in families and v["compiled"] == v["name"].endswith("compiled")
+    expected = {"auto_vs_transformers_fp32", "bf16_vs_transformers_bf16", "bf16_vs_fp32", "transformers_bf16_vs_fp32"}
+    expected |= {"compiled_vs_eager", "transformers_compiled_vs_eager"} if compiled else set()
+    expected |= {"vs_minimind_code_fp32", "vs_minimind_code_bf16"} if minimind_code else set()
+    assert set(row["ratios"]) == expected
+    for r in row["ratios"].values():
+        assert r["value"] > 0 and r["value"] == pytest.approx(median_ratio(times[r["slow"]], times[r["fast"]]))
+    assert row["ratios"]["auto_vs_transformers_fp32"]["fast"] == f"ours {auto} eager"
+    assert row["ratios"]["auto_vs_transformers_fp32"]["slow"] == "transformers fp32 eager"
+    assert compiled == bool(row["compile_s"]) and compiled != ("compiled" in row["skipped"])
+    assert minimind_code == (row["minimind_code"] is not None) != ("minimind_code" in row["skipped"])
+
+
+def test_run_benchmark_on_tiny_shapes(monkeypatch):
+    monkeypatch.chdir(ROOT)  # MiniMind's code: the course's copy, found from the course root
     settings = BenchSettings(batch_size=2, seq_len=16, train_reps=1, decode_batches=(1, 2), prompt_len=4,
                              new_tokens=4, decode_reps=1, moe_reps=1, fast_path_reps=1, min_sample_s=0.0, device="cpu",
-                             quick=True)
+                             variant_reps=2, variant_compile=False, quick=True)
     result = run_benchmark(settings, configs={"small": small_config()}, moe_config=small_config(**MOE),
-                           log=lambda _: None)
+                           log=lambda _: None, variant_configs={"small": small_config()})
     check_result(result, (1, 2))
+    row = result["variants"][0]
+    assert row["minimind_code"].endswith("minimind2_model.py") and set(row["skipped"]) == {"compiled"}
+    table = format_table(result)
+    assert "| small | 2 x 16 | MiniMind's code bf16 eager |" in table and "`vs_minimind_code_fp32`" in table
+    assert "- torch.compile, small: not measured (torch.compile off" in table
     json.dumps(result)  # JSON-ready
+    del result["variants"]  # a result saved before the section existed still renders, without it
+    assert "precision and compile" not in format_table(result)
+
+
+def write_broken(tmp_path):
+    bad = tmp_path / "model_minimind.py"
+    bad.write_text("raise ImportError('needs a package that is not installed')\n")
+    return str(bad)
+
+
+def write_failing(tmp_path):
+    bad = tmp_path / "model_minimind.py"
+    bad.write_text("import torch\n\nclass MiniMindConfig:\n    def __init__(self, **kwargs):\n        pass\n\n"
+                   "class MiniMindForCausalLM(torch.nn.Module):\n    def __init__(self, config):\n"
+                   "        super().__init__()\n        self.w = torch.nn.Parameter(torch.ones(1))\n\n"
+                   "    def forward(self, **kwargs):\n"
+                   "        raise RuntimeError('shapes do not match')\n")
+    return str(bad)
+
+
+@pytest.mark.parametrize("given, reason", [
+    (lambda tmp: str(tmp / "nowhere.py"), "not found"),
+    (lambda tmp: str(tmp), "model_minimind.py not found"),  # a folder that is no checkout of MiniMind
+    (write_broken, "ImportError: needs a package"),
+    (write_failing, "RuntimeError: shapes do not match"),  # imports and builds, fails in its first step
+])
+def test_minimind_code_that_cannot_run_is_skipped_with_the_reason(tmp_path, given, reason):
+    logged = []
+    row = bench_variants(small_config(), 2, 8, 1, torch.device("cpu"), torch.bfloat16, compile=False,
+                         minimind_code=given(tmp_path), preset="small", log=logged.append)
+    check_variants(row, 1, minimind_code=False, compiled=False)
+    assert reason in row["skipped"]["minimind_code"] and any(reason in line for line in logged)
+    table = format_table({**json.loads((ROOT / "book" / "performance_cpu.json").read_text()), "variants": [row]})
+    assert "- small: MiniMind's code skipped:" in table and reason in table
+
+
+def test_minimind_code_from_a_checkout(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_minimind.py").write_text(
+        (ROOT / "tests" / "fixtures" / "minimind_code" / "minimind2_model.py").read_text())
+    row = bench_variants(small_config(), 2, 8, 1, torch.device("cpu"), None, compile=False,
+                         minimind_code=str(tmp_path), preset="small", log=lambda _: None)
+    check_variants(row, 1, minimind_code=True, compiled=False)
+    assert row["minimind_code"] == str(tmp_path / "model" / "model_minimind.py") and row["auto_dtype"] == "float32"
+
+
+def test_precision_variants_compile():
+    """The compiled variants, on the smallest model (compiling takes most of this test's time)."""
+    row = bench_variants(small_config(num_hidden_layers=1), 2, 8, 1, torch.device("cpu"), torch.bfloat16,
+                         compile=True, minimind_code=str(ROOT / "tests" / "fixtures" / "minimind_code" /
+                                                         "minimind2_model.py"), preset="one layer", log=lambda _: None)
+    check_variants(row, 1, minimind_code=True, compiled=True)
+    assert set(row["compile_s"]) == {"ours", "transformers"} and row["ratios"]["compiled_vs_eager"]["fast"] == \
+        "ours bf16 compiled"
+
+
+def test_bench_cli_options_reach_the_settings(monkeypatch):
+    import minimind.use.bench as bench
+    seen = []
+    monkeypatch.setattr(bench, "main", lambda settings, **kw: seen.append(settings))
+    assert cli_main(["bench", "--quick", "--minimind-code", "mm", "--variant-presets", "tiny", "minimind2-small",
+                     "--variant-reps", "5", "--variant-compile", "on"]) == 0
+    assert cli_main(["bench", "--skip-variants", "--reps", "4"]) == 0
+    quick, full = seen
+    assert quick.minimind_code == "mm" and quick.variant_presets == ("tiny", "minimind2-small")
+    assert quick.variant_reps == 5 and quick.variant_compile is True
+    assert full.variant_presets == () and full.variant_reps == 4 and full.variant_compile is True
+    assert BenchSettings.quick_settings().variant_compile is False
 
 
 @pytest.mark.slow
@@ -143,7 +262,7 @@ def test_tables_go_into_a_page_between_markers(tmp_path):
                              decode_reps=1, moe_reps=1, fast_path_reps=1, fast_path_prompt_fractions=(0.5,),
                              min_sample_s=0.0, device="cpu", quick=True)
     result = run_benchmark(settings, configs={"small": small_config()}, moe_config=small_config(**MOE),
-                           log=lambda _: None)
+                           log=lambda _: None, variant_configs={})
     page = tmp_path / "perf.md"
     page.write_text("# Perf\n\nbefore\n\n" + PAGE_BEGIN.format(json="r.json") + "\nold\n" + PAGE_END + "\n\nafter\n")
     update_page(page, result, "r.json")

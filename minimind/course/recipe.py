@@ -49,7 +49,7 @@ def stage_done(folder: Path) -> bool:
 
 
 def ensure_stage(stage: str, run_dir, paths: dict, preset: str = "tiny", device: str = "auto",
-                 quiet: bool = True, **overrides) -> Path:
+                 quiet: bool = True, dtype: str = "auto", **overrides) -> Path:
     """run_dir/stage, trained with the course recipe unless a finished run is already there (and the stages
     it starts from, first). This is how each notebook runs alone: what it needs is built or reused."""
     run_dir = Path(run_dir)
@@ -57,12 +57,12 @@ def ensure_stage(stage: str, run_dir, paths: dict, preset: str = "tiny", device:
     if stage_done(out):
         return out
     recipe = {**COURSE[stage], **overrides}
-    init = ensure_stage(recipe["init"], run_dir, paths, preset, device, quiet) if recipe["init"] else None
+    init = ensure_stage(recipe["init"], run_dir, paths, preset, device, quiet, dtype) if recipe["init"] else None
     steps = recipe["max_steps"] if preset == "tiny" else None
     train_stage(stage, out, data=paths[recipe["data"]],
                 val_data=paths.get(recipe["val_data"]) if recipe["val_data"] else None,
                 tokenizer=paths["tokenizer"], preset=preset, init=init, max_steps=steps, device=device,
-                progress=not quiet, eval_every=steps or 0)
+                dtype=dtype, progress=not quiet, eval_every=steps or 0)
     return out
 
 

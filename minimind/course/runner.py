@@ -19,7 +19,8 @@ def chapter_notebooks(root: Path, only=None) -> list[Path]:
     return notebooks
 
 
-def run_course(preset="tiny", out=None, data="course", device="auto", only=None, build_book=True) -> Path:
+def run_course(preset="tiny", out=None, data="course", device="auto", only=None, build_book=True,
+               dtype="auto") -> Path:
     import papermill
 
     root = find_root()
@@ -32,9 +33,11 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
     for nb in chapter_notebooks(root, only):
         print(f"== {nb.name} ({preset})", flush=True)
         start = time.perf_counter()
+        parameters = dict(preset=preset, data=data, device=device, out_dir=str(run_dir), dtype=dtype)
+        declared = papermill.inspect_notebook(str(nb))  # chapters that train declare dtype; the others do not
         papermill.execute_notebook(
             str(nb), str(executed / nb.name), cwd=str(root), progress_bar=False,
-            parameters=dict(preset=preset, data=data, device=device, out_dir=str(run_dir)))
+            parameters={k: v for k, v in parameters.items() if k in declared})
         wall[nb.stem] = time.perf_counter() - start
         print(f"   {wall[nb.stem]:.1f} s", flush=True)
     card = write_report_card(run_dir, wall, title=f"MiniMind report card: preset {preset}")

@@ -21,7 +21,7 @@ import torch
 from ..data.datasets import pad_collate
 from ..data.files import atomic_write
 from . import state as ckpt
-from .runtime import TrainingInterrupted, pick_device, stop_requests
+from .runtime import TrainingInterrupted, autocast_dtype, describe_precision, pick_device, precision_name, stop_requests
 from .stages import Stage
 
 
@@ -42,7 +42,7 @@ class TrainArgs:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
-    dtype: str = "auto"                # auto | float32 | bfloat16 | float16 (autocast)
+    dtype: str = "auto"                # auto (bf16 where the hardware has it) | float32 | bfloat16 | float16
     compile: bool = False
     save_every: int = 0                # steps between resumable checkpoints (0: only at the end)
     log_every: int = 10
@@ -119,14 +119,6 @@ def distributed_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) without it."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
             int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def _autocast_dtype(name: str, device: torch.device):
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _to(batch, device):
@@ -212,7 +204,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     stage.setup(model, device)
     model.to(device)
     optimizer = make_optimizer(model, args, device, stage.param_groups(args))
-    amp_dtype = _autocast_dtype(args.dtype, device)
+    amp_dtype = autocast_dtype(args.dtype, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     state = {"step": 0, "consumed": 0, "tokens": 0, "elapsed": 0.0, "stage": stage.name}
@@ -255,7 +247,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
                                                         else None)
     if out_dir and is_main:
         clean_run_folder(out_dir, keep_metrics_to=state["step"] if resume else None)
-    log = MetricsLog(out_dir, is_main, args.logger, {**asdict(args), "stage": stage.name})
+    precision = precision_name(amp_dtype)  # what --dtype resolved to: recorded with the run
+    log = MetricsLog(out_dir, is_main, args.logger, {**asdict(args), "stage": stage.name, "precision": precision})
 
     def save():
         if out_dir is None:
@@ -274,6 +267,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
             bar = tqdm(total=total, initial=state["step"], desc=stage.name, dynamic_ncols=True)
         else:
             print_every = max(args.log_every, math.ceil(total / 10 / args.log_every) * args.log_every)
+    if args.progress and is_main:
+        print(f"{stage.name}: {describe_precision(args.dtype, device)}", flush=True)
     model.train()
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
     loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
@@ -354,7 +349,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         bar.close()
     save()
     summary = {**summary, "steps": state["step"], "tokens": state["tokens"] + tokens_since,
-               "wall_time": state["elapsed"]}
+               "wall_time": state["elapsed"], "precision": precision}
     if world > 1:
         torch.distributed.barrier()
     if requested and state["step"] < total:

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import signal
+import subprocess
 import threading
+from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -24,10 +28,71 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+# CPU features that multiply bfloat16 matrices in hardware: x86's AMX and AVX512-BF16, Arm's BF16 (Linux names)
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_hardware() -> Optional[str]:
+    """The CPU feature that does bfloat16 matrix multiplies in hardware, or None. Without one, bf16 is emulated
+    and slower than float32, so `--dtype auto` keeps float32."""
+    if platform.system() == "Darwin":  # Apple silicon from M2 on
+        try:
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+            return "FEAT_BF16" if out.stdout.strip() == "1" else None
+        except OSError:
+            return None
+    try:
+        return bf16_flag(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
+def bf16_flag(cpuinfo: str) -> Optional[str]:
+    """The first of BF16_CPU_FLAGS in /proc/cpuinfo's text (x86 "flags", Arm "Features" lines), or None."""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    return next((f for f in BF16_CPU_FLAGS if f in flags), None)
+
+
+def autocast_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for `--dtype name` on `device` (None: plain float32). 'auto' is bfloat16 on a GPU
+    that has it (else float16) and on a CPU with bf16 hardware (`cpu_bf16_hardware`), float32 elsewhere."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_bf16_hardware():
+            return torch.bfloat16
+        return None
+    choices = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in choices:
+        raise ValueError(f"--dtype {name!r}: use auto, {', '.join(choices)}")
+    return choices[name]
+
+
+def precision_name(amp_dtype: Optional[torch.dtype]) -> str:
+    return str(amp_dtype or torch.float32).replace("torch.", "")
+
+
+def describe_precision(name: str, device: torch.device) -> str:
+    """One line saying which precision `--dtype name` gives on `device`, and why."""
+    amp = autocast_dtype(name, device)
+    if name != "auto":
+        return f"precision: {precision_name(amp)}{' autocast' if amp else ''} (--dtype {name})"
+    if amp is None:
+        why = "no bf16 hardware on this CPU" if device.type == "cpu" else f"on {device.type}"
+        return f"precision: float32 (--dtype auto: {why})"
+    why = f"this CPU has {cpu_bf16_hardware()}" if device.type == "cpu" else "this GPU supports it"
+    return f"precision: {precision_name(amp)} autocast (--dtype auto: {why}; --dtype float32 to turn it off)"
+
+
 def environment() -> dict:
+    device = pick_device()
     info = {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
-            "device": str(pick_device())}
+            "cpu cores": os.cpu_count(), "torch threads": torch.get_num_threads(), "device": str(device),
+            "precision (--dtype auto)": precision_name(autocast_dtype("auto", device))}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu memory (GiB)"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)

@@ -8,7 +8,9 @@ slows both sides alike:
 - decoding tokens/s: greedy `generate` with a KV cache at batch 1 and batch 8 (new tokens over wall time,
   prefill included), against transformers' `generate` on the same weights;
 - MoE against its dense twin: the MoE preset and a dense model whose MLP has the width of the experts a
-  token uses (shared + top-k), i.e. equal active parameters, as time per token.
+  token uses (shared + top-k), i.e. equal active parameters, as time per token;
+- precision and compile: training steps of ours, transformers' Llama and MiniMind's own model code, each in
+  fp32 and bf16 autocast, eager and (ours, transformers) compiled, all in one interleaved round-robin.
 
 On a GPU it adds model FLOPs utilisation (MFU): FLOPs per token counted from the config, times tokens/s,
 over the GPU's peak bf16 FLOP/s from `PEAK_BF16_FLOPS`; and from the measured MFU, the time one epoch of
@@ -23,6 +25,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -305,6 +308,179 @@ def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps
              "speedup_of_all_on": paired_ratio(t, times["all on"]), "times_s": t} for variant, t in times.items()]
 
 
+# --------------------------------------------------------------------------------------------------
+# Precision and compile
+# --------------------------------------------------------------------------------------------------
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+MINIMIND_CODE = "MiniMind's code"
+# the fixture copy of MiniMind's model file, under the course root (tests/fixtures/minimind_code/README.md)
+MINIMIND_CODE_FIXTURE = Path("tests") / "fixtures" / "minimind_code" / "minimind2_model.py"
+
+
+def _short(amp_dtype: Optional[torch.dtype]) -> str:
+    return SHORT_DTYPE[str(amp_dtype or torch.float32).replace("torch.", "")]
+
+
+def half_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 autocast, or float16 on a GPU without bf16."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def find_minimind_code(given: Optional[str] = None) -> tuple[Optional[Path], Optional[str]]:
+    """(MiniMind's model file, None), or (None, why not). `given`: that file or a checkout of MiniMind's
+    repository (model/model_minimind.py in it); else the copy the course ships for its tests."""
+    if given:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            path = path / "model" / "model_minimind.py"
+        return (path, None) if path.is_file() else (None, f"--minimind-code {given}: {path} not found")
+    from ..data.files import find_root
+    path = find_root() / MINIMIND_CODE_FIXTURE
+    if path.is_file():
+        return path, None
+    return None, f"no {MINIMIND_CODE_FIXTURE} under the course root: pass --minimind-code PATH"
+
+
+def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0) -> torch.nn.Module:
+    """MiniMind's own MiniMindForCausalLM from its model file, with our config's shape; weights random."""
+    import hashlib
+    import importlib.util
+    path = Path(path)
+    name = "_minimind_code_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    fields = dict(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
+                  num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+                  head_dim=config.head_dim, vocab_size=config.vocab_size, intermediate_size=config.intermediate_size,
+                  max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
+                  rms_norm_eps=config.rms_norm_eps, dropout=config.dropout, bos_token_id=config.bos_token_id,
+                  eos_token_id=config.eos_token_id, tie_word_embeddings=config.tie_word_embeddings,
+                  use_moe=False, flash_attn=True)
+    with warnings.catch_warnings():  # its config's deprecated transformers keys (rope_scaling)
+        warnings.simplefilter("ignore")
+        spec.loader.exec_module(module)
+        torch.manual_seed(seed)
+        return module.MiniMindForCausalLM(module.MiniMindConfig(**fields))
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _warm_compiled(fn: Callable[[], None], device, max_calls: int = 8) -> float:
+    """Call a compiled step until two calls in a row take about as long (compiling, lazy backward and
+    recompiles done); returns the seconds of the first call, compiling included."""
+    times = []
+    for _ in range(max_calls):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 3 and abs(times[-1] - times[-2]) <= 0.25 * times[-2]:
+            break
+    return times[0]
+
+
+def bench_variants(config: MiniMindConfig, batch_size: int, seq_len: int, reps: int, device,
+                   auto_dtype: Optional[torch.dtype] = None, compile: bool = True, minimind_code: Optional[str] = None,
+                   min_sample_s: float = 0.0, preset: Optional[str] = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Training tokens/s of ours, transformers' Llama (same weights) and MiniMind's own code, in fp32 and in
+    bf16 autocast, eager, and ours and transformers compiled in `auto_dtype`: one interleaved round-robin, so
+    every variant sees the same machine load. Variants that cannot run are left out, with the reason."""
+    from ..train.runtime import precision_name
+    half = half_dtype(device)
+    ours, theirs = twin_models(config, device)
+    models = {"ours": ours, "transformers": theirs}
+    optimizers = {family: _optimizer(model.train(), device) for family, model in models.items()}
+    skipped = {}
+    code_path, why = find_minimind_code(minimind_code)
+    if code_path is not None:
+        try:
+            model = minimind_code_model(code_path, config).to(device).train()
+            optimizers[MINIMIND_CODE], models[MINIMIND_CODE] = _optimizer(model, device), model
+        except Exception as err:  # any failure of someone else's file: skip it, say why
+            why = f"{code_path}: {_reason(err)}"
+    if why:
+        skipped["minimind_code"] = why
+        log(f"  skipped MiniMind's code: {why}")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(3, config.vocab_size, (batch_size, seq_len), generator=g).to(device)
+    fns, meta = {}, {}
+
+    def label(family, amp_dtype, compiled=False):
+        return f"{family} {_short(amp_dtype)} {'compiled' if compiled else 'eager'}"
+
+    def add(family, amp_dtype, compiled=False):
+        name = label(family, amp_dtype, compiled)
+        if family in models and name not in fns:
+            model = models[family]
+            net = torch.compile(model) if compiled else model
+            fns[name] = _train_step(net, model, x, optimizers[family], amp_dtype, device)
+            meta[name] = {"model": family, "dtype": precision_name(amp_dtype), "compiled": compiled}
+        return name
+
+    eager_dtypes = list(dict.fromkeys((None, half, auto_dtype)))  # fp32, bf16, and --dtype's if another
+    for amp_dtype in eager_dtypes:
+        add("ours", amp_dtype), add("transformers", amp_dtype)
+    compile_s = {}
+    if compile:
+        for family in ("ours", "transformers"):
+            name = add(family, auto_dtype, compiled=True)
+            log(f"  compiling {name} ...")
+            try:
+                compile_s[family] = _warm_compiled(fns[name], device)
+            except Exception as err:  # e.g. no C++ compiler for inductor
+                skipped["compiled"] = f"{name}: {_reason(err)}"
+                log(f"  skipped the compiled variants: {skipped['compiled']}")
+                for n in [n for n in fns if meta[n]["compiled"]]:
+                    del fns[n], meta[n]
+                compile_s = {}
+                break
+    else:
+        skipped["compiled"] = "torch.compile off (--variant-compile off, the --quick default)"
+    for amp_dtype in eager_dtypes:
+        name = add(MINIMIND_CODE, amp_dtype)
+        try:  # its step runs once here, so that a failing forward or backward is a skip, not a crash
+            if name in fns:
+                fns[name]()
+        except Exception as err:
+            skipped["minimind_code"] = f"{name}: {_reason(err)}"
+            log(f"  skipped MiniMind's code: {skipped['minimind_code']}")
+            for n in [n for n in fns if meta[n]["model"] == MINIMIND_CODE]:
+                del fns[n], meta[n]
+            del models[MINIMIND_CODE]
+            break
+    times = interleaved(fns, reps, device, settle=True, min_sample_s=min_sample_s)
+    tokens = batch_size * seq_len
+    base = label("transformers", None)
+    variants = [{"name": name, **meta[name], "tokens_per_s": tokens / statistics.median(t),
+                 "vs_transformers_fp32": paired_ratio(times[base], t), "times_s": t} for name, t in times.items()]
+    pairs = {  # key: (slower, faster); the ratio is how many times faster the second runs
+        "auto_vs_transformers_fp32": (base, label("ours", auto_dtype)),
+        "bf16_vs_transformers_bf16": (label("transformers", half), label("ours", half)),
+        "compiled_vs_eager": (label("ours", auto_dtype), label("ours", auto_dtype, True)),
+        "transformers_compiled_vs_eager": (label("transformers", auto_dtype), label("transformers", auto_dtype, True)),
+        "bf16_vs_fp32": (label("ours", None), label("ours", half)),
+        "transformers_bf16_vs_fp32": (base, label("transformers", half)),
+        "vs_minimind_code_fp32": (label(MINIMIND_CODE, None), label("ours", None)),
+        "vs_minimind_code_bf16": (label(MINIMIND_CODE, half), label("ours", half)),
+    }
+    ratios = {key: {"value": paired_ratio(times[slow], times[fast]), "slow": slow, "fast": fast}
+              for key, (slow, fast) in pairs.items() if slow in times and fast in times}
+    return {"preset": preset or config.preset, "batch_size": batch_size, "seq_len": seq_len,
+            "auto_dtype": precision_name(auto_dtype), "half_dtype": precision_name(half),
+            "params": {family: sum(p.numel() for p in m.parameters()) for family, m in models.items()},
+            "minimind_code": str(code_path) if MINIMIND_CODE in models else None,
+            "compile_s": compile_s, "variants": variants, "ratios": ratios, "skipped": skipped}
+
+
 def dense_twin(config: MiniMindConfig) -> MiniMindConfig:
     """A dense config with the MoE config's active parameters: its MLP is as wide as the shared and top-k
     routed experts a token passes through (only the router's few weights differ)."""
@@ -321,7 +497,7 @@ class BenchSettings:
     presets: tuple = ("tiny", "minimind2-small")
     moe_preset: Optional[str] = "minimind2-moe"
     device: str = "auto"
-    dtype: str = "auto"           # auto: bfloat16 on a GPU that has it, else float32
+    dtype: str = "auto"           # auto: bfloat16 on a GPU or CPU that has it, else float32
     compile: str = "auto"         # auto: on for CUDA, off on CPU (slower there, see book/performance.md)
     batch_size: Optional[int] = None
     seq_len: Optional[int] = None
@@ -335,6 +511,11 @@ class BenchSettings:
     min_sample_s: float = 1.0     # each timed sample runs at least this long (several calls when they are short)
     fast_path_prompt_fractions: tuple = (0.0, 0.5)  # pretraining labels; SFT-like, half of each sequence a prompt
     threads: Optional[int] = None  # None: auto_threads()
+    # precision and compile: () turns the section off
+    variant_presets: tuple = ("minimind2-small",)
+    variant_reps: int = 9
+    variant_compile: bool = True
+    minimind_code: Optional[str] = None  # MiniMind's model file or checkout; None: the course's test copy
     quick: bool = False
 
     @classmethod
@@ -342,15 +523,15 @@ class BenchSettings:
         """A run under a minute on a CPU: the tiny preset, short sequences, three repetitions."""
         base = dict(presets=("tiny",), moe_preset="tiny", batch_size=4, seq_len=64, train_reps=3,
                     new_tokens=16, prompt_len=16, decode_reps=3, moe_reps=3, fast_path_reps=2,
-                    fast_path_prompt_fractions=(0.5,), min_sample_s=0.0, quick=True)
+                    fast_path_prompt_fractions=(0.5,), min_sample_s=0.0, variant_presets=("tiny",),
+                    variant_reps=3, variant_compile=False, quick=True)
         return cls(**{**base, **overrides})
 
 
 def _resolve(settings: BenchSettings):
-    from ..train.loop import _autocast_dtype
-    from ..train.runtime import pick_device
+    from ..train.runtime import autocast_dtype, pick_device
     device = pick_device(settings.device)
-    amp_dtype = _autocast_dtype(settings.dtype, device)
+    amp_dtype = autocast_dtype(settings.dtype, device)
     compile = {"auto": device.type == "cuda", "on": True, "off": False}[str(settings.compile)]
     return device, amp_dtype, compile
 
@@ -365,24 +546,31 @@ def _moe_config(name: str) -> MiniMindConfig:
 
 
 def run_benchmark(settings: BenchSettings, configs: Optional[dict[str, MiniMindConfig]] = None,
-                  moe_config: Optional[MiniMindConfig] = None, log: Callable[[str], None] = print) -> dict:
+                  moe_config: Optional[MiniMindConfig] = None, log: Callable[[str], None] = print,
+                  variant_configs: Optional[dict[str, MiniMindConfig]] = None) -> dict:
     """Run every measurement and return the JSON-ready result. `configs` ({name: config}) replaces the dense
-    presets and `moe_config` the MoE preset (tests use tiny shapes)."""
+    presets, `moe_config` the MoE preset and `variant_configs` the precision-and-compile presets (tests use
+    tiny shapes)."""
     import transformers
     transformers.logging.set_verbosity_error()
     device, amp_dtype, compile = _resolve(settings)
+    if variant_configs is None:
+        variant_configs = {p: MiniMindConfig.from_preset(p) for p in settings.variant_presets}
+    moe = [name for name, c in variant_configs.items() if c.use_moe]
+    if moe:  # before measuring anything
+        raise ValueError(f"variant presets {moe}: the precision and compile section compares dense models")
     load_before = load_average()
     threads = settings.threads or auto_threads()
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        return _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_before)
+        return _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype, compile, load_before)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_before) -> dict:
+def _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype, compile, load_before) -> dict:
     import transformers
     on_gpu = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if on_gpu else cpu_name()
@@ -397,7 +585,7 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
                     "threads": torch.get_num_threads(), "load_average_before": load_before},
         "settings": {**dataclasses.asdict(settings), "batch_size": batch, "seq_len": seq,
                      "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "compile": compile},
-        "training": [], "decoding": [], "fast_paths": [], "moe": None, "projection": None,
+        "training": [], "decoding": [], "fast_paths": [], "moe": None, "variants": [], "projection": None,
     }
     for preset, config in configs.items():
         log(f"training: {preset} batch {batch} x {seq} ...")
@@ -455,6 +643,11 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
             "time_per_token_ratio": paired_ratio(res["moe"]["times_s"], res["dense"]["times_s"]),
             "moe_times_s": res["moe"]["times_s"], "dense_times_s": res["dense"]["times_s"]}
         del models
+    for preset, config in variant_configs.items():
+        log(f"precision and compile: {preset} batch {batch} x {seq}, {settings.variant_reps} rounds ...")
+        result["variants"].append(bench_variants(
+            config, batch, seq, settings.variant_reps, device, amp_dtype, settings.variant_compile,
+            settings.minimind_code, min_sample_s=settings.min_sample_s, preset=preset, log=log))
     measured = [r for r in result["training"] if r["ours_mfu"]]
     small = [r for r in measured if r["preset"] == "minimind2-small"] or measured
     result["projection"] = pretrain_projection(small[0]["ours_mfu"] if small else None)
@@ -467,7 +660,14 @@ def _run(settings, configs, moe_config, log, device, amp_dtype, compile, load_be
 # The goals the benchmark is judged by (issue "Performance"): ratios, each measured in one run.
 GOALS = {"training": 1.1,   # training tokens/s over transformers' Llama (CPU: tiny and minimind2-small)
          "decoding": 1.0,   # decoding tokens/s over transformers' generate
-         "moe": 1.5}        # MoE time per token over its dense twin's, at most
+         "moe": 1.5,        # MoE time per token over its dense twin's, at most
+         # precision and compile (result["variants"][i]["ratios"]), at least
+         "auto_vs_transformers_fp32": 2.0,  # ours in the --dtype auto precision over transformers fp32, eager
+         "bf16_vs_transformers_bf16": 1.1,  # ours over transformers, both bf16 autocast, eager
+         "compiled_vs_eager": 1.1}          # ours compiled over ours eager, same dtype
+SKIPPED = {"minimind_code": "MiniMind's code", "compiled": "the compiled variants"}
+VARIANT_GOALS = {"auto_vs_transformers_fp32": "precision (--dtype auto)", "bf16_vs_transformers_bf16": "bf16 eager",
+                 "compiled_vs_eager": "torch.compile"}
 
 
 def goal_lines(result: dict) -> list[str]:
@@ -486,6 +686,15 @@ def goal_lines(result: dict) -> list[str]:
         ratio = moe["time_per_token_ratio"]
         lines.append(f"- MoE, {moe['preset']}: {ratio:.2f}x its dense twin's time per token (goal: at most "
                      f"{GOALS['moe']}x): {verdict(ratio <= GOALS['moe'])}")
+    for row in result.get("variants") or []:
+        for key, label in VARIANT_GOALS.items():
+            r = row["ratios"].get(key)
+            if r is None:
+                why = row["skipped"].get("compiled") if key == "compiled_vs_eager" else None
+                lines.append(f"- {label}, {row['preset']}: not measured ({why or 'its variants did not run'})")
+                continue
+            lines.append(f"- {label}, {row['preset']}: {r['fast']} {r['value']:.2f}x {r['slow']} (goal: at least "
+                         f"{GOALS[key]}x): {verdict(r['value'] >= GOALS[key])}")
     return lines
 
 
@@ -525,6 +734,22 @@ def format_table(result: dict) -> str:
                   f"| {moe['preset']} | {moe['batch_size']} x {moe['seq_len']} | {moe['moe_active_params']:,} vs "
                   f"{moe['dense_active_params']:,} | {_fmt(moe['moe_tokens_per_s'])} | "
                   f"{_fmt(moe['dense_tokens_per_s'])} | {moe['time_per_token_ratio']:.2f}x |"]
+    if result.get("variants"):
+        lines += ["", "| precision and compile | batch x seq | variant | tok/s | vs transformers fp32 eager |",
+                  "| --- | --- | --- | ---: | ---: |"]
+        for row in result["variants"]:
+            for v in row["variants"]:
+                lines.append(f"| {row['preset']} | {row['batch_size']} x {row['seq_len']} | {v['name']} | "
+                             f"{_fmt(v['tokens_per_s'])} | {v['vs_transformers_fp32']:.2f}x |")
+        lines.append("")
+        for row in result["variants"]:
+            lines += [f"- {row['preset']}, `{key}`: {r['fast']} is {r['value']:.2f}x as fast as {r['slow']}"
+                      for key, r in row["ratios"].items()]
+            if row["compile_s"]:
+                lines.append(f"- {row['preset']}: first compiled step, compiling included: "
+                             + ", ".join(f"{k} {t:.0f} s" for k, t in row["compile_s"].items()))
+            lines += [f"- {row['preset']}: {SKIPPED.get(what, what)} skipped: {why}"
+                      for what, why in row["skipped"].items()]
     p = result.get("projection")
     if p:
         lines += ["", f"pretrain_hq epoch ({p['samples']:,} samples x {p['seq_len']} = {p['tokens']:.3g} tokens, "
