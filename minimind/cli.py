@@ -25,7 +25,27 @@ def _add_course(sub):
                    help="run nothing long: validate and tokenize every stage's file, step each stage once, and "
                         "print the plan (tokens, steps, hours on an RTX 3090)")
 
+    p.add_argument("--compare", nargs=2, default=None, metavar=("REF", "OTHER"),
+                   help="run nothing: compare two finished runs' report cards (e.g. --dtype float32 and auto), "
+                        "each measure against a tolerance, and their wall times")
+    p.add_argument("--json", default=None, metavar="FILE", help="with --compare: write the comparison as JSON")
+    p.add_argument("--page", default=None, metavar="MD",
+                   help="with --compare: write its tables into this page between the markers naming the JSON")
+
     def run(args):
+        if args.compare:
+            from .course.report import COMPARE_BEGIN, COMPARE_END, compare_cards, format_comparison
+            result = compare_cards(*args.compare, names=tuple(Path(d).name for d in args.compare))
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+            if args.page:
+                if not args.json:
+                    raise SystemExit("--page needs --json FILE: the page names the JSON its tables come from")
+                from .use.bench import update_page
+                update_page(args.page, result, Path(args.json).name, tables=format_comparison(result),
+                            begin=COMPARE_BEGIN, end=COMPARE_END)
+            print(format_comparison(result))
+            return
         if args.dry_run:
             from .course.plan import dry_run, format_plan
             print(format_plan(dry_run(preset=args.preset, data=args.data,

@@ -50,3 +50,49 @@ def test_dry_run_checks_every_stage_and_plans_the_gpu_run(capsys):
     assert main(["course", "--dry-run", "--preset", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "MFU" in out and "every stage stepped once" in out and "grpo" in out
+
+
+# -- two runs compared (float32 against bf16) --------------------------------------------------------------------
+def _fake_run(folder, cards, walls=None):
+    from minimind.course.report import record
+    for chapter, measures in cards.items():
+        record(folder, chapter, **measures)
+    if walls:
+        (folder / "wall_times.json").write_text(json.dumps(walls))
+    return folder
+
+
+def test_compare_cards_checks_lessons_against_the_tolerance_and_times_apart(tmp_path):
+    from minimind.course.report import compare_cards, format_comparison
+    fp32 = _fake_run(tmp_path / "fp32", {"08_sft": dict(em_heldout=0.40, val_loss=2.0, device="cpu",
+                                                        train_seconds=60.0),
+                                         "11_rl": dict(grpo_gain=0.10, same=True)}, {"08_sft": 90.0, "11_rl": 200.0})
+    bf16 = _fake_run(tmp_path / "bf16", {"08_sft": dict(em_heldout=0.44, val_loss=2.3, device="cpu",
+                                                        train_seconds=30.0),
+                                         "11_rl": dict(grpo_gain=0.02, same=False)}, {"08_sft": 45.0, "11_rl": 100.0})
+    result = compare_cards(fp32, bf16, rel_tol=0.1, abs_tol=0.05)
+    verdicts = {r["measure"]: r["within"] for r in result["rows"]}
+    # 4 points of accuracy: within 0.05; a loss 15% higher: outside 10%; 8 points of gain: outside; a flag flipped
+    assert verdicts == {"em_heldout": True, "val_loss": False, "grpo_gain": False, "same": False}
+    assert {r["measure"] for r in result["timing"]} == {"train_seconds", "wall time (s)"}
+    assert result["wall_total"] == [290.0, 145.0]
+    text = format_comparison(result)
+    assert "1 of 4 lesson measures agree" in text and "(2.00x)" in text
+    assert "| 08_sft | val_loss | 2 | 2.3 | **no** |" in text
+
+
+def test_compare_cli_writes_the_page_block(tmp_path, capsys):
+    from minimind.cli import main
+    from minimind.course.report import COMPARE_BEGIN, COMPARE_END
+    a = _fake_run(tmp_path / "float32", {"08_sft": dict(em=0.5)})
+    b = _fake_run(tmp_path / "bf16", {"08_sft": dict(em=0.5)})
+    page = tmp_path / "page.md"
+    page.write_text(f"# P\n\n{COMPARE_BEGIN.format(json='cmp.json')}\n{COMPARE_END}\n\ntail\n")
+    assert main(["course", "--compare", str(a), str(b), "--json", str(tmp_path / "cmp.json"),
+                 "--page", str(page)]) == 0
+    text = page.read_text()
+    assert "| 08_sft | em | 0.5 | 0.5 | yes |" in text and text.endswith("tail\n")
+    assert json.loads((tmp_path / "cmp.json").read_text())["names"] == ["float32", "bf16"]
+    capsys.readouterr()
+    assert main(["course", "--compare", str(a), str(tmp_path / "missing")]) != 0
+    assert "missing/report does not exist: run `minimind course --out" in capsys.readouterr().err

@@ -85,3 +85,76 @@ def report_table(run_dir: str | Path, exclude=()) -> str:
         cells = " · ".join(f"{k} **{_fmt(v)}**" for k, v in entry.items()).replace("|", "\\|")
         lines.append(f"| {chapter} | {cells} |")
     return "\n".join(lines)
+
+
+# -- two runs of the course side by side (e.g. float32 against bf16 autocast) ------------------------------------
+# measures that time the machine, not the lesson: compared as speed, never against the tolerance
+TIMING_WORDS = ("seconds", "tokens_per_s", "latency", "_ms", "speedup")
+COMPARE_BEGIN = "<!-- begin: tables written by `minimind course --compare` from {json} -->"
+COMPARE_END = "<!-- end: tables written by `minimind course --compare` -->"
+
+
+def read_card(run_dir: str | Path) -> dict:
+    """{chapter: {measure: value}} of a run's report card, plus "wall time (s)" where the course recorded it."""
+    run_dir = Path(run_dir)
+    folder = run_dir / "report"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: run `minimind course --out {run_dir}` first")
+    card = {}
+    for file in sorted(folder.glob("*.json")):
+        entry = json.loads(file.read_text())
+        chapter = entry.pop("chapter")
+        entry.pop("time", None)
+        card[chapter] = entry
+    wall = run_dir / "wall_times.json"
+    for chapter, seconds in (json.loads(wall.read_text()) if wall.exists() else {}).items():
+        card.setdefault(chapter, {})["wall time (s)"] = seconds
+    return card
+
+
+def compare_cards(reference: str | Path, other: str | Path, rel_tol: float = 0.1, abs_tol: float = 0.05,
+                  names=("float32", "bf16")) -> dict:
+    """Every numeric measure of two report cards: a lesson measure agrees when it differs by at most abs_tol
+    (accuracies: 5 points) or rel_tol of the reference (losses, perplexities); timings are compared as speed."""
+    a, b = read_card(reference), read_card(other)
+    rows, timing = [], []
+    for chapter in sorted(set(a) & set(b)):
+        for measure, x in a[chapter].items():
+            y = b[chapter].get(measure)
+            if isinstance(x, bool) or isinstance(y, bool) or not isinstance(x, (int, float)) \
+                    or not isinstance(y, (int, float)):
+                if y is not None and x != y:
+                    rows.append({"chapter": chapter, "measure": measure, "reference": x, "other": y,
+                                 "within": False})
+                continue
+            if measure == "wall time (s)" or any(w in measure for w in TIMING_WORDS):
+                timing.append({"chapter": chapter, "measure": measure, "reference": x, "other": y})
+                continue
+            diff = y - x
+            rows.append({"chapter": chapter, "measure": measure, "reference": x, "other": y, "difference": diff,
+                         "within": abs(diff) <= abs_tol or abs(diff) <= rel_tol * abs(x)})
+    walls = [r for r in timing if r["measure"] == "wall time (s)"]
+    return {"names": list(names), "rel_tol": rel_tol, "abs_tol": abs_tol, "rows": rows, "timing": timing,
+            "wall_total": [sum(r["reference"] for r in walls), sum(r["other"] for r in walls)] if walls else None}
+
+
+def format_comparison(result: dict) -> str:
+    ref, other = result["names"]
+    rows = result["rows"]
+    outside = [r for r in rows if not r["within"]]
+    lines = [f"{len(rows) - len(outside)} of {len(rows)} lesson measures agree (within {result['abs_tol']:g} "
+             f"or {result['rel_tol']:.0%} of the {ref} value); {len(outside)} differ by more.", ""]
+    if result["wall_total"]:
+        a, b = result["wall_total"]
+        lines += [f"The whole course: {a / 60:.1f} min in {ref}, {b / 60:.1f} min in {other} ({a / b:.2f}x).", ""]
+    lines += [f"| chapter | measure | {ref} | {other} | agrees |", "| --- | --- | ---: | ---: | --- |"]
+    for r in rows:
+        lines.append(f"| {r['chapter']} | {r['measure']} | {_fmt(r['reference'])} | {_fmt(r['other'])} | "
+                     f"{'yes' if r['within'] else '**no**'} |")
+    walls = [r for r in result["timing"] if r["measure"] == "wall time (s)"]
+    if walls:
+        lines += ["", f"| chapter | wall time {ref} (s) | wall time {other} (s) | {other} faster by |",
+                  "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {r['chapter']} | {r['reference']:.0f} | {r['other']:.0f} | "
+                  f"{r['reference'] / max(r['other'], 1e-9):.2f}x |" for r in walls]
+    return "\n".join(lines)

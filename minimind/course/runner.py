@@ -2,6 +2,7 @@
 card, and build the book from the executed notebooks (they are not executed a second time)."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
             parameters={k: v for k, v in parameters.items() if k in declared})
         wall[nb.stem] = time.perf_counter() - start
         print(f"   {wall[nb.stem]:.1f} s", flush=True)
+        walls = run_dir / "wall_times.json"  # every chapter's latest time, kept across --only runs
+        walls.write_text(json.dumps({**(json.loads(walls.read_text()) if walls.exists() else {}), **wall},
+                                    indent=1) + "\n")
     card = write_report_card(run_dir, wall, title=f"MiniMind report card: preset {preset}")
     print(f"report card: {card}")
     if build_book:
