@@ -42,7 +42,7 @@ def _add_course(sub):
                 if not args.json:
                     raise SystemExit("--page needs --json FILE: the page names the JSON its tables come from")
                 from .use.bench import update_page
-                update_page(args.page, result, Path(args.json).name, tables=format_comparison(result),
+                update_page(args.page, result, args.json, tables=format_comparison(result),
                             begin=COMPARE_BEGIN, end=COMPARE_END)
             print(format_comparison(result))
             return

@@ -73,9 +73,10 @@ def test_fp16_with_a_grad_scaler_trains(stage, tmp_path, teacher):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["pretrain", "sft"])
 def test_compiled_first_steps_match_eager(stage, tmp_path, teacher):
-    eager = losses(stage, tmp_path / "eager", teacher, max_steps=2)
-    compiled = losses(stage, tmp_path / "compiled", teacher, max_steps=2, compile=True)
-    assert compiled == pytest.approx(eager, rel=1e-4)  # the start and the step after it
+    # in bf16 autocast, as --dtype auto trains on GPUs and bf16 CPUs: inductor's fused kernels round as eager's
+    eager = losses(stage, tmp_path / "eager", teacher, max_steps=2, dtype="bfloat16")
+    compiled = losses(stage, tmp_path / "compiled", teacher, max_steps=2, compile=True, dtype="bfloat16")
+    assert compiled == pytest.approx(eager, rel=1e-3)  # the start and the step after it
 
 
 # minimind-3's architecture at the tiny size: q/k-norm, and its MoE (top-1 of 4, no shared expert)
@@ -102,6 +103,6 @@ def test_minimind3_architecture_trains_in_bf16(tmp_path):
 
 @pytest.mark.slow
 def test_minimind3_architecture_compiles(tmp_path):
-    eager = minimind3_losses(tmp_path / "eager")
-    compiled = minimind3_losses(tmp_path / "compiled", compile=True)
-    assert compiled == pytest.approx(eager, rel=1e-4)
+    eager = minimind3_losses(tmp_path / "eager", dtype="bfloat16")
+    compiled = minimind3_losses(tmp_path / "compiled", compile=True, dtype="bfloat16")
+    assert compiled == pytest.approx(eager, rel=1e-3)

@@ -204,7 +204,8 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     stage.setup(model, device)
     model.to(device)
     optimizer = make_optimizer(model, args, device, stage.param_groups(args))
-    amp_dtype = autocast_dtype(args.dtype, device)
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)  # on a CPU, small models stay float32
+    amp_dtype = autocast_dtype(args.dtype, device, hidden)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     state = {"step": 0, "consumed": 0, "tokens": 0, "elapsed": 0.0, "stage": stage.name}
@@ -268,7 +269,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         else:
             print_every = max(args.log_every, math.ceil(total / 10 / args.log_every) * args.log_every)
     if args.progress and is_main:
-        print(f"{stage.name}: {describe_precision(args.dtype, device)}", flush=True)
+        print(f"{stage.name}: {describe_precision(args.dtype, device, hidden)}", flush=True)
     model.train()
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
     loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0

@@ -578,17 +578,24 @@ def _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype,
     batch = settings.batch_size or (32 if on_gpu else 4)
     seq = settings.seq_len or (512 if on_gpu else 256)
     configs = configs or {p: MiniMindConfig.from_preset(p) for p in settings.presets}
+
+    def amp_for(config):  # what training picks for this model: --dtype auto keeps small models float32 on a CPU
+        from ..train.runtime import autocast_dtype
+        return autocast_dtype(settings.dtype, device, config.hidden_size)
+    dtypes = {p: str(amp_for(c) or torch.float32).replace("torch.", "") for p, c in configs.items()}
     result = {
         "machine": {"device": str(device), "device_name": name, "peak_bf16_flops": peak,
                     "torch": torch.__version__, "transformers": transformers.__version__,
                     "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_average_before": load_before},
         "settings": {**dataclasses.asdict(settings), "batch_size": batch, "seq_len": seq,
-                     "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "compile": compile},
+                     "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "dtypes": dtypes,
+                     "dtype_asked": settings.dtype, "compile": compile},
         "training": [], "decoding": [], "fast_paths": [], "moe": None, "variants": [], "projection": None,
     }
     for preset, config in configs.items():
-        log(f"training: {preset} batch {batch} x {seq} ...")
+        amp_dtype = amp_for(config)
+        log(f"training: {preset} batch {batch} x {seq}, {dtypes[preset]} ...")
         ours, theirs = twin_models(config, device)
         with torch.no_grad():
             probe = torch.randint(3, config.vocab_size, (1, 16), device=device)
@@ -633,7 +640,7 @@ def _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype,
         log(f"MoE: {moe_cfg.preset} against its dense twin, batch {mb} x {ms} ...")
         torch.manual_seed(0)
         models = {"moe": MiniMindForCausalLM(moe_cfg).to(device), "dense": MiniMindForCausalLM(twin_cfg).to(device)}
-        res = bench_training(models, moe_cfg, mb, ms, settings.moe_reps, device, amp_dtype, compile,
+        res = bench_training(models, moe_cfg, mb, ms, settings.moe_reps, device, amp_for(moe_cfg), compile,
                              min_sample_s=settings.min_sample_s)
         result["moe"] = {
             "preset": moe_cfg.preset, "batch_size": mb, "seq_len": ms,
@@ -646,7 +653,7 @@ def _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype,
     for preset, config in variant_configs.items():
         log(f"precision and compile: {preset} batch {batch} x {seq}, {settings.variant_reps} rounds ...")
         result["variants"].append(bench_variants(
-            config, batch, seq, settings.variant_reps, device, amp_dtype, settings.variant_compile,
+            config, batch, seq, settings.variant_reps, device, amp_for(config), settings.variant_compile,
             settings.minimind_code, min_sample_s=settings.min_sample_s, preset=preset, log=log))
     measured = [r for r in result["training"] if r["ours_mfu"]]
     small = [r for r in measured if r["preset"] == "minimind2-small"] or measured
@@ -702,12 +709,20 @@ def _fmt(x, spec: str = ",.0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _dtypes(settings: dict) -> str:
+    """'float32'; or, where --dtype auto chose by model size, 'auto (tiny float32, minimind2-small bfloat16)'."""
+    per = settings.get("dtypes") or {}
+    if len(set(per.values())) > 1:
+        return f"{settings.get('dtype_asked')} ({', '.join(f'{p} {d}' for p, d in per.items())})"
+    return next(iter(per.values()), settings["dtype"])
+
+
 def format_table(result: dict) -> str:
     """The result as Markdown tables (what `minimind bench` prints and book/performance.md shows)."""
     m, s = result["machine"], result["settings"]
     lines = [f"{m['device_name']} ({m['device']}), torch {m['torch']}, transformers {m['transformers']}, "
              f"{m['threads']} thread(s) of {m['cpu_count']} cores, load average {m['load_average_before']} "
-             f"before, {m.get('load_average_after')} after; dtype {s['dtype']}, compile {s['compile']}", "",
+             f"before, {m.get('load_average_after')} after; dtype {_dtypes(s)}, compile {s['compile']}", "",
              "| training | batch x seq | ours tok/s | transformers tok/s | ratio | MFU ours | MFU theirs |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["training"]:
