@@ -39,6 +39,8 @@ out_dir = None         # where this run writes; None means runs/<preset>
 # %% [markdown]
 # ## The environment
 # What this machine offers. `auto` picks a CUDA GPU if there is one, then Apple's MPS, then the CPU.
+# "bf16 hardware" names the CPU feature that multiplies bfloat16 matrices natively (AMX, AVX512-BF16, Arm's
+# BF16), if there is one: chapter 07 explains when training uses it.
 
 # %%
 import time

@@ -116,7 +116,7 @@ for step in range(demo_steps):
 # The package's loop does exactly this, and adds what a long run needs around it: gradient accumulation,
 # mixed precision, `torch.compile`, several processes, logging, evaluation, checkpoints and resumption.
 # Given the same seed it builds the same model, shuffles the same way and takes the same steps, so the
-# two agree on every step:
+# two agree on every step (both in float32 here: the comparison is exact):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -132,6 +132,14 @@ del model, optimizer, loop
 # The loop (`minimind.train.train`) is the one every later stage uses. Every `eval_every` steps it
 # measures the loss on held-out text and lets a callback write a few samples, so we can watch the model
 # learn.
+#
+# **Precision.** With `dtype="auto"` the loop multiplies matrices in bfloat16 under `torch.autocast` where
+# that pays: on GPUs with bf16, and on CPUs with bf16 hardware (AMX, AVX512-BF16, Arm's BF16) for models
+# at least 512 wide, whose steps are mostly matrix products. The weights, the optimizer state and the loss
+# stay float32. The tiny preset stays float32 on every CPU: its matrices are too small for bf16 to win, and
+# the course's numbers come out the same on every laptop. The loop prints its choice and `summary["precision"]`
+# records it; `dtype="bfloat16"` or `"float32"` forces one. book/performance.md measures both: the speed of
+# each precision per preset, and the whole course run both ways.
 
 # %%
 prompts = ["Rusar lives in", "If you add 4 and 9, you get", "One autumn afternoon,"]
@@ -142,8 +150,8 @@ summary = train_stage("pretrain", run_dir / "pretrain", data=paths["pretrain"], 
                       callbacks=[sample_callback(tokenizer, prompts, max_new_tokens=16)])
 metrics = read_metrics(run_dir / "pretrain")
 val_loss = [m["val_loss"] for m in metrics if "val_loss" in m][-1]
-print(f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['wall_time']:.0f} s; "
-      f"validation loss {val_loss:.2f} (unigram {unigram_loss:.2f})")
+print(f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['wall_time']:.0f} s in "
+      f"{summary['precision']}; validation loss {val_loss:.2f} (unigram {unigram_loss:.2f})")
 
 # %%
 ax = plot_metrics({"pretrain": run_dir / "pretrain"}, baseline={"unigram": unigram_loss},
@@ -238,4 +246,4 @@ print("resumed == uninterrupted:", same)
 # %%
 record(run_dir, "07_pretrain", val_loss=round(val_loss, 4), unigram_loss=round(unigram_loss, 4),
        steps=summary["steps"], tokens=summary["tokens"], tokens_per_s=round(float(np.median(tps))),
-       train_seconds=round(summary["wall_time"], 1), resume_exact=same)
+       train_seconds=round(summary["wall_time"], 1), precision=summary["precision"], resume_exact=same)

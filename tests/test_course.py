@@ -35,11 +35,18 @@ def test_course_runs_a_chapter_with_papermill_and_builds_the_book(tmp_path, monk
     assert "00_setup" in (html / "book" / "report.html").read_text()  # the report card is a page of the book
 
 
-def test_dry_run_checks_every_stage_and_plans_the_gpu_run(capsys):
+def test_dry_run_checks_every_stage_and_plans_the_gpu_run(capsys, monkeypatch):
     from minimind.cli import main
-    from minimind.course.plan import RECIPE, dry_run
+    from minimind.course import plan as plan_module
+    from minimind.course.plan import RECIPE
     from minimind.train import STAGES
-    plan = dry_run(preset="tiny", data="course", device="cpu")
+    plans = []  # the command line's own plan (one dry run, not two)
+    real = plan_module.dry_run
+    monkeypatch.setattr(plan_module, "dry_run", lambda **kw: plans.append(real(**kw)) or plans[-1])
+    assert main(["course", "--dry-run", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "MFU" in out and "every stage stepped once" in out and "grpo" in out
+    plan = plans[0]
     rows = {r["stage"]: r for r in plan["rows"]}
     assert set(rows) == {s.stage for s in RECIPE} and set(rows) <= set(STAGES)
     for r in rows.values():
@@ -47,9 +54,6 @@ def test_dry_run_checks_every_stage_and_plans_the_gpu_run(capsys):
         assert r["steps"] == -(-r["samples"] * r["epochs"] // r["batch_size"])
     assert rows["grpo"]["tokens"] > 5 * rows["ppo"]["tokens"]  # 6 rollouts a prompt
     assert 0.2 < plan["mfu"] < 0.7 and plan["total_hours"] == pytest.approx(sum(r["hours_3090"] for r in rows.values()))
-    assert main(["course", "--dry-run", "--preset", "tiny"]) == 0
-    out = capsys.readouterr().out
-    assert "MFU" in out and "every stage stepped once" in out and "grpo" in out
 
 
 # -- two runs compared (float32 against bf16) --------------------------------------------------------------------
@@ -87,7 +91,7 @@ def test_compare_cli_writes_the_page_block(tmp_path, capsys):
     a = _fake_run(tmp_path / "float32", {"08_sft": dict(em=0.5)})
     b = _fake_run(tmp_path / "bf16", {"08_sft": dict(em=0.5)})
     page = tmp_path / "page.md"
-    page.write_text(f"# P\n\n{COMPARE_BEGIN.format(json='cmp.json')}\n{COMPARE_END}\n\ntail\n")
+    page.write_text(f"# P\n\n{COMPARE_BEGIN.format(json=tmp_path / 'cmp.json')}\n{COMPARE_END}\n\ntail\n")
     assert main(["course", "--compare", str(a), str(b), "--json", str(tmp_path / "cmp.json"),
                  "--page", str(page)]) == 0
     text = page.read_text()
@@ -96,3 +100,19 @@ def test_compare_cli_writes_the_page_block(tmp_path, capsys):
     capsys.readouterr()
     assert main(["course", "--compare", str(a), str(tmp_path / "missing")]) != 0
     assert "missing/report does not exist: run `minimind course --out" in capsys.readouterr().err
+
+
+def test_the_book_shows_the_course_comparison_of_its_json():
+    """book/performance.md's float32-vs-bf16 course tables are the committed JSON, as --compare --page wrote them."""
+    import re
+
+    from minimind.course.report import COMPARE_BEGIN, COMPARE_END, format_comparison
+    from minimind.use.bench import page_tables
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "book" / "performance.md").read_text()
+    names = re.findall(re.escape(COMPARE_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
+    assert names, "book/performance.md has no `minimind course --compare` block"
+    for name in names:
+        result = json.loads((root / name).read_text())
+        assert page_tables(text, name, COMPARE_BEGIN, COMPARE_END) == format_comparison(result), \
+            f"rerun: minimind course --compare ... --json {name} --page book/performance.md"

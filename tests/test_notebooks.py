@@ -2,8 +2,6 @@
 
 (nbval itself executes every notebooks/*.ipynb as part of `make test`; see pyproject's addopts.)
 """
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,16 +70,21 @@ def _run_nbval(notebook: Path, cwd: Path):
 
 @pytest.mark.slow
 def test_nbval_comparison_bites(tmp_path):
-    """A reference with one checked output changed must fail nbval; the untouched copy passes."""
-    source = ROOT / "notebooks" / "00_setup.ipynb"
+    """A reference with one checked output changed must fail nbval (as the chapters run it: --nbval-lax, the
+    cell marked NBVAL_CHECK_OUTPUT); the untouched copy passes. A two-cell notebook: the mechanism, in seconds."""
+    def notebook(printed):
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                               "language": "python"}})
+        checked = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(f'{25.8:.1f}M parameters')",
+                                            execution_count=1)
+        checked.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"{printed}M parameters\n")]
+        free = nbformat.v4.new_code_cell("import time\nprint(time.time())", execution_count=2)
+        free.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0\n")]  # unchecked: may differ
+        nb.cells = [checked, free]
+        return nb
     good, bad = tmp_path / "good.ipynb", tmp_path / "bad.ipynb"
-    shutil.copy(source, good)
-    nb = json.loads(source.read_text())
-    cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"]))
-    out = next(o for o in cell["outputs"] if "25.8M" in "".join(o.get("text", "")))
-    text = "".join(out["text"])
-    out["text"] = text.replace("25.8M", "25.9M")
-    bad.write_text(json.dumps(nb))
+    nbformat.write(notebook("25.8"), good)
+    nbformat.write(notebook("25.9"), bad)
     assert _run_nbval(good, tmp_path).returncode == 0
     result = _run_nbval(bad, tmp_path)
     assert result.returncode != 0 and "25.9M" in result.stdout

@@ -37,10 +37,13 @@ def teacher(tmp_path_factory):
     return out
 
 
-def losses(stage, out, teacher, tool_tokenizer=None, **extra):
-    """The loss of each step of a short run of `stage` (tiny preset, course corpus)."""
+def losses(stage, out, teacher, tool_tokenizer=None, layers=None, **extra):
+    """The loss of each step of a short run of `stage` (tiny preset, or `layers` of it; course corpus)."""
     paths = course()
     tokenizer = tool_tokenizer if stage == "agent" else paths["tokenizer"]
+    if layers:
+        torch.manual_seed(0)
+        extra["model"] = build_model("tiny", load_tokenizer(tokenizer), num_hidden_layers=layers)
     train_stage(stage, out, data=paths[DATA[stage]], tokenizer=tokenizer, preset="tiny",
                 teacher=teacher if stage == "distill" else None, stage_kwargs=OPTIONS.get(stage),
                 **{**COMMON, **extra})
@@ -73,9 +76,10 @@ def test_fp16_with_a_grad_scaler_trains(stage, tmp_path, teacher):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["pretrain", "sft"])
 def test_compiled_first_steps_match_eager(stage, tmp_path, teacher):
-    # in bf16 autocast, as --dtype auto trains on GPUs and bf16 CPUs: inductor's fused kernels round as eager's
-    eager = losses(stage, tmp_path / "eager", teacher, max_steps=2, dtype="bfloat16")
-    compiled = losses(stage, tmp_path / "compiled", teacher, max_steps=2, compile=True, dtype="bfloat16")
+    # in bf16 autocast, as --dtype auto trains on GPUs and bf16 CPUs: inductor's fused kernels round as eager's.
+    # One layer: every layer is the same code, and compiling time grows with the layers
+    eager = losses(stage, tmp_path / "eager", teacher, layers=1, max_steps=2, dtype="bfloat16")
+    compiled = losses(stage, tmp_path / "compiled", teacher, layers=1, max_steps=2, compile=True, dtype="bfloat16")
     assert compiled == pytest.approx(eager, rel=1e-3)  # the start and the step after it
 
 
@@ -84,11 +88,11 @@ MINIMIND3_TINY = dict(qk_norm=True, rms_norm_eps=1e-6, use_moe=True, n_routed_ex
                       num_experts_per_tok=1, aux_loss_alpha=5e-4)
 
 
-def minimind3_losses(out, **extra):
+def minimind3_losses(out, layers=None, **extra):
     paths = course()
     tok = load_tokenizer(paths["tokenizer"])
     torch.manual_seed(0)
-    model = build_model("tiny", tok, **MINIMIND3_TINY)
+    model = build_model("tiny", tok, **MINIMIND3_TINY, **({"num_hidden_layers": layers} if layers else {}))
     train_stage("pretrain", out, data=paths["pretrain"], tokenizer=paths["tokenizer"], model=model,
                 **{**COMMON, "max_steps": 2, **extra})
     return [r["loss"] for r in read_metrics(out)]
@@ -103,6 +107,6 @@ def test_minimind3_architecture_trains_in_bf16(tmp_path):
 
 @pytest.mark.slow
 def test_minimind3_architecture_compiles(tmp_path):
-    eager = minimind3_losses(tmp_path / "eager", dtype="bfloat16")
-    compiled = minimind3_losses(tmp_path / "compiled", compile=True, dtype="bfloat16")
+    eager = minimind3_losses(tmp_path / "eager", layers=1, dtype="bfloat16")
+    compiled = minimind3_losses(tmp_path / "compiled", layers=1, compile=True, dtype="bfloat16")
     assert compiled == pytest.approx(eager, rel=1e-3)

@@ -138,6 +138,10 @@ def compare_cards(reference: str | Path, other: str | Path, rel_tol: float = 0.1
             "wall_total": [sum(r["reference"] for r in walls), sum(r["other"] for r in walls)] if walls else None}
 
 
+def _time(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def format_comparison(result: dict) -> str:
     ref, other = result["names"]
     rows = result["rows"]
@@ -151,10 +155,12 @@ def format_comparison(result: dict) -> str:
     for r in rows:
         lines.append(f"| {r['chapter']} | {r['measure']} | {_fmt(r['reference'])} | {_fmt(r['other'])} | "
                      f"{'yes' if r['within'] else '**no**'} |")
-    walls = [r for r in result["timing"] if r["measure"] == "wall time (s)"]
-    if walls:
-        lines += ["", f"| chapter | wall time {ref} (s) | wall time {other} (s) | {other} faster by |",
-                  "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {r['chapter']} | {r['reference']:.0f} | {r['other']:.0f} | "
-                  f"{r['reference'] / max(r['other'], 1e-9):.2f}x |" for r in walls]
+    timing = [r for r in result["timing"] if r["reference"] and r["other"]]
+    if timing:
+        lines += ["", f"| chapter | time or speed | {ref} | {other} | {other} faster by |",
+                  "| --- | --- | ---: | ---: | ---: |"]
+        for r in timing:  # seconds: fewer is faster; a rate (tokens/s, a speedup): more is
+            a, b = r["reference"], r["other"]
+            faster = b / a if any(w in r["measure"] for w in ("per_s", "speedup")) else a / b
+            lines.append(f"| {r['chapter']} | {r['measure']} | {_time(a)} | {_time(b)} | {faster:.2f}x |")
     return "\n".join(lines)
