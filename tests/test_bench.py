@@ -273,16 +273,29 @@ def test_tables_go_into_a_page_between_markers(tmp_path):
         update_page(page, result, "other.json")
 
 
-def test_the_book_shows_the_tables_of_its_json():
-    """book/performance.md's tables are the committed JSON results, as `minimind bench --page` wrote them."""
+def check_page_blocks(begin: str, end: str, render, rerun: str) -> list[str]:
+    """Every block of book/performance.md between `begin` (naming its JSON file) and `end` is `render(json)`,
+    as the command that wrote it left it; returns the JSON files named."""
     root = Path(__file__).resolve().parents[1]
     text = (root / "book" / "performance.md").read_text()
-    names = re.findall(re.escape(PAGE_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
-    assert "book/performance_cpu.json" in names
+    names = re.findall(re.escape(begin).replace(re.escape("{json}"), "(.+?)"), text)
+    assert names, f"book/performance.md has no block starting {begin!r}"
     for name in names:
-        result = json.loads((root / name).read_text())
-        assert page_tables(text, name) == format_table(result), \
-            f"rerun: minimind bench --from-json {name} --page book/performance.md"
+        assert page_tables(text, name, begin, end) == render(json.loads((root / name).read_text())), \
+            f"rerun: {rerun.format(json=name)} --page book/performance.md"
+    return names
+
+
+def test_the_book_shows_the_tables_of_its_json():
+    """book/performance.md's tables are the committed JSON results, as `minimind bench --page` wrote them."""
+    names = check_page_blocks(PAGE_BEGIN, PAGE_END, format_table, "minimind bench --from-json {json}")
+    assert "book/performance_cpu.json" in names
+
+
+def test_the_book_shows_the_course_comparison_of_its_json():
+    """The float32-vs-bf16 course tables are the committed JSON, as `minimind course --compare --page` wrote them."""
+    from minimind.course.report import COMPARE_BEGIN, COMPARE_END, format_comparison
+    check_page_blocks(COMPARE_BEGIN, COMPARE_END, format_comparison, "minimind course --compare ... --json {json}")
 
 
 def test_interleaved_samples_the_same_number_of_calls_for_every_side():
@@ -327,11 +340,4 @@ def test_the_book_shows_the_data_bench_tables_of_its_json():
     from minimind.use.bench_data import PAGE_BEGIN as DATA_BEGIN
     from minimind.use.bench_data import PAGE_END as DATA_END
     from minimind.use.bench_data import format_markdown
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "book" / "performance.md").read_text()
-    names = re.findall(re.escape(DATA_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
-    assert names, "book/performance.md has no `minimind data bench` table"
-    for name in names:
-        results = json.loads((root / name).read_text())
-        assert page_tables(text, name, DATA_BEGIN, DATA_END) == format_markdown(results), \
-            f"rerun: minimind data bench --from-json {name} --page book/performance.md"
+    check_page_blocks(DATA_BEGIN, DATA_END, format_markdown, "minimind data bench --from-json {json}")

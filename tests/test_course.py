@@ -101,18 +101,3 @@ def test_compare_cli_writes_the_page_block(tmp_path, capsys):
     assert main(["course", "--compare", str(a), str(tmp_path / "missing")]) != 0
     assert "missing/report does not exist: run `minimind course --out" in capsys.readouterr().err
 
-
-def test_the_book_shows_the_course_comparison_of_its_json():
-    """book/performance.md's float32-vs-bf16 course tables are the committed JSON, as --compare --page wrote them."""
-    import re
-
-    from minimind.course.report import COMPARE_BEGIN, COMPARE_END, format_comparison
-    from minimind.use.bench import page_tables
-    root = Path(__file__).resolve().parents[1]
-    text = (root / "book" / "performance.md").read_text()
-    names = re.findall(re.escape(COMPARE_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
-    assert names, "book/performance.md has no `minimind course --compare` block"
-    for name in names:
-        result = json.loads((root / name).read_text())
-        assert page_tables(text, name, COMPARE_BEGIN, COMPARE_END) == format_comparison(result), \
-            f"rerun: minimind course --compare ... --json {name} --page book/performance.md"
