@@ -30,20 +30,27 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def recorded(run_dir: str | Path) -> dict[str, dict]:
+    """{chapter: {measure: value}} as the chapters recorded them in run_dir/report, in chapter order."""
+    card = {}
+    for file in sorted((Path(run_dir) / "report").glob("*.json")):
+        entry = json.loads(file.read_text())
+        chapter = entry.pop("chapter")
+        entry.pop("time", None)
+        card[chapter] = entry
+    return card
+
+
 def write_report_card(run_dir: str | Path, wall_times: dict[str, float] | None = None,
                       title: str | None = None) -> Path:
     """Render every recorded chapter into run_dir/report.md, one section a chapter."""
     run_dir = Path(run_dir)
     wall_times = wall_times or {}
     lines = [f"# {title or 'MiniMind report card'}", ""]
-    entries = sorted((run_dir / "report").glob("*.json"))
     if wall_times:
         total = sum(wall_times.values())
         lines += [f"Total wall time: {total / 60:.1f} min", ""]
-    for file in entries:
-        entry = json.loads(file.read_text())
-        chapter = entry.pop("chapter")
-        entry.pop("time", None)
+    for chapter, entry in recorded(run_dir).items():
         lines += [f"## {chapter}", "", "| measure | value |", "| --- | --- |"]
         if chapter in wall_times:
             lines.append(f"| wall time (s) | {wall_times[chapter]:.1f} |")
@@ -76,10 +83,7 @@ def report_table(run_dir: str | Path, exclude=()) -> str:
     """The recorded chapters as one compact Markdown table: a row a chapter, its measures in one cell
     (`name value · name value`), for showing the report card on one screen."""
     lines = ["| chapter | measured |", "| --- | --- |"]
-    for file in sorted((Path(run_dir) / "report").glob("*.json")):
-        entry = json.loads(file.read_text())
-        chapter = entry.pop("chapter")
-        entry.pop("time", None)
+    for chapter, entry in recorded(run_dir).items():
         if chapter in exclude:
             continue
         cells = " · ".join(f"{k} **{_fmt(v)}**" for k, v in entry.items()).replace("|", "\\|")
@@ -100,12 +104,7 @@ def read_card(run_dir: str | Path) -> dict:
     folder = run_dir / "report"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist: run `minimind course --out {run_dir}` first")
-    card = {}
-    for file in sorted(folder.glob("*.json")):
-        entry = json.loads(file.read_text())
-        chapter = entry.pop("chapter")
-        entry.pop("time", None)
-        card[chapter] = entry
+    card = recorded(run_dir)
     wall = run_dir / "wall_times.json"
     for chapter, seconds in (json.loads(wall.read_text()) if wall.exists() else {}).items():
         card.setdefault(chapter, {})["wall time (s)"] = seconds
