@@ -318,7 +318,8 @@ MINIMIND_CODE_FIXTURE = Path("tests") / "fixtures" / "minimind_code" / "minimind
 
 
 def _short(amp_dtype: Optional[torch.dtype]) -> str:
-    return SHORT_DTYPE[str(amp_dtype or torch.float32).replace("torch.", "")]
+    from ..train.runtime import precision_name
+    return SHORT_DTYPE[precision_name(amp_dtype)]
 
 
 def half_dtype(device: torch.device) -> torch.dtype:
@@ -582,14 +583,15 @@ def _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype,
     def amp_for(config):  # what training picks for this model: --dtype auto keeps small models float32 on a CPU
         from ..train.runtime import autocast_dtype
         return autocast_dtype(settings.dtype, device, config.hidden_size)
-    dtypes = {p: str(amp_for(c) or torch.float32).replace("torch.", "") for p, c in configs.items()}
+    from ..train.runtime import precision_name
+    dtypes = {p: precision_name(amp_for(c)) for p, c in configs.items()}
     result = {
         "machine": {"device": str(device), "device_name": name, "peak_bf16_flops": peak,
                     "torch": torch.__version__, "transformers": transformers.__version__,
                     "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_average_before": load_before},
         "settings": {**dataclasses.asdict(settings), "batch_size": batch, "seq_len": seq,
-                     "dtype": str(amp_dtype or torch.float32).replace("torch.", ""), "dtypes": dtypes,
+                     "dtype": precision_name(amp_dtype), "dtypes": dtypes,
                      "dtype_asked": settings.dtype, "compile": compile},
         "training": [], "decoding": [], "fast_paths": [], "moe": None, "variants": [], "projection": None,
     }
