@@ -59,6 +59,15 @@ class KVCache:
         self._len[layer] = n + t
         return buf_k[:, :, :n + t], buf_v[:, :, :n + t]
 
+    def expand(self, batch: int) -> "KVCache":
+        """A cache of one row (a shared prompt) repeated for `batch` rows: views of this one, so nothing is copied
+        until the rows append their own tokens, and gradients from every row flow back into the one prompt."""
+        out = KVCache(len(self._k), self.chunk)
+        out._k = [None if k is None else k[:, :, :n].expand(batch, -1, -1, -1) for k, n in zip(self._k, self._len)]
+        out._v = [None if v is None else v[:, :, :n].expand(batch, -1, -1, -1) for v, n in zip(self._v, self._len)]
+        out._len = list(self._len)
+        return out
+
     def select(self, index: torch.Tensor) -> None:
         """Keep only the batch rows in `index` (e.g. after some sequences finished)."""
         self._k = [k[index] if k is not None else None for k in self._k]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..data.datasets import IGNORE_INDEX
 from ..model import MiniMindForCausalLM
+from ..model.attention import KVCache
 from ..model.checkpoint import state_tensors
 from ..model.lora import DEFAULT_TARGETS, apply_lora, lora_state_dict, save_adapter
 from ..model.loss import shift_labels
@@ -126,6 +127,61 @@ class SFTStage(Stage):
     """Same loss as pretraining; the dataset masks the labels to the assistant's turns."""
     name, help = "sft", "supervised fine-tuning on conversations (loss on the assistant's turns)"
     defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
+    options = {"shared_prefix": Option(False, "sft: run the prompt that a batch's conversations share (a system turn "
+                                              "with tools) once per batch, not once per row: the same loss, fewer "
+                                              "tokens")}
+
+    def __init__(self, shared_prefix: bool = False):
+        self.shared_prefix = shared_prefix
+
+    def loss(self, model, batch):
+        if self.shared_prefix:
+            shared = shared_prefix_loss(model, batch["input_ids"], batch["labels"])
+            if shared is not None:
+                return shared
+        return super().loss(model, batch)
+
+
+def common_prefix(input_ids: torch.Tensor, labels: torch.Tensor, min_len: int = 32) -> tuple[list[int], int]:
+    """(the rows that open with the batch's most common first min_len tokens, the length P of the prefix they all
+    share and learn nothing in: labels[:, :P + 1] are all ignored, so no row needs a prediction from inside it).
+    ([], 0) when fewer than two rows share min_len such tokens."""
+    b, t = input_ids.shape
+    if b < 2 or t <= min_len:
+        return [], 0
+    heads = [tuple(row) for row in input_ids[:, :min_len].tolist()]
+    most = max(set(heads), key=heads.count)
+    rows = [i for i, h in enumerate(heads) if h == most]
+    if len(rows) < 2:
+        return [], 0
+    ids = input_ids[rows]  # (G, T)
+    same = int((ids == ids[:1]).all(0).long().cumprod(0).sum())  # tokens every row of the group shares
+    learned = (labels[rows] != IGNORE_INDEX).any(0).nonzero()
+    first = int(learned[0]) if len(learned) else t  # the first position any row learns
+    p = min(same, first - 1, t - 1)
+    return (rows, p) if p >= min_len else ([], 0)
+
+
+def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
+    """The plain next-token loss, with the prompt that most rows share run once: its keys and values are
+    expanded to those rows, which then run only their own tokens; the other rows run whole. None when no
+    prompt of min_len tokens is shared (the caller runs the plain loss)."""
+    rows, p = common_prefix(input_ids, labels, min_len)
+    if not rows:
+        return None
+    cache = KVCache(getattr(model, "module", model).config.num_hidden_layers)  # (DDP wraps the model)
+    model(input_ids[rows[:1], :p], past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt once
+    parts = [(model(input_ids[rows, p:], labels=labels[rows, p:], past_key_values=cache.expand(len(rows))),
+              labels[rows, p:])]  # (G, T - P): the rows' own tokens, attending to the prompt's keys and values
+    others = [i for i in range(input_ids.shape[0]) if i not in rows]
+    if others:
+        parts.append((model(input_ids[others], labels=labels[others]), labels[others]))
+    counts = [(shift_labels(lab) != IGNORE_INDEX).sum() for _, lab in parts]
+    total = sum(counts).clamp(min=1)
+    ce = sum(out.ce * n for (out, _), n in zip(parts, counts)) / total  # the mean over every learned token
+    aux = [out.aux_loss for out, _ in parts if out.aux_loss is not None]
+    metrics = {"ce": ce.detach(), "aux": sum(aux).detach() / len(aux)} if aux else {}
+    return (ce + sum(aux) / len(aux) if aux else ce), metrics
 
 
 @register
