@@ -8,6 +8,7 @@ from course_helpers import course, tokenizer
 from minimind.cli import main
 from minimind.data.corpus import SIZES, build_world, corpus_paths, ensure_course_data, write_course_corpus
 from minimind.data.datasets import check_file, iter_texts, read_jsonl
+from minimind.use.eval import answer_matches
 
 KINDS = dict(pretrain="pretrain", pretrain_val="pretrain", sft="sft", sft_val="sft", lora="sft", reason="sft",
              dpo="dpo", dpo_val="dpo", rl="rl", rl_val="rl", eval="eval", tool_sft="sft", tool_sft_val="sft",
@@ -145,6 +146,8 @@ def test_tool_tasks_need_the_tools_and_the_held_out_ones_were_never_trained_on()
                 calls += 1
                 if call["name"] == "lookup":
                     asked.add((call["arguments"]["name"], call["arguments"]["fact"]))
+        if any(m.get("tool_calls") for m in msgs):  # the answer is the last number, as answer_matches checks it
+            assert answer_matches(msgs[-1]["content"], str(json.loads(msgs[-2]["content"]).popitem()[1])), msgs
     assert calls > 1000 and not asked & set(held) and asked - {p for p in asked if p[1] == "age"}
     evals = list(read_jsonl(paths["tool_eval"], "rl"))
     assert {r["kind"] for r in evals} == {"lookup", "sum", "later"}

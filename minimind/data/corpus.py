@@ -236,7 +236,7 @@ EN = dict(
     tool_answer={"house": "{name} lives at number {value}.", "weight": "{name} weighs {value} kilograms.",
                  "shoe": "{name} wears shoes of size {value}."},
     later_ask="How old will {name} be in {k} years?",
-    later_answer="{name} will be {r} years old in {k} years.",
+    later_answer="In {k} years {name} will be {r} years old.",  # the answer is the last number, as checked
 )
 LEXICONS = {"en": EN}  # another language: a lexicon with EN's keys, then lang=
 
