@@ -1,0 +1,330 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 14 · Tool calls
+#
+# A language model knows what it read and computes what its weights can. Ask the course's model for a
+# fact that is in no text it ever saw, or for a sum past the small ones its SFT data taught, and it can
+# only guess. MiniMind's current generation (minimind-3) learns a way out: it writes a **tool call**, a
+# short JSON request in `<tool_call>` tags; the program around the model runs the tool and hands the result
+# back in a `tool` turn; the model reads it and answers. This chapter teaches the course's model the same:
+#
+# 1. **The template**: minimind-3's chat template, which lists the tools in the system turn and marks
+#    calls and results with tags.
+# 2. **A tokenizer that can read it**: the course tokenizer has never seen JSON; we *extend* it with new
+#    merges and grow the model's embedding, keeping every old token's id.
+# 3. **SFT on tool calls**: conversations in which the assistant calls a tool, reads the result and answers,
+#    trained with the shared system turn run once per batch.
+# 4. **Episodes**: the program that runs the model's calls, turn after turn, and what one looks like.
+#
+# The tools belong to the course world (`minimind.data.tools.course_tools`): `add` and `subtract`, and
+# `lookup(name, fact)` in the **town register**, which holds each person's house number, weight, shoe size and
+# age. The register's house numbers, weights and shoe sizes appear in no text of the corpus.
+
+# %% tags=["parameters"]
+preset = "tiny"
+data = "course"          # the model chapter 08 fine-tuned (course | minimind); the tool files are the course world's
+device = "auto"
+dtype = "auto"           # auto: bf16 autocast on a GPU or a CPU with bf16 hardware, else float32
+out_dir = None
+new_merges = 200         # merges the tokenizer learns from the tool conversations
+sft_steps = None         # tool SFT: optimizer steps (None: the preset's recipe below)
+sft_lr = 3e-3
+seeds = (0, 1, 2)        # every measured gain is repeated with these seeds: the spread tells learning from luck
+max_turns = 3            # model turns per episode (a lookup, a sum and the answer)
+max_new_tokens = 48      # per model turn
+
+# %%
+import json
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from IPython.display import HTML, display
+
+from minimind import MiniMindForCausalLM
+from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.recipe import stage_done
+from minimind.data import read_jsonl
+from minimind.data.datasets import SFTDataset, pad_collate, render_record
+from minimind.data.tokenizer import extend_tokenizer, tokens_html
+from minimind.data.tools import course_tools
+from minimind.train import load_tokenizer, read_metrics, train_stage
+from minimind.train.stages import common_prefix
+from minimind.use.eval import tool_task_accuracy
+
+# tiny: measured on 2 CPU cores (400 steps left one seed of three near no tools; 600 taught all three)
+RECIPES = {"tiny": dict(sft_steps=600), "gpu": dict(sft_steps=2000)}
+recipe = RECIPES["tiny" if preset == "tiny" else "gpu"]
+globals().update({key: value for key, value in recipe.items() if globals()[key] is None})
+seeds = tuple(seeds)
+if preset == "tiny":
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+run_dir = runs_dir(preset, out_dir)
+paths = data_paths(data)
+course = data_paths("course") if data != "course" else paths  # the tool files and the register
+tokenizer = load_tokenizer(paths["tokenizer"])
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model, or built now
+sft = MiniMindForCausalLM.from_pretrained(sft_dir).eval()
+registry = json.loads(course["registry"].read_text())
+tools = course_tools(registry["people"])
+
+# %% [markdown]
+# ## What the model cannot know
+# The held-out tool tasks (`tool_eval.jsonl`) ask three kinds of question: a register fact that no training
+# file ever states (**lookup**), a sum or difference of two-digit numbers (**sum**), and how old someone will be
+# in some years (**later**: the age, then a sum). Chapter 08's model answers them from its weights:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+tasks = read_jsonl(course["tool_eval"], "rl")
+kinds = sorted({t["kind"] for t in tasks})
+print(f"{len(tasks)} held-out tool tasks: " + ", ".join(f"{sum(t['kind'] == k for t in tasks)} {k}" for k in kinds))
+for k in kinds:
+    t = next(t for t in tasks if t["kind"] == k)
+    print(f"  {k:7} {t['conversations'][-1]['content']!r} -> {t['answer']}")
+
+# %%
+without = tool_task_accuracy(sft, tokenizer, tasks, toolbox=None, max_new_tokens=max_new_tokens)
+print(f"chapter 08's model, no tools: {without['accuracy']:.1%} of {without['n']} "
+      + "(" + ", ".join(f"{k} {v:.0%}" for k, v in without["by_kind"].items()) + ")")
+for row in without["rows"][:3]:
+    print(f"  {row['question']!r} -> {row['reply']!r} (answer {row['answer']})")
+
+# %% [markdown]
+# It answers fluently and wrongly: a fact it knows about the person instead of the one asked, and hardly ever
+# the right sum. The register's facts are not in its weights, and the sums are past what the tiny model
+# learned from chapter 08's sums to 10.
+#
+# ## The template
+# minimind-3's chat template (`MINIMIND3_CHAT_TEMPLATE` in `minimind/data/tokenizer.py`, MiniMind's own,
+# rendered natively in Python) writes the tools' JSON schemas into the system turn, between `<tools>` tags,
+# with an instruction to answer calls in `<tool_call>` tags. An assistant turn that calls a tool holds only
+# the call; the result comes back as a `user` turn wrapped in `<tool_response>`; then the assistant answers.
+# Every assistant turn opens with a think block, empty here (`<think>\n\n</think>`). One tool-call SFT
+# conversation from `tool_sft.jsonl`, in MiniMind's data format (the system turn carries `tools`, the
+# assistant turn `tool_calls`):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+example = next(r["conversations"] for r in read_jsonl(course["tool_sft"], "sft")
+               if sum(bool(m.get("tool_calls")) for m in r["conversations"]) == 1 and "lookup" in json.dumps(r))
+for m in example:
+    shown = {k: v for k, v in m.items() if k != "tools"}
+    print(json.dumps(shown, ensure_ascii=False) + (f'  (+ "tools": {len(m["tools"])} schemas)' if "tools" in m else ""))
+text, spans = render_record(example, "minimind3")
+print("\n" + text[text.index("</tools>"):])
+
+# %% [markdown]
+# ## A tokenizer that can read it
+# The course tokenizer learned its merges from the course's plain English. JSON is new to it: `"type"`,
+# `"function"` and `"properties"` fall apart into letters. Rendered with the tools, a short conversation
+# costs the tiny model hundreds of positions:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+texts = [render_record(r["conversations"], "minimind3")[0] for r in read_jsonl(course["tool_sft"], "sft")]
+print(f"course tokenizer: {len(tokenizer.encode(text))} tokens for the conversation above, "
+      f"{np.mean([len(tokenizer.encode(t)) for t in texts]):.0f} on average over {len(texts)} tool conversations")
+print(tokenizer.tokenize('{"type": "function"}'))
+
+# %% [markdown]
+# Training a new tokenizer would mean a new model. Instead we **extend** the old one, as projects that
+# teach an English model a new language do: `extend_tokenizer` continues BPE where it stopped. It splits the
+# new text the way the old tokenizer does, counts the pairs of old tokens, and merges the most frequent pair,
+# again and again (`new_merges` times). The new merges go after the old ones, so old text splits exactly as
+# before, and every old token keeps its id. minimind-3's tags (`<tool_call>`, `<tool_response>` and their
+# closing tags) become tokens of their own. Runs of whitespace are left unmerged, so a prompt that ends with
+# the empty think block `</think>\n\n` is cut into the same tokens as the middle of a training conversation,
+# where `\n\n` comes before the answer. (With a merged `\n\n` token, the model would see a token at the end of
+# every prompt that it had only ever seen before a tool call.)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+tool_tokenizer = extend_tokenizer(tokenizer, texts, new_merges=new_merges, template="minimind3")
+print(f"vocabulary {tokenizer.vocab_size} -> {tool_tokenizer.vocab_size}; "
+      f"{len(tool_tokenizer.encode(text))} tokens for the conversation above, "
+      f"{np.mean([len(tool_tokenizer.encode(t)) for t in texts]):.0f} on average")
+print(tool_tokenizer.tokenize('{"type": "function"}'))
+docs = [r["text"] for r in read_jsonl(paths["pretrain_val"], "pretrain", limit=300)] if "pretrain_val" in paths else []
+same = sum(tokenizer.encode(d) == tool_tokenizer.encode(d) for d in docs)
+print(f"held-out pretraining documents split exactly as before: {same} of {len(docs)}")
+
+# %% [markdown]
+# The model must grow with the vocabulary: `resize_token_embeddings` adds a row to the (tied) embedding for
+# each new token, set to the mean of the old rows, so a new token starts as an average token rather than as
+# noise the output layer would predict at random. Below, the tokens SFT learns from are green: the calls and
+# the answer. The tools block and the tool's result are grey: the model reads them and is never trained to
+# write them.
+
+# %%
+ids = tool_tokenizer.encode(text)
+sample = SFTDataset([{"conversations": example}], tool_tokenizer, max_len=1024)[0]
+display(HTML(tokens_html(tool_tokenizer, sample["input_ids"][-70:], sample["labels"][-70:])))
+
+
+# %% [markdown]
+# ## SFT on tool calls
+# `tool_sft.jsonl` mixes several kinds of conversation: a fact looked up, a sum done, both (the age, then the
+# sum), and chapter 08's kind (questions about the world that the model answers from what it knows, some of
+# them with the tools offered, so that it also learns when *not* to call). Counted:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def conversation_kind(conversation):
+    called = {c["name"] for m in conversation for c in m.get("tool_calls") or []}
+    if not any(m.get("tools") for m in conversation):
+        return "no tools offered"
+    if not called:
+        return "tools offered, none called"
+    return "lookup, then a sum" if "lookup" in called and called - {"lookup"} else \
+        "lookup" if "lookup" in called else "sum"
+
+
+records = read_jsonl(course["tool_sft"], "sft")
+mix = Counter(conversation_kind(r["conversations"]) for r in records)
+for kind, n in mix.most_common():
+    print(f"{kind:28} {n / len(records):5.0%}")
+asked = Counter(c["arguments"]["name"] for r in records for m in r["conversations"] for c in m.get("tool_calls") or []
+                if c["name"] == "lookup")
+strangers = set(registry["strangers"])
+about_strangers = sum(n for k, n in asked.items() if k in strangers) / sum(asked.values())
+print(f"lookups about strangers (people in no other text): {about_strangers:.0%}, "
+      f"{len(strangers & set(asked))} strangers asked about")
+
+# %% [markdown]
+# Two choices in that data decide whether the model learns to *read* the tool. First, most lookups ask about
+# **strangers**: people of the register who appear in no other text, each asked once or twice. A model trained
+# only on the world's people would meet each of their facts many times and simply remember them; it would then
+# answer a held-out fact with a remembered one, whatever the tool said. Second, the tools answer in JSON
+# (`{"weight": 54}`), so the number the model copies follows a space, as it does in the answer it writes.
+# After the tool turn's newline, `54` would be another token than ` 54`, and copying would mean translating.
+# For the same reason every number in these tasks is one token (two-digit numbers, as the course's ages are).
+#
+# Every tool conversation opens with the same system turn, the tools block. The SFT stage's `shared_prefix`
+# option runs that prompt once per batch instead of once per conversation: its keys and values are expanded
+# to the batch's rows (`KVCache.expand`), which then run only their own tokens. The prompt holds no token the
+# model learns, so the loss and the gradients are the same as running every row whole
+# (`tests/test_shared_prefix.py` checks both):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+rows16 = SFTDataset(records[:16], tool_tokenizer, max_len=512)  # a batch of 16, in file order, padded as training does
+batch = pad_collate([rows16[i] for i in range(16)], tool_tokenizer.pad_token_id)
+rows, shared = common_prefix(batch["input_ids"], batch["labels"])
+lengths = batch["attention_mask"].sum(1).tolist()
+computed = sum(n - shared if i in rows else n for i, n in enumerate(lengths)) + shared
+print(f"{len(rows)} of 16 conversations share their first {shared} tokens (each has {np.mean(lengths):.0f} on "
+      f"average); run once, the prompt leaves {computed / sum(lengths):.0%} of the tokens to compute")
+
+# %% [markdown]
+# The held-out tasks ask, for each of the world's people, the one register fact no training conversation
+# asks, and sums no training conversation does: a right answer there must have been read from the tool. The
+# run starts from chapter 08's model, resized, and trains `sft_steps` steps, once per seed.
+
+# %%
+def tool_sft_run(seed):
+    """run_dir/tool_sft (the first seed: the chapter's model) or run_dir/tool_seeds/sft_seedN, trained unless
+    a finished run is there."""
+    out = run_dir / "tool_sft" if seed == seeds[0] else run_dir / "tool_seeds" / f"sft_seed{seed}"
+    if not stage_done(out):
+        model = MiniMindForCausalLM.from_pretrained(sft_dir).resize_token_embeddings(tool_tokenizer.vocab_size)
+        train_stage("sft", out, data=course["tool_sft"], val_data=course["tool_sft_val"], tokenizer=tool_tokenizer,
+                    model=model, max_steps=sft_steps, lr=sft_lr, seed=seed, seq_len=512, device=device,
+                    eval_every=sft_steps, progress=False, dtype=dtype, stage_kwargs=dict(shared_prefix=True))
+    return out
+
+
+tool_sft_dirs = {seed: tool_sft_run(seed) for seed in seeds}
+with_tools = {seed: tool_task_accuracy(MiniMindForCausalLM.from_pretrained(d).eval(), tool_tokenizer, tasks, tools,
+                                       max_turns=max_turns, max_new_tokens=max_new_tokens)
+              for seed, d in tool_sft_dirs.items()}
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+for seed, d in tool_sft_dirs.items():
+    m = read_metrics(d)
+    ax.plot([r["step"] for r in m if "loss" in r], [r["loss"] for r in m if "loss" in r], alpha=0.7,
+            label=f"seed {seed}")
+ax.set(xlabel="step", ylabel="loss on the assistant's tokens", title="tool SFT")
+ax.legend()
+ax.grid(alpha=0.3)
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+accs = np.array([r["accuracy"] for r in with_tools.values()])
+print(f"{'held-out tool tasks':24} {'all':>7} " + " ".join(f"{k:>7}" for k in kinds))
+print(f"{'SFT, no tools':24} {without['accuracy']:7.1%} " + " ".join(f"{without['by_kind'][k]:7.1%}" for k in kinds))
+for seed, r in with_tools.items():
+    print(f"{f'SFT with tools, seed {seed}':24} {r['accuracy']:7.1%} "
+          + " ".join(f"{r['by_kind'][k]:7.1%}" for k in kinds))
+gain = accs.mean() - without["accuracy"]
+print(f"gain {gain:+.1%} (seeds spread {accs.max() - accs.min():.1%})")
+assert accs.min() - without["accuracy"] > accs.max() - accs.min(), "tool SFT did not clearly beat SFT without tools"
+
+# %% [markdown]
+# ## One episode, readably
+# `agent_rollouts` (in `minimind/align/agent.py`) runs episodes for a batch of prompts at once: every model
+# turn, the unfinished episodes generate together; the calls they wrote are parsed (`parse_tool_calls`:
+# bad JSON becomes an error message for the model, never an exception) and run by the toolbox, which runs only
+# its registered functions, checks their arguments against the schema and limits their time; the results
+# are appended as a tool turn; an episode ends when the model answers without a call, or after `max_turns`.
+# A "later" task needs two calls:
+
+# %%
+later = [i for i, t in enumerate(tasks) if t["kind"] == "later"]
+first = with_tools[seeds[0]]
+shown = next((i for i in later if first["rows"][i]["correct"]), later[0])
+print(f"user: {tasks[shown]['conversations'][-1]['content']}")
+for m in first["episodes"][shown]:
+    if m.get("tool_calls"):
+        for c in m["tool_calls"]:
+            print(f"  assistant calls {c['name']}({', '.join(f'{k}={v!r}' for k, v in c['arguments'].items())})")
+    elif m["role"] == "tool":
+        print(f"  tool returns {m['content']!r}")
+    else:
+        print(f"  assistant: {m['content']}")
+print(f"(answer {tasks[shown]['answer']}: {'right' if first['rows'][shown]['correct'] else 'wrong'})")
+
+# %%
+train_seconds = sum(json.loads((d / "summary.json").read_text())["wall_time"] for d in tool_sft_dirs.values())
+record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(without["accuracy"], 3),
+       tool_sft=round(float(accs.mean()), 3), tool_sft_min=round(float(accs.min()), 3),
+       tool_sft_spread=round(float(accs.max() - accs.min()), 3),
+       **{f"tool_sft_{k}": round(float(np.mean([r["by_kind"][k] for r in with_tools.values()])), 3) for k in kinds},
+       train_seconds=round(train_seconds, 1))
+
+# %% [markdown]
+# ## Try it
+# The tool-SFT model chats with its tools in the terminal (`minimind chat runs/tiny/tool_sft --tools course`):
+# it prints each call and the tool's result as the episode runs. `minimind serve runs/tiny/tool_sft` returns
+# its calls to an OpenAI client as `tool_calls`, with `finish_reason: "tool_calls"`; the client runs them
+# and sends the results back as `tool` messages (`tests/test_tools.py` runs that round trip with the
+# official `openai` client).
+#
+# MiniMind trains the next step with reinforcement learning over whole episodes (`train_agent.py`, GRPO or
+# CISPO): the package has it as the `agent` stage (`minimind train agent --tools course`), with the loss on
+# the model's own tokens and the tool results masked out.
+#
+# ## Summary
+# - A tool call is text: JSON between `<tool_call>` tags, which the program parses and runs; only registered
+#   tools run, and a broken call comes back to the model as an error message.
+# - minimind-3's template puts the tools' schemas in the system turn; extending the tokenizer keeps every old
+#   token and makes the template's tags tokens of their own.
+# - SFT on tool conversations teaches the model to call and to copy the result into its answer. It learns it
+#   only with enough steps, and it learns it for facts it never saw, which is the point of a tool.
