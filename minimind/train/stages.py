@@ -166,10 +166,12 @@ def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
     """The plain next-token loss, with the prompt that most rows share run once: its keys and values are
     expanded to those rows, which then run only their own tokens; the other rows run whole. None when no
     prompt of min_len tokens is shared (the caller runs the plain loss)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return None  # DDP expects one forward per backward; this makes up to three (the plain loss runs instead)
     rows, p = common_prefix(input_ids, labels, min_len)
     if not rows:
         return None
-    cache = KVCache(getattr(model, "module", model).config.num_hidden_layers)  # (DDP wraps the model)
+    cache = KVCache(model.config.num_hidden_layers)
     model(input_ids[rows[:1], :p], past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt once
     parts = [(model(input_ids[rows, p:], labels=labels[rows, p:], past_key_values=cache.expand(len(rows))),
               labels[rows, p:])]  # (G, T - P): the rows' own tokens, attending to the prompt's keys and values
