@@ -1,11 +1,14 @@
 """SFT with a shared prompt run once per batch (SFTStage's shared_prefix): the same loss and gradients as running
 every row whole, in float32, under bf16 autocast and compiled; and the prefix never hides a learned token."""
+import contextlib
+
 import pytest
 import torch
 from conftest import random_model, small_config
 from course_helpers import course
 
 from minimind.data.datasets import IGNORE_INDEX
+from minimind.model import fast
 from minimind.model.attention import KVCache
 from minimind.train import load_tokenizer, read_metrics, train_stage
 from minimind.train.stages import common_prefix, shared_prefix_loss
@@ -55,6 +58,17 @@ def test_loss_and_gradients_equal_the_plain_forward():
     assert g_shared.keys() == g_plain.keys()
     for name in g_plain:
         torch.testing.assert_close(g_shared[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("formula", ["fast", "plain"])  # plain: as under torch.compile, a mean over no token is NaN
+def test_rows_that_learn_nothing_leave_the_loss_finite(formula):
+    model = random_model(small_config()).train()
+    ids, labels = batch()
+    labels[2] = IGNORE_INDEX  # the one row outside the shared prompt learns nothing (truncated before its answer)
+    with fast.plain("loss") if formula == "plain" else contextlib.nullcontext():
+        shared, _ = shared_prefix_loss(model, ids, labels)
+        plain = plain_loss(model, ids, labels)
+    assert torch.isfinite(shared) and shared.item() == pytest.approx(plain.item(), rel=1e-5)
 
 
 def test_a_moe_model_learns_from_the_same_tokens():

@@ -178,9 +178,9 @@ def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
     others = [i for i in range(input_ids.shape[0]) if i not in rows]
     if others:
         parts.append((model(input_ids[others], labels=labels[others]), labels[others]))
-    counts = [(shift_labels(lab) != IGNORE_INDEX).sum() for _, lab in parts]
-    total = sum(counts).clamp(min=1)
-    ce = sum(out.ce * n for (out, _), n in zip(parts, counts)) / total  # the mean over every learned token
+    counts = [int((shift_labels(lab) != IGNORE_INDEX).sum()) for _, lab in parts]
+    # the mean over every learned token; a part that learns nothing has a NaN mean and is left out
+    ce = sum(out.ce * n for (out, _), n in zip(parts, counts) if n) / max(sum(counts), 1)
     aux = [out.aux_loss for out, _ in parts if out.aux_loss is not None]
     metrics = {"ce": ce.detach(), "aux": sum(aux).detach() / len(aux)} if aux else {}
     return (ce + sum(aux) / len(aux) if aux else ce), metrics
