@@ -86,3 +86,16 @@ def test_the_agent_stage_needs_a_template_with_tools():
     course = train_tokenizer(LINES, vocab_size=400)
     with pytest.raises(ValueError, match="--template minimind3"):
         AgentStage("rule", course)
+
+
+def test_the_format_reward_is_per_episode_so_extra_calls_earn_nothing(tok):
+    stage = AgentStage("rule", tok, tools="calculator", group_size=3, max_new_tokens=64, format_weight=0.1)
+    broken = '<tool_call>\n{"name": "add", "arguments": {"a": 17\n</tool_call>'
+    # row 0 calls once, row 1 twice, row 2 writes a broken call; each then answers wrongly (turn by turn, row by row)
+    policy = ScriptedPolicy(tok, [ADD_CALL, ADD_CALL, broken, "41", ADD_CALL, "41", "41"])
+    prompt = render_chat([{"role": "user", "content": "What is 17 plus 25?"}], add_generation_prompt=True,
+                         template="minimind3")
+    rollout = stage.generate_rollout(policy, {"prompt": [prompt], "prompt_ids": [[0]], "answer": ["42"]})
+    assert rollout.data["tool_calls"].tolist() == [1.0, 2.0, 0.0]
+    assert rollout.data["broken_calls"].tolist() == [0.0, 0.0, 1.0]
+    assert rollout.rewards.tolist() == pytest.approx([0.1, 0.1, -0.1])
