@@ -1,6 +1,17 @@
-# DRAFT (issue 16): the agentic RL half of chapter 14. Not executed, not in the book: 30 steps of agent RL did not
-# yet raise held-out task success beyond the seed spread (see the issue notes). It continues notebooks/14_tools.py:
-# run that chapter's cells first (it uses tool_sft_dirs, tool_tokenizer, tools, course, run_dir, seeds, kinds).
+# DRAFT (issue 16): the agentic RL half of chapter 14. Not executed, not in the book: agentic RL has not yet
+# raised held-out task success at all on the tiny course, let alone beyond the seed spread. It continues
+# notebooks/14_tools.py: run that chapter's cells first (it uses tool_sft_dirs, tool_tokenizer, tools, course,
+# run_dir, seeds, kinds).
+#
+# What the runs so far say (single seeds, 20-60 steps of 32-64 episodes, CPU; issue 16's notes have the table):
+# - Every setting lowered greedy held-out success (e.g. 42.5% -> 24-30% on tool_eval from the float32 seed-0
+#   tool-SFT model; 27.5% -> 7.5-26% on tool_rl_val), while the sampled training reward stayed flat.
+# - The seed-0/1 models fail by miscopying names and numbers; a copy error is specific to its prompt, so pushing
+#   one episode's tokens up teaches little that transfers, and the noise erodes the fragile copying skill.
+#   Chapter 11's RL works because its error is a choice that transfers (which fact a wording asks for).
+# - The per-call format reward paid for extra calls (1.1 -> 1.6 calls per episode); it is now per episode.
+# Next: an RL task whose error is such a choice (wordings the SFT model maps to the right tool or fact only
+# sometimes when sampled), and groups with no reward variance skipped or resampled.
 
 # %%
 loss = "cispo"           # agentic RL: cispo (MiniMind's default) | grpo
@@ -17,8 +28,8 @@ temperature = 0.8        # MiniMind's train_agent.py samples at 0.8
 # training facts, and new sums, in **other words** ("Tell me Mavi's house number.") that tool SFT never used;
 # the held-out prompts (`tool_rl_val.jsonl`) ask the held-out facts in those words. The `agent` stage
 # (`minimind/align/agent.py`, MiniMind's `train_agent.py`) samples `group_size` episodes per prompt, rewards
-# each with 1 when its final answer is right (`RuleReward`) plus a small format reward for every well-formed
-# call (minus one for a broken call), and normalises the rewards within each group, as GRPO does. The loss
+# each with 1 when its final answer is right (`RuleReward`) plus a small format reward when the episode's calls
+# were all well-formed (minus it for a broken one), and normalises the rewards within each group, as GRPO does. The loss
 # covers only the tokens the model wrote: the tool results sit in the sequence for it to read, masked out of
 # the loss.
 #
