@@ -152,6 +152,9 @@ def test_tool_tasks_need_the_tools_and_the_held_out_ones_were_never_trained_on()
     evals = list(read_jsonl(paths["tool_eval"], "rl"))
     assert {r["kind"] for r in evals} == {"lookup", "sum", "later"}
     assert all(r["conversations"][0]["tools"] == box.schemas() for r in evals)
+    rl_questions = " ".join(r["conversations"][-1]["content"] for n in ("tool_rl", "tool_rl_val")
+                            for r in read_jsonl(paths[n], "rl"))
+    assert not set(re.findall(r"\w+", rl_questions)) & set(registry["strangers"])  # RL asks about the world's people
     trained = paths["tool_sft"].read_text() + paths["tool_rl"].read_text()
     sums = {tuple(int(x) for x in r["conversations"][-1]["content"].replace("?", " ").replace(".", " ").split()
                   if x.isdigit()) for r in evals if r["kind"] == "sum"}
