@@ -29,6 +29,8 @@
 # 3. **SFT on tool calls**: conversations in which the assistant calls a tool, reads the result and answers,
 #    trained with the shared system turn run once per batch.
 # 4. **Episodes**: the program that runs the model's calls, turn after turn, and what one looks like.
+# 5. **Agentic RL**: whole episodes sampled, rewarded by whether the task succeeded, and learned from, as
+#    MiniMind's `train_agent.py` does.
 #
 # The tools belong to the course world (`minimind.data.tools.course_tools`): `add` and `subtract`, and
 # `lookup(name, fact)` in the **town register**, which holds each person's house number, weight, shoe size and
@@ -46,6 +48,10 @@ sft_lr = 3e-3
 seeds = (0, 1, 2)        # every measured gain is repeated with these seeds: the spread tells learning from luck
 max_turns = 3            # model turns per episode (a lookup, a sum and the answer)
 max_new_tokens = 48      # per model turn
+agent_steps = 30         # agentic RL: optimizer steps per run (4 prompts x 8 episodes a step)
+agent_lr = 2e-4
+agent_loss = "cispo"     # cispo (MiniMind's default) | grpo
+agent_temperature = 1.0  # the rollouts' sampling temperature
 
 # %%
 import json
@@ -301,13 +307,109 @@ for m in first["episodes"][shown]:
         print(f"  assistant: {m['content']}")
 print(f"(answer {tasks[shown]['answer']}: {'right' if first['rows'][shown]['correct'] else 'wrong'})")
 
+# %% [markdown]
+# ## Agentic RL
+# SFT taught the format on the questions' own wordings. The agent RL prompts (`tool_rl.jsonl`) ask the
+# world's people's facts, and new sums, in **other words** ("Tell me how heavy Bezer is.", "Subtract 20 from
+# 40.") that tool SFT never used; the held-out prompts (`tool_rl_val.jsonl`) ask each person's held-out fact,
+# and other sums, in those words. What a new wording leaves open is a *choice*: which tool, which fact, which
+# number goes first. That is what RL can teach with a one-bit reward, as in chapter 11, and it transfers from
+# one person to the next. (Copying a name the model never saw is not: the right name differs in every prompt,
+# and a few hundred rewarded episodes teach it far too slowly, so the RL prompts leave strangers out.)
+#
+# The `agent` stage (`minimind/align/agent.py`) samples 8 episodes per prompt, rewards each with 1 when its
+# final answer is right (`RuleReward`) plus 0.1 when every call it wrote was well-formed (minus 0.1 for a
+# broken one), and normalises the rewards within each group, as GRPO does. The loss covers only the tokens
+# the model wrote: the tool results sit in the sequence for it to read, masked out of the loss.
+#
+# **CISPO** (MiniMind's default) differs from GRPO in one place. GRPO clips the probability ratio
+# $r = \pi_\theta / \pi_{old}$ of each token inside $[1 - \epsilon, 1 + \epsilon]$, and a token whose ratio has
+# left that range gets no gradient at all; in an episode, the few tokens that decide the outcome (which tool,
+# which fact) are the ones whose probability moves most. CISPO keeps every token's gradient and clips the
+# *weight* instead: the loss is $-\,\text{sg}(\min(r, \epsilon_{high}))\, A \log \pi_\theta$.
+#
+# RL starts from the best tool-SFT model of the three (RL sharpens what a model does sometimes; it does not
+# replace a skill SFT left half-learned), and runs three times, with three seeds.
+
+# %%
+rl_val = list(read_jsonl(course["tool_rl_val"], "rl"))
+start = max(seeds, key=lambda seed: with_tools[seed]["accuracy"])
+print(f"{len(list(read_jsonl(course['tool_rl'], 'rl')))} RL prompts, {len(rl_val)} held-out; RL starts from "
+      f"the tool-SFT model of seed {start}")
+
+
+def rl_success(folder):
+    """Greedy and sampled (at the rollout temperature) success on the held-out RL prompts."""
+    model = MiniMindForCausalLM.from_pretrained(folder).eval()
+    greedy = tool_task_accuracy(model, tool_tokenizer, rl_val, tools, max_turns=max_turns,
+                                max_new_tokens=max_new_tokens)
+    torch.manual_seed(0)
+    sampled = tool_task_accuracy(model, tool_tokenizer, rl_val, tools, max_turns=max_turns,
+                                 max_new_tokens=max_new_tokens, do_sample=True, temperature=agent_temperature)
+    return dict(greedy, sampled=sampled["accuracy"])
+
+
+def agent_run(seed):
+    """run_dir/agent (the first seed) or run_dir/tool_seeds/agent_seedN, trained unless a finished run is there."""
+    out = run_dir / "agent" if seed == seeds[0] else run_dir / "tool_seeds" / f"agent_seed{seed}"
+    if not stage_done(out):
+        options = dict(tools=f"course:{course['registry']}", loss=agent_loss, group_size=8, beta=0.02,
+                       max_turns=max_turns, max_new_tokens=max_new_tokens, temperature=agent_temperature)
+        train_stage("agent", out, data=course["tool_rl"], init=tool_sft_dirs[start], stage_kwargs=options,
+                    max_steps=agent_steps, batch_size=4, lr=agent_lr, warmup_steps=5, seed=seed, seq_len=512,
+                    device=device, dtype=dtype, progress=False)
+    return out
+
+
+before = rl_success(tool_sft_dirs[start])
+agent_dirs = {seed: agent_run(seed) for seed in seeds}
+after = {seed: rl_success(d) for seed, d in agent_dirs.items()}
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for seed, d in agent_dirs.items():
+    m = [r for r in read_metrics(d) if "task_reward" in r]
+    for ax, key in zip(axes, ("task_reward", "tool_calls")):
+        values = np.convolve([r[key] for r in m], np.ones(5) / 5, mode="valid")  # a 5-step running mean
+        ax.plot([r["step"] for r in m][4:], values, alpha=0.8, label=f"seed {seed}")
+axes[0].set(xlabel="step", ylabel="fraction right", title="task reward per episode (5-step mean)")
+axes[1].set(xlabel="step", ylabel="calls per episode", title="tool calls (5-step mean)")
+for ax in axes:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+plt.show()
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{'held-out RL prompts':22} {'greedy':>7} {'sampled':>8}  " + " ".join(f"{k:>7}" for k in kinds))
+for name, r in [(f"tool SFT, seed {start}", before)] + [(f"+ agent RL, seed {s}", a) for s, a in after.items()]:
+    print(f"{name:22} {r['accuracy']:7.1%} {r['sampled']:8.1%}  " + " ".join(f"{r['by_kind'][k]:7.1%}" for k in kinds))
+rl_accs = np.array([a["accuracy"] for a in after.values()])
+rl_sampled = np.array([a["sampled"] for a in after.values()])
+rl_gain = rl_accs.mean() - before["accuracy"]
+print(f"agentic RL gain: greedy {rl_gain:+.1%} (seeds spread {rl_accs.max() - rl_accs.min():.1%}), sampled "
+      f"{rl_sampled.mean() - before['sampled']:+.1%} (spread {rl_sampled.max() - rl_sampled.min():.1%})")
+assert rl_gain > rl_accs.max() - rl_accs.min(), "agentic RL did not raise task success by more than the seeds' spread"
+
+# %% [markdown]
+# The gain is in the lookups asked in new words, where the SFT model took a wording for another fact (most
+# often for the shoe size); all three seeds learned the same. The sums asked in new words do not move: "What is
+# the sum of 23 and 45?" and "Subtract 20 from 40." make this model call `lookup` instead of a calculator
+# tool, so almost no episode is rewarded and there is almost nothing to reinforce. In the runs that led here, a start model whose
+# errors were miscopied names (seed 0's) got *worse* under the same RL: each rewarded episode pushed up a name
+# that helps no other prompt, while the updates' noise wore down the copying.
+
 # %%
 train_seconds = sum(json.loads((d / "summary.json").read_text())["wall_time"] for d in tool_sft_dirs.values())
 record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(without["accuracy"], 3),
        tool_sft=round(float(accs.mean()), 3), tool_sft_min=round(float(accs.min()), 3),
        tool_sft_spread=round(float(accs.max() - accs.min()), 3),
        **{f"tool_sft_{k}": round(float(np.mean([r["by_kind"][k] for r in with_tools.values()])), 3) for k in kinds},
-       train_seconds=round(train_seconds, 1))
+       train_seconds=round(train_seconds, 1), agent_start_seed=start, agent_before=round(before["accuracy"], 3),
+       agent_after=round(float(rl_accs.mean()), 3), agent_after_spread=round(float(rl_accs.max() - rl_accs.min()), 3),
+       agent_sampled_before=round(before["sampled"], 3), agent_sampled_after=round(float(rl_sampled.mean()), 3),
+       agent_train_seconds=round(sum(json.loads((d / "summary.json").read_text())["wall_time"]
+                                     for d in agent_dirs.values()), 1))
 
 # %% [markdown]
 # ## Try it
@@ -317,9 +419,8 @@ record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(with
 # and sends the results back as `tool` messages (`tests/test_tools.py` runs that round trip with the
 # official `openai` client).
 #
-# MiniMind trains the next step with reinforcement learning over whole episodes (`train_agent.py`, GRPO or
-# CISPO): the package has it as the `agent` stage (`minimind train agent --tools course`), with the loss on
-# the model's own tokens and the tool results masked out.
+# The RL model serves the same way (`minimind serve runs/tiny/agent`); `minimind train agent --tools course`
+# runs the agent stage from the command line.
 #
 # ## Summary
 # - A tool call is text: JSON between `<tool_call>` tags, which the program parses and runs; only registered
@@ -328,3 +429,6 @@ record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(with
 #   token and makes the template's tags tokens of their own.
 # - SFT on tool conversations teaches the model to call and to copy the result into its answer. It learns it
 #   only with enough steps, and it learns it for facts it never saw, which is the point of a tool.
+# - Agentic RL samples whole episodes, rewards the task's success and learns only from the model's own tokens.
+#   It teaches the choices a new wording leaves open (which tool, which fact), from the best SFT model; it
+#   does not teach a skill SFT left half-learned.
