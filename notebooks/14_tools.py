@@ -419,8 +419,9 @@ record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(with
 # and sends the results back as `tool` messages (`tests/test_tools.py` runs that round trip with the
 # official `openai` client).
 #
-# The RL model serves the same way (`minimind serve runs/tiny/agent`); `minimind train agent --tools course`
-# runs the agent stage from the command line.
+# The first RL seed's model (`runs/tiny/agent`, trained from the best tool-SFT model) chats and serves the same
+# way (`minimind chat runs/tiny/agent --tools course`); `minimind train agent --tools course` runs the agent stage
+# from the command line.
 #
 # ## Summary
 # - A tool call is text: JSON between `<tool_call>` tags, which the program parses and runs; only registered
