@@ -11,7 +11,7 @@ from minimind.data.datasets import IGNORE_INDEX
 from minimind.model import fast
 from minimind.model.attention import KVCache
 from minimind.train import load_tokenizer, read_metrics, train_stage
-from minimind.train.stages import common_prefix, shared_prefix_loss
+from minimind.train.stages import common_prefix, length_buckets, shared_length, shared_prefix_loss
 
 PROMPT, LEARN_FROM = 40, 45  # rows 0, 1, 3, 4 open with the same 40 tokens and learn from position 45
 
@@ -118,3 +118,12 @@ def test_a_tool_sft_run_trains_the_same_with_the_prompt_shared(tmp_path):
                     stage_kwargs=dict(shared_prefix=shared))
         runs[shared] = [r["loss"] for r in read_metrics(out)]
     assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+
+
+def test_rows_run_in_groups_of_similar_length():
+    # padded cost: one group 4 x 101 = 404; two groups 2 x 12 + 2 x 101 = 226, worth a second forward of 5
+    assert length_buckets([100, 12, 10, 101], overhead=5) == [[2, 1], [0, 3]]
+    assert length_buckets([100, 12, 10, 101], overhead=1000) == [[2, 1, 0, 3]]
+    assert length_buckets([7], overhead=5) == [[0]]
+    assert shared_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert shared_length([[1, 2], [1, 2]]) == 1  # each keeps a token of its own

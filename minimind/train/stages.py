@@ -162,22 +162,67 @@ def common_prefix(input_ids: torch.Tensor, labels: torch.Tensor, min_len: int = 
     return (rows, p) if p >= min_len else ([], 0)
 
 
+def shared_length(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence shares, leaving each at least one token of its own."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return max(n, 0)
+
+
+def length_buckets(ends: list[int], overhead: int = 256) -> list[list[int]]:
+    """Rows cut into groups of similar length, each to run padded only to its own longest row: the rows sorted
+    by length and split where the padded tokens saved outweigh `overhead` tokens per extra forward
+    (an exact dynamic programme over the split points)."""
+    order = sorted(range(len(ends)), key=lambda i: ends[i])
+    n = len(order)
+    best = [0] + [float("inf")] * n  # best[j]: least cost of the j shortest rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows order[i:j] as one group, padded to the longest of them
+            cost = best[i] + overhead + (j - i) * ends[order[j - 1]]
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def learned_ends(labels: torch.Tensor) -> list[int]:
+    """Per row, one past its last learned label: the tokens after it change no prediction the loss reads."""
+    t = labels.shape[1]
+    learned = labels != IGNORE_INDEX  # (B, T)
+    last = t - 1 - learned.flip(1).int().argmax(1)  # (B,) the last learned position (t - 1 when none)
+    return [int(e) + 1 if row.any() else 1 for e, row in zip(last, learned)]
+
+
 def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
     """The plain next-token loss, with the prompt that most rows share run once: its keys and values are
-    expanded to those rows, which then run only their own tokens; the other rows run whole. None when no
-    prompt of min_len tokens is shared (the caller runs the plain loss)."""
+    expanded to those rows, which then run only their own tokens; the other rows run whole. Every row is
+    cut after its last learned token, and rows of similar length run together (`length_buckets`), so padding
+    costs little. None when no prompt of min_len tokens is shared (the caller runs the plain loss)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return None  # DDP expects one forward per backward; this makes up to three (the plain loss runs instead)
+        return None  # DDP expects one forward per backward; this makes several (the plain loss runs instead)
     rows, p = common_prefix(input_ids, labels, min_len)
     if not rows:
         return None
+    ends = learned_ends(labels)
     cache = KVCache(model.config.num_hidden_layers)
     model(input_ids[rows[:1], :p], past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt once
-    parts = [(model(input_ids[rows, p:], labels=labels[rows, p:], past_key_values=cache.expand(len(rows))),
-              labels[rows, p:])]  # (G, T - P): the rows' own tokens, attending to the prompt's keys and values
+    parts = []
+    for group in length_buckets([max(ends[r], p + 1) - p for r in rows]):
+        sel, end = [rows[g] for g in group], max(max(ends[rows[g]] for g in group), p + 1)
+        # (G, end - P): the rows' own tokens, attending to the prompt's keys and values
+        parts.append((model(input_ids[sel, p:end], labels=labels[sel, p:end], past_key_values=cache.expand(len(sel))),
+                      labels[sel, p:end]))
     others = [i for i in range(input_ids.shape[0]) if i not in rows]
-    if others:
-        parts.append((model(input_ids[others], labels=labels[others]), labels[others]))
+    for group in length_buckets([ends[i] for i in others]) if others else []:
+        sel = [others[g] for g in group]
+        end = max(ends[i] for i in sel)
+        parts.append((model(input_ids[sel, :end], labels=labels[sel, :end]), labels[sel, :end]))
     counts = [int((shift_labels(lab) != IGNORE_INDEX).sum()) for _, lab in parts]
     # the mean over every learned token; a part that learns nothing has a NaN mean and is left out
     ce = sum(out.ce * n for (out, _), n in zip(parts, counts) if n) / max(sum(counts), 1)
