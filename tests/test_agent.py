@@ -49,8 +49,13 @@ class ScriptedPolicy:
                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
         self.seen = []
 
-    def generate(self, ids, max_new_tokens, attention_mask=None, **kw):
-        self.seen.append([self.tok.decode(row[m.bool()].tolist()) for row, m in zip(ids, attention_mask)])
+    def __call__(self, ids, **kw):  # the prompt every row shares, run once: remembered, to show what generate saw
+        self.prefix = ids[0].tolist()
+
+    def generate(self, ids, max_new_tokens, attention_mask=None, past_key_values=None, **kw):
+        prefix = self.prefix if past_key_values is not None else []
+        tails = attention_mask[:, len(prefix):]  # the mask covers [shared prompt | padding | own tail]
+        self.seen.append([self.tok.decode(prefix + row[m.bool()].tolist()) for row, m in zip(ids, tails)])
         rows = [self.tok.encode(self.turns.pop(0)) + [self.tok.eos_token_id] for _ in range(ids.shape[0])]
         width = max(map(len, rows))
         new = torch.tensor([r + [self.tok.eos_token_id] * (width - len(r)) for r in rows])
@@ -99,3 +104,18 @@ def test_the_format_reward_is_per_episode_so_extra_calls_earn_nothing(tok):
     assert rollout.data["tool_calls"].tolist() == [1.0, 2.0, 0.0]
     assert rollout.data["broken_calls"].tolist() == [0.0, 0.0, 1.0]
     assert rollout.rewards.tolist() == pytest.approx([0.1, 0.1, -0.1])
+
+
+def test_rollouts_run_the_shared_tools_prompt_once_and_write_the_same_tokens(tok):
+    from conftest import random_model, small_config
+
+    from minimind.align.agent import agent_rollouts
+    model = random_model(small_config(vocab_size=tok.vocab_size, max_position_embeddings=2048))
+    tools = calculator()
+    prompts = [tok.encode(with_tools(render_chat([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                 template="minimind3"), "minimind3", tools.schemas()))
+               for q in ("What is 17 plus 25?", "Add 3 and 4.", "What is 17 plus 25?")]
+    runs = {shared: agent_rollouts(model, tok, "minimind3", tools, prompts, max_turns=2, max_new_tokens=12,
+                                   min_shared=32 if shared else 10 ** 9) for shared in (True, False)}
+    assert [r.ids for r in runs[True]] == [r.ids for r in runs[False]]
+    assert runs[True][0].ids == runs[True][2].ids  # the same prompt, the same greedy tokens, whatever its row

@@ -164,6 +164,61 @@ def test_response_logprobs_ignore_left_padding():
             torch.testing.assert_close(response_logprobs(model, alone)[0][0], batched[row, :n], rtol=1e-4, atol=1e-4)
 
 
+def shared_prompt_rollout(seed=0):
+    """Three rows whose prompts open with the same 40 tokens (then own tails of 3, 7 and 1), left-padded, and
+    responses of 5, 9 and 2 tokens, right-padded: as the agent stage writes them."""
+    g = torch.Generator().manual_seed(seed)
+    system = torch.randint(3, 97, (40,), generator=g).tolist()
+    prompts = [system + torch.randint(3, 97, (k,), generator=g).tolist() for k in (3, 7, 1)]
+    responses = [torch.randint(3, 97, (k,), generator=g).tolist() for k in (5, 9, 2)]
+    p, r = max(map(len, prompts)), max(map(len, responses))
+    seq, attn = torch.zeros(3, p + r, dtype=torch.long), torch.zeros(3, p + r, dtype=torch.long)
+    mask = torch.zeros(3, r)
+    for i, (pr, re) in enumerate(zip(prompts, responses)):
+        seq[i, p - len(pr):p], seq[i, p:p + len(re)] = torch.tensor(pr), torch.tensor(re)
+        attn[i, p - len(pr):p + len(re)], mask[i, :len(re)] = 1, 1
+    return Rollout(seq, attn, mask, torch.zeros(3), [], [], [], 0.0)
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_a_shared_prompt_runs_once_with_the_same_logprobs_and_gradients(moe):
+    from conftest import random_model, small_config
+
+    from minimind.align.rl import masked_mean
+    extra = dict(use_moe=True, n_routed_experts=4, num_experts_per_tok=2) if moe else {}
+    model = random_model(small_config(**extra)).train()
+    rollout = shared_prompt_rollout()
+    results = {}
+    for shared in (True, False):
+        model.zero_grad()
+        logp, out = response_logprobs(model, rollout, min_shared=32 if shared else 10 ** 9)
+        out.with_aux(masked_mean(logp, rollout.mask)).backward()
+        grads = {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+        results[shared] = logp.detach(), grads, out.aux_loss
+    (lp_s, g_s, aux_s), (lp_p, g_p, _) = results[True], results[False]
+    real = rollout.mask.bool()
+    torch.testing.assert_close(lp_s[real], lp_p[real], rtol=1e-5, atol=1e-5)
+    assert (lp_s[~real] == 0).all()
+    assert (aux_s is None) == (not moe)
+    if not moe:  # MoE: the balance loss sees the prompt once, not per row, so its gradient differs (as in SFT)
+        for name in g_p:
+            torch.testing.assert_close(g_s[name], g_p[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_shared_prompt_under_bf16_autocast_and_compiled():
+    from conftest import random_model, small_config
+    model = random_model(small_config())
+    rollout = shared_prompt_rollout(1)
+    real = rollout.mask.bool()
+    with torch.no_grad():
+        plain = response_logprobs(model, rollout, min_shared=10 ** 9)[0][real]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = response_logprobs(model, rollout)[0][real]
+        compiled = response_logprobs(torch.compile(model), rollout)[0][real]
+    torch.testing.assert_close(half.float(), plain, rtol=0.05, atol=0.1)
+    torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-4)
+
+
 # -- the stages on the training loop ----------------------------------------------------------------------
 FAST = dict(batch_size=2, lr=3e-3, device="cpu")
 

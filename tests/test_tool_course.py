@@ -74,10 +74,14 @@ class AnsweringModel:
         self.tok, self.script, self.device = tok, script, torch.device("cpu")
         self.config = MiniMindConfig(vocab_size=tok.vocab_size, max_position_embeddings=8192)
 
-    def generate(self, ids, max_new_tokens, attention_mask=None, **kw):
+    def __call__(self, ids, **kw):  # the prompt every row shares, run once: remembered for generate
+        self.prefix = ids[0].tolist()
+
+    def generate(self, ids, max_new_tokens, attention_mask=None, past_key_values=None, **kw):
         rows = []
-        for row, mask in zip(ids, attention_mask):
-            text = self.tok.decode(row[mask.bool()].tolist())
+        prefix = self.prefix if past_key_values is not None else []
+        for row, mask in zip(ids, attention_mask[:, len(prefix):]):  # the mask covers [prefix | padding | tail]
+            text = self.tok.decode(prefix + row[mask.bool()].tolist())
             rows.append(self.tok.encode(self.script(text)) + [self.tok.eos_token_id])
         width = max(map(len, rows))
         return torch.cat([ids, torch.tensor([r + [self.tok.eos_token_id] * (width - len(r)) for r in rows])], 1)

@@ -16,7 +16,8 @@ import torch
 
 from ..data.tokenizer import TOOL_TEMPLATES, render_chat
 from ..data.tools import ToolBox, parse_tool_calls, toolbox
-from ..train.stages import Option, register
+from ..model.attention import KVCache
+from ..train.stages import Option, register, shared_length
 from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
 
 MINIMIND2_DEFAULT_SYSTEM = "You are a helpful assistant"  # what MiniMind2's template adds without a system turn
@@ -85,10 +86,11 @@ class AgentRun:
 
 @torch.no_grad()
 def agent_rollouts(policy, tokenizer, template: str, toolbox: ToolBox, prompts: list[list[int]], max_turns: int = 3,
-                   max_new_tokens: int = 64, **sampling) -> list[AgentRun]:
+                   max_new_tokens: int = 64, min_shared: int = 32, **sampling) -> list[AgentRun]:
     """Multi-turn rollouts, batched: every turn, the unfinished rollouts generate together (left-padded); the
-    calls they wrote are run and their results appended, the others end with their answer. sampling goes to
-    generate (do_sample, temperature, top_k, top_p); greedy without it."""
+    calls they wrote are run and their results appended, the others end with their answer. A prompt of at least
+    min_shared tokens that every rollout opens with (the tools block) runs once per turn, not once per row.
+    sampling goes to generate (do_sample, temperature, top_k, top_p); greedy without it."""
     from ..data.datasets import pad_sequences
     eos, room = tokenizer.eos_token_id, policy.config.max_position_embeddings
     runs = [AgentRun() for _ in prompts]
@@ -99,10 +101,21 @@ def agent_rollouts(policy, tokenizer, template: str, toolbox: ToolBox, prompts: 
         if not active:
             break
         contexts = [prompts[i] + runs[i].ids for i in active]
-        ids, mask = pad_sequences(contexts, tokenizer.pad_token_id, side="left")  # (B, L) each
+        # the prompt every context opens with (the tools block) runs once; each row runs its own tail
+        p = shared_length(contexts) if len(contexts) > 1 else 0
+        p = p if p >= min_shared else 0
+        ids, mask = pad_sequences([c[p:] for c in contexts], tokenizer.pad_token_id, side="left")  # (B, L - P)
         width = ids.shape[1]
-        out = policy.generate(ids.to(policy.device), max_new_tokens=min(max_new_tokens, room - width),
-                              attention_mask=mask.to(policy.device), eos_token_id=eos, **sampling)
+        cache = None
+        if p:
+            cache = KVCache(policy.config.num_hidden_layers)
+            policy(torch.tensor([contexts[0][:p]], device=policy.device), past_key_values=cache, use_cache=True,
+                   logits_to_keep=1)
+            cache = cache.expand(len(contexts))
+            mask = torch.cat([mask.new_ones(len(contexts), p), mask], 1)  # (B, L): [prompt | padding | tail]
+        out = policy.generate(ids.to(policy.device), max_new_tokens=min(max_new_tokens, room - p - width),
+                              attention_mask=mask.to(policy.device), eos_token_id=eos, past_key_values=cache,
+                              **sampling)
         for i, row in zip(active, out[:, width:].tolist()):
             r = runs[i]
             if eos in row:

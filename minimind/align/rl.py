@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from ..data.datasets import pad_sequences
-from ..train.stages import Option, Stage, register
+from ..model.attention import KVCache
+from ..model.transformer import CausalLMOutput
+from ..train.stages import Option, Stage, length_buckets, register, shared_length
 from .dpo import frozen_copy, token_logprobs
 from .reward import ScalarHeadModel, load_reward
 
@@ -247,12 +250,49 @@ class Rollout:
         return self.mask.shape[1]
 
 
-def response_logprobs(model, rollout: Rollout):
-    """(log p(each response token) under `model`, (N, R); the model's output, for its MoE aux loss)."""
+def response_logprobs(model, rollout: Rollout, min_shared: int = 32):
+    """(log p(each response token) under `model`, (N, R); the model's output, for its MoE aux loss).
+    When every prompt opens with the same min_shared tokens or more (a system turn with tools), that prompt
+    runs once (`shared_prompt_logprobs`)."""
     n = rollout.response_len
+    if not isinstance(model, torch.nn.parallel.DistributedDataParallel):  # DDP: one forward per backward
+        shared = shared_prompt_logprobs(model, rollout, min_shared)
+        if shared is not None:
+            return shared
     out = model(rollout.sequences, attention_mask=rollout.attention_mask, logits_to_keep=n + 1)  # (N, R + 1, V)
     # logits at position t predict token t + 1: the last n + 1 positions predict the n response tokens
     return token_logprobs(out.logits[:, :-1], rollout.sequences[:, -n:]), out  # (N, R)
+
+
+def shared_prompt_logprobs(model, rollout: Rollout, min_shared: int = 32):
+    """response_logprobs with the prompt every row opens with run once: its keys and values are expanded to
+    the rows, which run only their own tokens (the rest of the prompt, then the response up to its end),
+    grouped by length (`length_buckets`). Entries after a response's end are 0. None when the rows share
+    fewer than min_shared tokens."""
+    seq, attn, n = rollout.sequences, rollout.attention_mask, rollout.response_len
+    p_len = seq.shape[1] - n
+    starts = (p_len - attn[:, :p_len].sum(1)).tolist()  # where each left-padded prompt begins
+    ends = (p_len + attn[:, p_len:].sum(1)).tolist()    # one past each response's last real token
+    rows = [seq[i, s:e].tolist() for i, (s, e) in enumerate(zip(starts, ends))]
+    shared = shared_length([r[:p_len - s] for r, s in zip(rows, starts)]) if len(rows) > 1 else 0
+    if shared < min_shared:
+        return None
+    cache = KVCache(unwrap(model).config.num_hidden_layers)
+    model(seq[:1, starts[0]:starts[0] + shared], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logp = [None] * len(rows)
+    outs = []
+    for group in length_buckets([len(r) - shared for r in rows]):
+        tails = [rows[i][shared:] for i in group]
+        ids, _ = pad_sequences(tails, 0)  # (G, L) right-padded: the padding comes after every real token
+        out = model(ids.to(seq.device), past_key_values=cache.expand(len(group)))
+        outs.append(out)
+        lp = token_logprobs(out.logits[:, :-1], ids[:, 1:].to(seq.device))  # (G, L - 1): log p(token t + 1)
+        for g, i in enumerate(group):
+            first = p_len - starts[i] - shared - 1  # the tail position whose logits predict the first response token
+            own = lp[g, first:first + ends[i] - p_len]
+            logp[i] = F.pad(own, (0, n - own.shape[0]))  # (R,)
+    aux = [o.aux_loss for o in outs if o.aux_loss is not None]
+    return torch.stack(logp), CausalLMOutput(aux_loss=sum(aux) / len(aux) if aux else None)  # (N, R)
 
 
 def _metrics(device, **values) -> dict:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.datasets import pad_sequences
+from .attention import KVCache
 
 
 def process_logits(logits: torch.Tensor, generated: Optional[torch.Tensor] = None, temperature: float = 1.0,
@@ -37,17 +38,22 @@ def stream_generate(model, input_ids: torch.Tensor, max_new_tokens: int = 64, do
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                     repetition_penalty: float = 1.0, eos_token_id: Optional[int] = None,
                     attention_mask: Optional[torch.Tensor] = None,
-                    generator: Optional[torch.Generator] = None) -> Iterator[torch.Tensor]:
+                    generator: Optional[torch.Generator] = None,
+                    past_key_values: Optional[KVCache] = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (batch,), until max_new_tokens or every row has hit EOS.
 
     Rows that already ended keep receiving eos_token_id, so the batch stays rectangular. Prompts of
     different lengths are left-padded, with attention_mask marking real tokens (1) and padding (0).
+    past_key_values: a cache of tokens that come before input_ids in every row (a shared prompt run once,
+    `KVCache.expand`ed to the batch); attention_mask then covers them too.
     """
     was_training = model.training
     model.eval()
     try:
-        max_new_tokens = min(max_new_tokens, model.config.max_position_embeddings - input_ids.shape[1])
-        out = model(input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
+        past = len(past_key_values) if past_key_values is not None else 0
+        max_new_tokens = min(max_new_tokens, model.config.max_position_embeddings - past - input_ids.shape[1])
+        out = model(input_ids, attention_mask=attention_mask, past_key_values=past_key_values, use_cache=True,
+                    logits_to_keep=1)
         cache = out.past_key_values
         generated = input_ids
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
