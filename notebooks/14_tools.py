@@ -48,7 +48,7 @@ sft_lr = 3e-3
 seeds = (0, 1, 2)        # every measured gain is repeated with these seeds: the spread tells learning from luck
 max_turns = 3            # model turns per episode (a lookup, a sum and the answer)
 max_new_tokens = 48      # per model turn
-agent_steps = 30         # agentic RL: optimizer steps per run (4 prompts x 8 episodes a step)
+agent_steps = 90         # agentic RL: optimizer steps per run (4 prompts x 8 episodes a step)
 agent_lr = 2e-4
 agent_loss = "cispo"     # cispo (MiniMind's default) | grpo
 agent_temperature = 1.0  # the rollouts' sampling temperature
@@ -223,9 +223,10 @@ print(f"lookups about strangers (people in no other text): {about_strangers:.0%}
 #
 # Every tool conversation opens with the same system turn, the tools block. The SFT stage's `shared_prefix`
 # option runs that prompt once per batch instead of once per conversation: its keys and values are expanded
-# to the batch's rows (`KVCache.expand`), which then run only their own tokens. The prompt holds no token the
-# model learns, so the loss and the gradients are the same as running every row whole
-# (`tests/test_shared_prefix.py` checks both):
+# to the batch's rows (`KVCache.expand`), which then run only their own tokens, in groups of similar length so
+# that a short row is not padded to the longest (`length_buckets`). The prompt holds no token the model learns,
+# so the loss and the gradients are the same as running every row whole (`tests/test_shared_prefix.py` checks
+# both):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -284,6 +285,11 @@ print(f"gain {gain:+.1%} (seeds spread {accs.max() - accs.min():.1%})")
 assert gain > accs.max() - accs.min(), "tool SFT did not beat SFT without tools by more than the seeds' spread"
 
 # %% [markdown]
+# The three seeds' losses end close together (the plot above), and their accuracies far apart: an answer is right
+# only when every token of the call and of the copied number is, and the loss is still falling at the last step.
+# The gain over no tools is larger than that spread all the same.
+
+# %% [markdown]
 # ## One episode, readably
 # `agent_rollouts` (in `minimind/align/agent.py`) runs episodes for a batch of prompts at once: every model
 # turn, the unfinished episodes generate together; the calls they wrote are parsed (`parse_tool_calls`:
@@ -320,7 +326,9 @@ print(f"(answer {tasks[shown]['answer']}: {'right' if first['rows'][shown]['corr
 # The `agent` stage (`minimind/align/agent.py`) samples 8 episodes per prompt, rewards each with 1 when its
 # final answer is right (`RuleReward`) plus 0.1 when every call it wrote was well-formed (minus 0.1 for a
 # broken one), and normalises the rewards within each group, as GRPO does. The loss covers only the tokens
-# the model wrote: the tool results sit in the sequence for it to read, masked out of the loss.
+# the model wrote: the tool results sit in the sequence for it to read, masked out of the loss. The tools
+# block runs once here too: in every turn of the rollouts and in the log-probabilities of the policy and the
+# reference (`shared_prompt_logprobs` in `minimind/align/rl.py`).
 #
 # **CISPO** (MiniMind's default) differs from GRPO in one place. GRPO clips the probability ratio
 # $r = \pi_\theta / \pi_{old}$ of each token inside $[1 - \epsilon, 1 + \epsilon]$, and a token whose ratio has
@@ -392,12 +400,16 @@ print(f"agentic RL gain: greedy {rl_gain:+.1%} (seeds spread {rl_accs.max() - rl
 assert rl_gain > rl_accs.max() - rl_accs.min(), "agentic RL did not raise task success by more than the seeds' spread"
 
 # %% [markdown]
-# The gain is in the lookups asked in new words, where the SFT model took a wording for another fact (most
-# often for the shoe size); all three seeds learned the same. The sums asked in new words do not move: "What is
-# the sum of 23 and 45?" and "Subtract 20 from 40." make this model call `lookup` instead of a calculator
-# tool, so almost no episode is rewarded and there is almost nothing to reinforce. In the runs that led here, a start model whose
-# errors were miscopied names (seed 0's) got *worse* under the same RL: each rewarded episode pushed up a name
-# that helps no other prompt, while the updates' noise wore down the copying.
+# The gain is in the lookups asked in new words. The SFT model answered some of them without calling the tool
+# ("Which number is Dano's house?") or wrote another fact than the one it had looked up (a shoe size for a
+# weight); after RL, all three seeds call and copy them as they should. The sums asked in new words barely move.
+# "Subtract 15 from 44." makes the model call `subtract` with the numbers the wrong way round, and the negative
+# result is nothing it ever saw an answer for; after a sum it often writes another number than the tool's. The
+# right order pays only when the result is then copied as well, so few episodes of those are rewarded and there
+# is little to reinforce. A third of `agent_steps` was not enough to settle: the three seeds ended far apart, and
+# the spread hid the gain. In the runs that led here, a start model whose errors were miscopied names got *worse*
+# under the same RL: each rewarded episode pushed up a name that helps no other prompt, while the updates' noise
+# wore down the copying. Hence the start from the best of the three SFT models.
 
 # %%
 train_seconds = sum(json.loads((d / "summary.json").read_text())["wall_time"] for d in tool_sft_dirs.values())
