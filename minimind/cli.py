@@ -9,6 +9,17 @@ import sys
 from pathlib import Path
 
 
+def _write_result(args, result: dict, tables: str, begin: str, end: str) -> None:
+    """--json FILE and --page MD of `minimind course --compare / --times`."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.page:
+        if not args.json:
+            raise SystemExit("--page needs --json FILE: the page names the JSON its tables come from")
+        from .use.bench import update_page
+        update_page(args.page, result, args.json, tables=tables, begin=begin, end=end)
+
+
 def _add_course(sub):
     p = sub.add_parser("course", help="run every chapter notebook with a preset, write the report card, "
                                       "build the book")
@@ -28,22 +39,26 @@ def _add_course(sub):
     p.add_argument("--compare", nargs=2, default=None, metavar=("REF", "OTHER"),
                    help="run nothing: compare two finished runs' report cards (e.g. --dtype float32 and auto), "
                         "each measure against a tolerance, and their wall times")
-    p.add_argument("--json", default=None, metavar="FILE", help="with --compare: write the comparison as JSON")
+    p.add_argument("--times", default=None, metavar="RUN",
+                   help="run nothing: each chapter's wall time in a finished course run, and the whole against "
+                        "the 5-minute goal")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="with --compare or --times: write the result as JSON")
     p.add_argument("--page", default=None, metavar="MD",
-                   help="with --compare: write its tables into this page between the markers naming the JSON")
+                   help="with --compare or --times: write its tables into this page between the markers naming "
+                        "the JSON")
 
     def run(args):
+        if args.times:
+            from .course.report import TIMES_BEGIN, TIMES_END, course_times, format_course_times
+            result = course_times(args.times)
+            _write_result(args, result, format_course_times(result), TIMES_BEGIN, TIMES_END)
+            print(format_course_times(result))
+            return
         if args.compare:
             from .course.report import COMPARE_BEGIN, COMPARE_END, compare_cards, format_comparison
             result = compare_cards(*args.compare, names=tuple(Path(d).name for d in args.compare))
-            if args.json:
-                Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-            if args.page:
-                if not args.json:
-                    raise SystemExit("--page needs --json FILE: the page names the JSON its tables come from")
-                from .use.bench import update_page
-                update_page(args.page, result, args.json, tables=format_comparison(result),
-                            begin=COMPARE_BEGIN, end=COMPARE_END)
+            _write_result(args, result, format_comparison(result), COMPARE_BEGIN, COMPARE_END)
             print(format_comparison(result))
             return
         if args.dry_run:

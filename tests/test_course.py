@@ -85,6 +85,27 @@ def test_compare_cards_checks_lessons_against_the_tolerance_and_times_apart(tmp_
     assert "| 08_sft | val_loss | 2 | 2.3 | **no** |" in text
 
 
+def test_course_times_list_every_chapter_and_judge_the_whole(tmp_path, capsys):
+    from minimind.cli import main
+    from minimind.course.report import TIMES_BEGIN, TIMES_END, course_times, format_course_times
+    run = _fake_run(tmp_path / "tiny", {"07_pretrain": dict(train_seconds=150.0, val_loss=0.9),
+                                        "11_rl": dict(ppo_train_seconds=15.0, grpo_train_seconds=10.0, seeds=3),
+                                        "14_tools": dict(vocab=1536)}, {"07_pretrain": 170.0, "11_rl": 130.0})
+    result = course_times(run, goal_minutes=5)
+    assert [c["chapter"] for c in result["chapters"]] == ["07_pretrain", "11_rl"]  # 14 has no wall time
+    assert result["chapters"][1]["train_s"] == 25.0 and result["total_s"] == 300.0 and result["met"]
+    assert not course_times(run, goal_minutes=4.9)["met"]
+    text = format_course_times(result)
+    assert "| 07_pretrain | 170 | 150 | 57% |" in text and "5.0 min (goal: at most 5 min): met" in text
+    page = tmp_path / "page.md"
+    page.write_text(f"{TIMES_BEGIN.format(json=tmp_path / 't.json')}\n{TIMES_END}\n")
+    assert main(["course", "--times", str(run), "--json", str(tmp_path / "t.json"), "--page", str(page)]) == 0
+    assert text in page.read_text() and json.loads((tmp_path / "t.json").read_text())["total_s"] == 300.0
+    capsys.readouterr()
+    assert main(["course", "--times", str(_fake_run(tmp_path / "untimed", {"08_sft": dict(em=0.5)}))]) != 0
+    assert "has no wall_times.json" in capsys.readouterr().err
+
+
 def test_compare_cli_writes_the_page_block(tmp_path, capsys):
     from minimind.cli import main
     from minimind.course.report import COMPARE_BEGIN, COMPARE_END

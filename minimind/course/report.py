@@ -141,6 +141,40 @@ def _time(x: float) -> str:
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+TIMES_BEGIN = "<!-- begin: tables written by `minimind course --times` from {json} -->"
+TIMES_END = "<!-- end: tables written by `minimind course --times` -->"
+
+
+def course_times(run_dir: str | Path, goal_minutes: float = 5.0) -> dict:
+    """Each chapter's wall time in a finished course run, the training seconds its card records, and the whole
+    course against goal_minutes."""
+    card = read_card(run_dir)
+    chapters = []
+    for chapter in sorted(card):
+        measures = card[chapter]
+        if "wall time (s)" not in measures:
+            continue
+        train = sum(v for k, v in measures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and k.endswith("train_seconds"))
+        chapters.append({"chapter": chapter, "wall_s": measures["wall time (s)"], "train_s": train})
+    if not chapters:
+        raise ValueError(f"{run_dir} has no wall_times.json: time a course with `minimind course --out {run_dir}`")
+    total = sum(c["wall_s"] for c in chapters)
+    return {"run": Path(run_dir).name, "chapters": chapters, "total_s": total, "goal_minutes": goal_minutes,
+            "met": total <= goal_minutes * 60}
+
+
+def format_course_times(result: dict) -> str:
+    total = result["total_s"]
+    lines = ["| chapter | wall time (s) | training (s) | share of the course |", "| --- | ---: | ---: | ---: |"]
+    for c in result["chapters"]:
+        train = _time(c["train_s"]) if c["train_s"] else "-"
+        lines.append(f"| {c['chapter']} | {_time(c['wall_s'])} | {train} | {c['wall_s'] / total:.0%} |")
+    verdict = "met" if result["met"] else "**not met**"
+    lines += ["", f"The whole course: {total / 60:.1f} min (goal: at most {result['goal_minutes']:g} min): {verdict}"]
+    return "\n".join(lines)
+
+
 def format_comparison(result: dict) -> str:
     ref, other = result["names"]
     rows = result["rows"]
