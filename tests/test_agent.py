@@ -49,13 +49,9 @@ class ScriptedPolicy:
                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
         self.seen = []
 
-    def __call__(self, ids, **kw):  # the prompt every row shares, run once: remembered, to show what generate saw
-        self.prefix = ids[0].tolist()
-
-    def generate(self, ids, max_new_tokens, attention_mask=None, past_key_values=None, **kw):
-        prefix = self.prefix if past_key_values is not None else []
-        tails = attention_mask[:, len(prefix):]  # the mask covers [shared prompt | padding | own tail]
-        self.seen.append([self.tok.decode(prefix + row[m.bool()].tolist()) for row, m in zip(ids, tails)])
+    def generate(self, ids, max_new_tokens, attention_mask=None, shared_prefix=None, **kw):
+        prefix = shared_prefix[0].tolist() if shared_prefix is not None else []  # the tools block, run once
+        self.seen.append([self.tok.decode(prefix + row[m.bool()].tolist()) for row, m in zip(ids, attention_mask)])
         rows = [self.tok.encode(self.turns.pop(0)) + [self.tok.eos_token_id] for _ in range(ids.shape[0])]
         width = max(map(len, rows))
         new = torch.tensor([r + [self.tok.eos_token_id] * (width - len(r)) for r in rows])

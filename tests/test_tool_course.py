@@ -74,13 +74,10 @@ class AnsweringModel:
         self.tok, self.script, self.device = tok, script, torch.device("cpu")
         self.config = MiniMindConfig(vocab_size=tok.vocab_size, max_position_embeddings=8192)
 
-    def __call__(self, ids, **kw):  # the prompt every row shares, run once: remembered for generate
-        self.prefix = ids[0].tolist()
-
-    def generate(self, ids, max_new_tokens, attention_mask=None, past_key_values=None, **kw):
+    def generate(self, ids, max_new_tokens, attention_mask=None, shared_prefix=None, **kw):
         rows = []
-        prefix = self.prefix if past_key_values is not None else []
-        for row, mask in zip(ids, attention_mask[:, len(prefix):]):  # the mask covers [prefix | padding | tail]
+        prefix = shared_prefix[0].tolist() if shared_prefix is not None else []  # the tools block, run once
+        for row, mask in zip(ids, attention_mask):
             text = self.tok.decode(prefix + row[mask.bool()].tolist())
             rows.append(self.tok.encode(self.script(text)) + [self.tok.eos_token_id])
         width = max(map(len, rows))

@@ -16,7 +16,6 @@ import torch
 
 from ..data.tokenizer import TOOL_TEMPLATES, render_chat
 from ..data.tools import ToolBox, parse_tool_calls, toolbox
-from ..model.attention import KVCache
 from ..train.stages import Option, register, shared_length
 from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
 
@@ -106,15 +105,9 @@ def agent_rollouts(policy, tokenizer, template: str, toolbox: ToolBox, prompts: 
         p = p if p >= min_shared else 0
         ids, mask = pad_sequences([c[p:] for c in contexts], tokenizer.pad_token_id, side="left")  # (B, L - P)
         width = ids.shape[1]
-        cache = None
-        if p:
-            cache = KVCache(policy.config.num_hidden_layers)
-            policy(torch.tensor([contexts[0][:p]], device=policy.device), past_key_values=cache, use_cache=True,
-                   logits_to_keep=1)
-            cache = cache.expand(len(contexts))
-            mask = torch.cat([mask.new_ones(len(contexts), p), mask], 1)  # (B, L): [prompt | padding | tail]
+        prefix = torch.tensor([contexts[0][:p]], device=policy.device) if p else None  # (1, P)
         out = policy.generate(ids.to(policy.device), max_new_tokens=min(max_new_tokens, room - p - width),
-                              attention_mask=mask.to(policy.device), eos_token_id=eos, past_key_values=cache,
+                              attention_mask=mask.to(policy.device), eos_token_id=eos, shared_prefix=prefix,
                               **sampling)
         for i, row in zip(active, out[:, width:].tolist()):
             r = runs[i]

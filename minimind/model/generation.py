@@ -39,20 +39,28 @@ def stream_generate(model, input_ids: torch.Tensor, max_new_tokens: int = 64, do
                     repetition_penalty: float = 1.0, eos_token_id: Optional[int] = None,
                     attention_mask: Optional[torch.Tensor] = None,
                     generator: Optional[torch.Generator] = None,
-                    past_key_values: Optional[KVCache] = None) -> Iterator[torch.Tensor]:
+                    shared_prefix: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (batch,), until max_new_tokens or every row has hit EOS.
 
     Rows that already ended keep receiving eos_token_id, so the batch stays rectangular. Prompts of
     different lengths are left-padded, with attention_mask marking real tokens (1) and padding (0).
-    past_key_values: a cache of tokens that come before input_ids in every row (a shared prompt run once,
-    `KVCache.expand`ed to the batch); attention_mask then covers them too.
+    shared_prefix: token ids (1, P) that come before input_ids in every row (a system turn with tools): run
+    once, their keys and values expanded to the batch (`KVCache.expand`); the rows' padding then sits between
+    the prefix and their own tokens, which the attention mask and positions allow for.
     """
     was_training = model.training
     model.eval()
     try:
-        past = len(past_key_values) if past_key_values is not None else 0
+        cache, b = None, input_ids.shape[0]
+        if shared_prefix is not None:
+            cache = KVCache(model.config.num_hidden_layers)
+            model(shared_prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = cache.expand(b)
+            if attention_mask is not None:  # (B, P + T): [prefix | padding | own tokens]
+                attention_mask = torch.cat([attention_mask.new_ones(b, shared_prefix.shape[1]), attention_mask], 1)
+        past = len(cache) if cache is not None else 0
         max_new_tokens = min(max_new_tokens, model.config.max_position_embeddings - past - input_ids.shape[1])
-        out = model(input_ids, attention_mask=attention_mask, past_key_values=past_key_values, use_cache=True,
+        out = model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
                     logits_to_keep=1)
         cache = out.past_key_values
         generated = input_ids
