@@ -298,6 +298,12 @@ def test_the_book_shows_the_course_comparison_of_its_json():
     check_page_blocks(COMPARE_BEGIN, COMPARE_END, format_comparison, "minimind course --compare ... --json {json}")
 
 
+def test_the_book_shows_the_course_times_of_its_json():
+    """The course's chapter times are the committed JSON, as `minimind course --times --page` wrote them."""
+    from minimind.course.report import TIMES_BEGIN, TIMES_END, format_course_times
+    check_page_blocks(TIMES_BEGIN, TIMES_END, format_course_times, "minimind course --times RUN --json {json}")
+
+
 def test_interleaved_samples_the_same_number_of_calls_for_every_side():
     import time
     calls = {"a": 0, "b": 0}
