@@ -193,10 +193,9 @@ def length_buckets(ends: list[int], overhead: int = 256) -> list[list[int]]:
 
 def learned_ends(labels: torch.Tensor) -> list[int]:
     """Per row, one past its last learned label: the tokens after it change no prediction the loss reads."""
-    t = labels.shape[1]
     learned = labels != IGNORE_INDEX  # (B, T)
-    last = t - 1 - learned.flip(1).int().argmax(1)  # (B,) the last learned position (t - 1 when none)
-    return [int(e) + 1 if row.any() else 1 for e, row in zip(last, learned)]
+    last = labels.shape[1] - 1 - learned.flip(1).int().argmax(1)  # (B,) the last learned position
+    return torch.where(learned.any(1), last + 1, 1).tolist()  # a row that learns nothing keeps one token
 
 
 def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
@@ -213,13 +212,14 @@ def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
     cache = KVCache(model.config.num_hidden_layers)
     model(input_ids[rows[:1], :p], past_key_values=cache, use_cache=True, logits_to_keep=1)  # the prompt once
     parts = []
-    for group in length_buckets([max(ends[r], p + 1) - p for r in rows]):
-        sel, end = [rows[g] for g in group], max(max(ends[rows[g]] for g in group), p + 1)
+    own = [max(ends[r], p + 1) - p for r in rows]  # each row's tokens after the prompt, at least one
+    for group in length_buckets(own):
+        sel, end = [rows[g] for g in group], p + max(own[g] for g in group)
         # (G, end - P): the rows' own tokens, attending to the prompt's keys and values
         parts.append((model(input_ids[sel, p:end], labels=labels[sel, p:end], past_key_values=cache.expand(len(sel))),
                       labels[sel, p:end]))
     others = [i for i in range(input_ids.shape[0]) if i not in rows]
-    for group in length_buckets([ends[i] for i in others]) if others else []:
+    for group in length_buckets([ends[i] for i in others]):
         sel = [others[g] for g in group]
         end = max(ends[i] for i in sel)
         parts.append((model(input_ids[sel, :end], labels=labels[sel, :end]), labels[sel, :end]))
