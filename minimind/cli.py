@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _write_result(args, result: dict, tables: str, begin: str, end: str) -> None:
-    """--json FILE and --page MD of `minimind course --compare / --times`."""
+    """--json FILE and --page MD of `minimind course --compare / --times / --robustness`."""
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.page:
@@ -31,6 +31,9 @@ def _add_course(sub):
                    help="training precision in every chapter (auto: bfloat16 on a GPU or a CPU with bf16 "
                         "hardware, else float32)")
     p.add_argument("--only", nargs="*", default=None, help="run only these chapter numbers, e.g. 00 05")
+    p.add_argument("--seed", type=int, default=0,
+                   help="every training chapter's seed (chapters 11 and 14 run seeds SEED, SEED+1, ...); another "
+                        "seed, or other kernels (ATEN_CPU_CAPABILITY=avx2), tests that the lessons hold")
     p.add_argument("--no-book", action="store_true", help="skip building the book")
     p.add_argument("--dry-run", action="store_true",
                    help="run nothing long: validate and tokenize every stage's file, step each stage once, and "
@@ -42,13 +45,24 @@ def _add_course(sub):
     p.add_argument("--times", default=None, metavar="RUN",
                    help="run nothing: each chapter's wall time in a finished course run, and the whole against "
                         "the 5-minute goal")
+    p.add_argument("--robustness", nargs="+", default=None, metavar="RUN",
+                   help="run nothing: check every chapter's lesson in finished runs of other seeds and kernels "
+                        "(mean gain above the spread across seeds); exits 1 when one does not hold")
     p.add_argument("--json", default=None, metavar="FILE",
-                   help="with --compare or --times: write the result as JSON")
+                   help="with --compare, --times or --robustness: write the result as JSON")
     p.add_argument("--page", default=None, metavar="MD",
-                   help="with --compare or --times: write its tables into this page between the markers naming "
-                        "the JSON")
+                   help="with --compare, --times or --robustness: write its tables into this page between the "
+                        "markers naming the JSON")
 
     def run(args):
+        if args.robustness:
+            from .course.robustness import ROBUST_BEGIN, ROBUST_END, format_robustness, robustness
+            result = robustness(args.robustness)
+            _write_result(args, result, format_robustness(result), ROBUST_BEGIN, ROBUST_END)
+            print(format_robustness(result))
+            if not result["all_hold"]:
+                raise SystemExit(1)
+            return
         if args.times:
             from .course.report import TIMES_BEGIN, TIMES_END, course_times, format_course_times
             result = course_times(args.times)
@@ -68,7 +82,7 @@ def _add_course(sub):
             return
         from .course.runner import run_course
         run_course(preset=args.preset, out=args.out, data=args.data, device=args.device, only=args.only,
-                   build_book=not args.no_book, dtype=args.dtype)
+                   build_book=not args.no_book, dtype=args.dtype, seed=args.seed)
     p.set_defaults(func=run)
 
 

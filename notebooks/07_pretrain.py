@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -33,6 +33,7 @@ max_steps = 300        # None: one epoch over the data (the real presets)
 batch_size = 16
 seq_len = 256
 lr = 2e-3
+seed = 0               # the training seed (`minimind course --seed`: do the lessons hold for other seeds?)
 
 # %%
 import numpy as np
@@ -146,7 +147,7 @@ prompts = ["Rusar lives in", "If you add 4 and 9, you get", "One autumn afternoo
 eval_every = max(1, (max_steps or 1000) // 4)
 summary = train_stage("pretrain", run_dir / "pretrain", data=paths["pretrain"], val_data=paths["pretrain_val"],
                       tokenizer=tokenizer, preset=preset, max_steps=max_steps, batch_size=batch_size,
-                      seq_len=seq_len, lr=lr, device=device, dtype=dtype, eval_every=eval_every, eval_batches=10,
+                      seq_len=seq_len, lr=lr, device=device, dtype=dtype, eval_every=eval_every, eval_batches=10, seed=seed,
                       callbacks=[sample_callback(tokenizer, prompts, max_new_tokens=16)])
 metrics = read_metrics(run_dir / "pretrain")
 val_loss = [m["val_loss"] for m in metrics if "val_loss" in m][-1]

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -33,6 +33,7 @@ out_dir = None
 max_steps = 250        # None: one epoch
 batch_size = 16
 lr = 1e-3
+seed = 0               # the training seed (`minimind course --seed`: do the lessons hold for other seeds?)
 
 # %%
 import matplotlib.pyplot as plt
@@ -48,7 +49,7 @@ from minimind.use.eval import answer_matches, exact_match_accuracy
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-pretrained = ensure_stage("pretrain", run_dir, paths, preset, device, dtype=dtype)  # chapter 07's model, or built now
+pretrained = ensure_stage("pretrain", run_dir, paths, preset, device, dtype=dtype, seed=seed)  # chapter 07's model, or built now
 
 # %% [markdown]
 # ## A dialogue as the model sees it
@@ -99,7 +100,7 @@ for r, reply in list(zip(heldout, base_replies))[:3]:
 # %%
 summary = train_stage("sft", run_dir / "sft", data=paths["sft"], val_data=paths.get("sft_val"), tokenizer=tokenizer,
                       init=pretrained, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype,
-                      eval_every=max(1, (max_steps or 1000) // 5), eval_batches=10)
+                      eval_every=max(1, (max_steps or 1000) // 5), eval_batches=10, seed=seed)
 plot_metrics({"sft": run_dir / "sft"}, title="SFT: loss on assistant tokens")
 plt.show()
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -38,6 +38,7 @@ rank = 8
 alpha = 16.0
 lr = 2e-3
 replay = 1.0           # SFT dialogues mixed in per new dialogue (0: the new data alone)
+seed = 0               # the training seed (`minimind course --seed`: do the lessons hold for other seeds?)
 
 # %%
 import json
@@ -59,7 +60,7 @@ from minimind.use.eval import answer_matches, exact_match_accuracy
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype, seed=seed)
 
 # %% [markdown]
 # ## How many parameters train?
@@ -127,7 +128,8 @@ for q, r in list(zip(questions, before_replies))[:3]:
 
 # %%
 summary = train_stage("lora", run_dir / "lora", data=lora_dir / "train.jsonl", tokenizer=tokenizer, init=sft_dir,
-                      max_steps=max_steps, lr=lr, device=device, dtype=dtype, stage_kwargs=dict(lora_rank=rank, lora_alpha=alpha))
+                      max_steps=max_steps, lr=lr, device=device, dtype=dtype, stage_kwargs=dict(lora_rank=rank, lora_alpha=alpha),
+                      seed=seed)
 plot_metrics({"lora": run_dir / "lora"}, keys=("loss",), title="LoRA: loss on the new dialogues")
 plt.show()
 sizes = {p.name: p.stat().st_size for p in (run_dir / "lora").glob("*.safetensors")}

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -43,6 +43,7 @@ lr = 5e-5
 beta = 0.5
 beta_sweep = (0.1, 2.0)    # two short extra runs that show what beta does
 sweep_steps = 40
+seed = 0               # the training seed (`minimind course --seed`: do the lessons hold for other seeds?)
 
 # %%
 import math
@@ -62,7 +63,7 @@ torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model, or built now
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype, seed=seed)  # chapter 08's model, or built now
 
 # %% [markdown]
 # ## Preference pairs
@@ -129,7 +130,7 @@ print(f"SFT: log p(chosen) > log p(rejected) on {(sft_c > sft_r).float().mean():
 eval_every = max(1, (max_steps or 100) // 6)
 summary = train_stage("dpo", run_dir / "dpo", data=paths["dpo"], val_data=val_file, tokenizer=tokenizer, init=sft_dir,
                       stage_kwargs={"beta": beta}, max_steps=max_steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype,
-                      eval_every=eval_every, log_every=2, callbacks=[preference_callback(sft, val_items, beta)])
+                      eval_every=eval_every, log_every=2, callbacks=[preference_callback(sft, val_items, beta)], seed=seed)
 dpo = summary["model"].eval()
 metrics = read_metrics(run_dir / "dpo")
 print(f"{summary['steps']} steps in {summary['wall_time']:.0f} s; last held-out accuracy "
@@ -203,7 +204,7 @@ sweep = {}
 for b in beta_sweep:
     m = train_stage("dpo", run_dir / f"dpo_beta_{b}", data=paths["dpo"], tokenizer=tokenizer, init=sft_dir,
                     stage_kwargs={"beta": b}, max_steps=sweep_steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype,
-                    progress=False)["model"].eval()
+                    progress=False, seed=seed)["model"].eval()
     c, r = pair_logprobs(m, val_items)
     sweep[b] = {"accuracy": preference_accuracy(m, sft, val_items, beta=b)["accuracy"],
                 "chosen": (c - sft_c).mean().item(), "rejected": (r - sft_r).mean().item()}

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -50,6 +50,7 @@ tune = False             # True: first rerun the learning-rate and KL-weight swe
 # rlaif-mini's prompts cut to 66 tokens, replies of up to 1536 tokens, GRPO's group of 8 and 2 prompts a step
 # (so 16 responses a step, for every algorithm here), lr 8e-8 (SPO 1e-7, the critic 8e-8), KL weight 0.02,
 # sampling temperature 0.8, no warm-up, one epoch, one seed.
+seed = 0                 # the course run's seed (`minimind course --seed`): the SFT model's, and the first RL seed
 seeds = None             # one run per algorithm and seed: the spread tells learning from luck
 max_steps = None         # optimizer steps per run (None in the GPU recipe: one epoch over the prompts)
 responses = None         # generated responses per step, for every algorithm
@@ -80,24 +81,24 @@ from minimind.train import load_tokenizer, read_metrics, train_stage
 from minimind.use.eval import answer_matches, rl_accuracy
 
 RECIPES = {
-    "tiny": dict(seeds=(0, 1, 2), max_steps=30, responses=32, group_size=8,
+    "tiny": dict(seeds=3, max_steps=30, responses=32, group_size=8,
                  lr={"ppo": 1e-4, "grpo": 2e-4, "spo": 2e-4}, critic_lr=1e-3, kl_beta=0.1, warmup_steps=5,
                  max_new_tokens=16, max_prompt_tokens=None, temperature=1.0),
-    "minimind": dict(seeds=(0,), max_steps=None, responses=16, group_size=8,
+    "minimind": dict(seeds=1, max_steps=None, responses=16, group_size=8,
                      lr={"ppo": 8e-8, "grpo": 8e-8, "spo": 1e-7}, critic_lr=8e-8, kl_beta=0.02, warmup_steps=0,
                      max_new_tokens=1536, max_prompt_tokens=66, temperature=0.8),
 }
 recipe = RECIPES["tiny" if preset == "tiny" else "minimind"]
 globals().update({key: value for key, value in recipe.items() if globals()[key] is None})
 lrs = lr if isinstance(lr, dict) else {name: lr for name in algorithms}
-seeds = tuple(seeds)
+seeds = tuple(range(seed, seed + seeds)) if isinstance(seeds, int) else tuple(seeds)  # a count, or the seeds
 
 if preset == "tiny":
     torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from threads; rollouts are tiny steps
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model, or built now
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype, seed=seed)  # chapter 08's model, or built now
 sft = MiniMindForCausalLM.from_pretrained(sft_dir).eval()
 
 # %% [markdown]
@@ -407,7 +408,7 @@ for name in algorithms:
     mine = [r for r in rows if r["name"] == name]
     g = np.array([r["greedy"] for r in mine])
     gain = np.mean([r["last"] - r["first"] for r in mine])
-    summary[name] = dict(greedy=g.mean(), greedy_std=g.std(ddof=1) if len(g) > 1 else 0.0,
+    summary[name] = dict(greedy=g.mean(), greedy_std=g.std(ddof=1) if len(g) > 1 else 0.0, greedy_spread=np.ptp(g),
                          sampled=np.mean([r["sampled"] for r in mine]), reward_gain=gain,
                          reward_se=np.sqrt(np.sum([r["se"] ** 2 for r in mine])) / len(mine),
                          kl=np.mean([r["kl"] for r in mine]), every_seed_up=bool((g > before["greedy"]).all()))
@@ -525,6 +526,7 @@ for name in algorithms:
     s = summary[name]
     result.update({f"{name}_heldout_accuracy": round(s["greedy"], 4),
                    f"{name}_heldout_accuracy_std": round(s["greedy_std"], 4),
+                   f"{name}_heldout_accuracy_spread": round(s["greedy_spread"], 4),
                    f"{name}_heldout_sampled": round(s["sampled"], 4), f"{name}_reward_gain": round(s["reward_gain"], 4),
                    f"{name}_kl": round(s["kl"], 4), f"{name}_lr": lrs[name],
                    f"{name}_train_seconds": round(float(np.mean([wall[name, seed] for seed in seeds])), 1)})

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -39,6 +39,7 @@ kd_steps = 150         # steps for each student
 reason_steps = 150     # steps for each of the two reasoning runs
 alpha = 0.0            # weight of the cross-entropy term (MiniMind distils with the KL term alone)
 temperature = 1.0      # T > 1 softens both distributions; for a tiny student T = 1 worked best here
+seed = 0               # the training seed (`minimind course --seed`: do the lessons hold for other seeds?)
 
 # %%
 import json
@@ -59,7 +60,7 @@ from minimind.use.eval import answer_matches, extract_numbers
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
 tokenizer = load_tokenizer(paths["tokenizer"])
-teacher_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)
+teacher_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype, seed=seed)
 
 # %% [markdown]
 # ## Teacher and students
@@ -76,7 +77,7 @@ student_config = MiniMindConfig.from_preset("tiny", hidden_size=96, num_hidden_l
 
 
 def new_student():
-    torch.manual_seed(0)  # both students start from the same weights
+    torch.manual_seed(seed)  # both students start from the same weights
     return MiniMindForCausalLM(student_config)
 
 
@@ -84,7 +85,7 @@ print(f"teacher {teacher.num_parameters():,} parameters, student {new_student().
 
 # %%
 common = dict(data=paths["sft"], tokenizer=tokenizer, max_steps=kd_steps, device=device, dtype=dtype, lr=2e-3,
-              eval_every=max(1, kd_steps // 5))
+              eval_every=max(1, kd_steps // 5), seed=seed)
 plain = train_stage("sft", run_dir / "student_plain", model=new_student(), val_data=paths["sft_val"], **common)
 kd = train_stage("distill", run_dir / "distill", model=new_student(), teacher=teacher_dir,
                  stage_kwargs=dict(alpha=alpha, temperature=temperature), **common)
@@ -134,7 +135,7 @@ runs = {}
 for name, stage in [("direct", "sft"), ("traces", "reason")]:
     runs[name] = train_stage(stage, run_dir / ("reason" if name == "traces" else "reason_direct"),
                              data=folder / f"{name}.jsonl", tokenizer=tokenizer, init=teacher_dir,
-                             max_steps=reason_steps, device=device, dtype=dtype,
+                             max_steps=reason_steps, device=device, dtype=dtype, seed=seed,
                              stage_kwargs=dict(tag_weight=2.0) if stage == "reason" else None)
 
 

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -38,6 +38,7 @@ out_dir = None
 ppl_docs = 64          # held-out documents scored for perplexity
 max_new_tokens = 32    # per exact-match answer
 trained_len = 256      # the window length chapter 07 pretrained on (SEQ_LEN["pretrain"])
+seed = 0               # the course run's seed: which chapter 08 model is evaluated
 n_requests = 5         # requests timed against the server
 published = ""         # also measure a MiniMind checkpoint: a hub id (jingyaogong/minimind-3) or a folder
 
@@ -67,7 +68,7 @@ paths = data_paths(data)
 dev = pick_device(device)
 if dev.type == "cpu" and preset == "tiny":
     torch.set_num_threads(1)  # the tiny model's matrices are too small to share out: one thread is faster
-sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype)  # chapter 08's model (and 07's), or built now
+sft_dir = ensure_stage("sft", run_dir, paths, preset, device, dtype=dtype, seed=seed)  # chapter 08's model (and 07's), or built now
 checkpoints = find_checkpoints(run_dir)
 print("checkpoints found:", ", ".join(f"{stage} ({folder.name}/)" for stage, folder in checkpoints.items()))
 

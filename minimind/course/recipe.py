@@ -49,20 +49,21 @@ def stage_done(folder: Path) -> bool:
 
 
 def ensure_stage(stage: str, run_dir, paths: dict, preset: str = "tiny", device: str = "auto",
-                 quiet: bool = True, dtype: str = "auto", **overrides) -> Path:
+                 quiet: bool = True, dtype: str = "auto", seed: int = 0, **overrides) -> Path:
     """run_dir/stage, trained with the course recipe unless a finished run is already there (and the stages
-    it starts from, first). This is how each notebook runs alone: what it needs is built or reused."""
+    it starts from, first). This is how each notebook runs alone: what it needs is built or reused. seed: the
+    course run's seed (`minimind course --seed`), every stage's training seed."""
     run_dir = Path(run_dir)
     out = run_dir / stage
     if stage_done(out):
         return out
     recipe = {**COURSE[stage], **overrides}
-    init = ensure_stage(recipe["init"], run_dir, paths, preset, device, quiet, dtype) if recipe["init"] else None
+    init = ensure_stage(recipe["init"], run_dir, paths, preset, device, quiet, dtype, seed) if recipe["init"] else None
     steps = recipe["max_steps"] if preset == "tiny" else None
     train_stage(stage, out, data=paths[recipe["data"]],
                 val_data=paths.get(recipe["val_data"]) if recipe["val_data"] else None,
                 tokenizer=paths["tokenizer"], preset=preset, init=init, max_steps=steps, device=device,
-                dtype=dtype, progress=not quiet, eval_every=steps or 0)
+                dtype=dtype, progress=not quiet, eval_every=steps or 0, seed=seed)
     return out
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..data.files import find_root
 from .report import write_report_card
+from .robustness import conditions
 
 
 def chapter_notebooks(root: Path, only=None) -> list[Path]:
@@ -21,7 +22,7 @@ def chapter_notebooks(root: Path, only=None) -> list[Path]:
 
 
 def run_course(preset="tiny", out=None, data="course", device="auto", only=None, build_book=True,
-               dtype="auto") -> Path:
+               dtype="auto", seed: int = 0) -> Path:
     import papermill
 
     root = find_root()
@@ -30,12 +31,14 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
     run_dir = Path(out or root / "runs" / preset).resolve()
     executed = run_dir / "notebooks"
     executed.mkdir(parents=True, exist_ok=True)
+    # what this run ran under: the seed every training chapter takes, the kernels, the CPU (--robustness reads it)
+    (run_dir / "conditions.json").write_text(json.dumps({"seed": seed, **conditions()}, indent=1) + "\n")
     wall = {}
     for nb in chapter_notebooks(root, only):
         print(f"== {nb.name} ({preset})", flush=True)
         start = time.perf_counter()
-        parameters = dict(preset=preset, data=data, device=device, out_dir=str(run_dir), dtype=dtype)
-        declared = papermill.inspect_notebook(str(nb))  # chapters that train declare dtype; the others do not
+        parameters = dict(preset=preset, data=data, device=device, out_dir=str(run_dir), dtype=dtype, seed=seed)
+        declared = papermill.inspect_notebook(str(nb))  # chapters that train declare dtype and seed; others do not
         papermill.execute_notebook(
             str(nb), str(executed / nb.name), cwd=str(root), progress_bar=False,
             parameters={k: v for k, v in parameters.items() if k in declared})

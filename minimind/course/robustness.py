@@ -1,0 +1,143 @@
+"""Do the chapters' lessons hold on any machine? `minimind course --robustness RUN...` reads finished course runs
+(other seeds: `minimind course --seed S`; other CPUs' rounding: ATEN_CPU_CAPABILITY=avx2 and
+MKL_ENABLE_INSTRUCTIONS=AVX2, which make torch and MKL take other kernels) and checks every lesson in each.
+
+A lesson is a gain a chapter measures and teaches (pretraining beats the unigram guess, tool SFT beats no
+tools, ...). It holds in a group of runs (one set of kernels) when its mean gain is larger than its spread
+(largest minus smallest) across the group's seeds, and, for the chapters that repeat a run over seeds
+themselves (11, 14), when every run's own gain is larger than the spread of its seeds."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .report import recorded
+
+ROBUST_BEGIN = "<!-- begin: tables written by `minimind course --robustness` from {json} -->"
+ROBUST_END = "<!-- end: tables written by `minimind course --robustness` -->"
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
+@dataclass(frozen=True)
+class Lesson:
+    chapter: str
+    claim: str
+    unit: str                                          # "nats", "points" (accuracies, shown x100)
+    gain: Callable[[dict], float]                      # from the chapter's record
+    spread: Optional[Callable[[dict], float]] = None   # the chapter's own spread across its seeds, if it has one
+
+
+def _rl(name: str) -> Lesson:
+    return Lesson("11_rl", f"{name.upper()} raises held-out accuracy over SFT", "points",
+                  lambda r: r[f"{name}_heldout_accuracy"] - r["sft_heldout_accuracy"],
+                  lambda r: r[f"{name}_heldout_accuracy_spread"])
+
+
+LESSONS = [
+    Lesson("07_pretrain", "pretraining beats the unigram guess (validation loss)", "nats",
+           lambda r: r["unigram_loss"] - r["val_loss"]),
+    Lesson("08_sft", "SFT answers held-out facts the base model cannot (exact match)", "points",
+           lambda r: r["heldout_exact_match"] - r["base_heldout_exact_match"]),
+    Lesson("09_lora", "LoRA teaches the new skill", "points", lambda r: r["skill_after"] - r["skill_before"]),
+    Lesson("10_dpo", "DPO makes the chosen reply the likelier one on held-out pairs", "points",
+           lambda r: r["dpo_logp_pref"] - r["sft_logp_pref"]),
+    _rl("ppo"), _rl("grpo"), _rl("spo"),
+    Lesson("12_distill", "the student learns more with the teacher's distributions (validation loss)", "nats",
+           lambda r: r["student_val_loss"] - r["student_kd_val_loss"]),
+    Lesson("12_distill", "traces beat direct answers on held-out multi-step problems", "points",
+           lambda r: r["multistep_accuracy_traces"] - r["multistep_accuracy_direct"]),
+    Lesson("14_tools", "tool SFT beats SFT without tools on held-out tool tasks", "points",
+           lambda r: r["tool_sft"] - r["no_tools"], lambda r: r["tool_sft_spread"]),
+    Lesson("14_tools", "agentic RL raises success on prompts in new words", "points",
+           lambda r: r["agent_after"] - r["agent_before"], lambda r: r["agent_after_spread"]),
+]
+
+
+def conditions() -> dict:
+    """What a course run ran under: the kernels asked for, the CPU, torch (written into the run folder)."""
+    import torch
+    kernels = {k: os.environ[k] for k in KERNEL_VARIABLES if os.environ.get(k)}
+    return {"kernels": ", ".join(f"{k}={v}" for k, v in kernels.items()) or "native",
+            "cpu": _cpu_name(), "torch": torch.__version__}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _run_info(run_dir: Path) -> dict:
+    file = run_dir / "conditions.json"
+    if not file.exists():
+        raise FileNotFoundError(f"{file} is missing: {run_dir} was not written by `minimind course` (run it with "
+                                f"`minimind course --seed S --out {run_dir}`)")
+    return json.loads(file.read_text())
+
+
+def robustness(runs) -> dict:
+    """Every lesson in every run, grouped by kernels: per run its gain (and its own seeds' spread), per group
+    the mean, the spread across runs, and whether the lesson holds."""
+    rows = []
+    for run in map(Path, runs):
+        info, card = _run_info(run), recorded(run)
+        for lesson in LESSONS:
+            record = card.get(lesson.chapter)
+            if record is None:
+                continue
+            try:
+                gain = float(lesson.gain(record))
+                own = float(lesson.spread(record)) if lesson.spread else None
+            except KeyError as missing:
+                raise KeyError(f"{run}: the {lesson.chapter} record has no {missing}; re-run that chapter") from None
+            rows.append({"run": str(run), "seed": info.get("seed"), "kernels": info["kernels"],
+                         "chapter": lesson.chapter, "claim": lesson.claim, "unit": lesson.unit, "gain": gain,
+                         "own_spread": own})
+    if not rows:
+        raise ValueError("no lesson recorded in these runs: run the chapters first (`minimind course --seed S`)")
+    groups = []
+    for lesson in LESSONS:
+        for kernels in sorted({r["kernels"] for r in rows}):
+            mine = [r for r in rows if r["claim"] == lesson.claim and r["kernels"] == kernels]
+            if not mine:
+                continue
+            gains = [r["gain"] for r in mine]
+            mean, spread = sum(gains) / len(gains), max(gains) - min(gains)
+            own_ok = all(r["gain"] > r["own_spread"] for r in mine if r["own_spread"] is not None)
+            groups.append({"chapter": lesson.chapter, "claim": lesson.claim, "unit": lesson.unit,
+                           "kernels": kernels, "seeds": [r["seed"] for r in mine], "gains": gains, "mean": mean,
+                           "spread": spread, "own_spreads": [r["own_spread"] for r in mine],
+                           "holds": mean > spread and min(gains) > 0 and own_ok})
+    cpus = sorted({_run_info(Path(r))["cpu"] for r in {row["run"] for row in rows}})
+    return {"runs": [str(r) for r in runs], "cpus": cpus, "groups": groups,
+            "all_hold": all(g["holds"] for g in groups)}
+
+
+def _value(x: float, unit: str) -> str:
+    return f"{100 * x:+.1f}" if unit == "points" else f"{x:+.3f}"
+
+
+def format_robustness(result: dict) -> str:
+    held = sum(g["holds"] for g in result["groups"])
+    lines = [f"CPU: {', '.join(result['cpus'])}. {held} of {len(result['groups'])} lessons hold "
+             "(mean gain above the spread across seeds, every gain positive, and every run's gain above its "
+             "own seeds' spread where the chapter has seeds).", "",
+             "| chapter | lesson | kernels | seeds | gain per seed | mean | spread | holds |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | --- |"]
+    for g in result["groups"]:
+        unit = "points" if g["unit"] == "points" else "nats"
+        per_seed = " / ".join(_value(x, g["unit"]) for x in g["gains"])
+        if any(s is not None for s in g["own_spreads"]):
+            per_seed += " (own spreads " + " / ".join(f"{_value(s, g['unit'])[1:]}" for s in g["own_spreads"]) + ")"
+        lines.append(f"| {g['chapter']} | {g['claim']} ({unit}) | {g['kernels']} | "
+                     f"{', '.join(str(s) for s in g['seeds'])} | {per_seed} | {_value(g['mean'], g['unit'])} | "
+                     f"{_value(g['spread'], g['unit'])[1:]} | {'yes' if g['holds'] else '**no**'} |")
+    return "\n".join(lines)
