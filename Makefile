@@ -9,7 +9,7 @@ PRESET ?= tiny
 RUNS ?= runs/$(PRESET)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
-.PHONY: install test test-fast course book refresh sync clean
+.PHONY: install test test-fast course book refresh sync clean robustness
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ test-fast: install  # unit tests only, no notebooks and no slow tests
 
 course: install
 	$(PY) -m minimind course --preset $(PRESET) --out $(RUNS)
+
+# the lessons across seeds and kernels (book/robustness.md): a course run per seed and kernel set, then the table
+SEEDS ?= 0 1 2 3 4
+LESSON_CHAPTERS := 07 08 09 10 11 12 14
+robustness: install
+	for s in $(SEEDS); do \
+	  $(PY) -m minimind course --seed $$s --only $(LESSON_CHAPTERS) --no-book --keep-going \
+	    --out runs/robust/native/seed$$s || exit 1; \
+	  ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m minimind course --seed $$s \
+	    --only $(LESSON_CHAPTERS) --no-book --keep-going --out runs/robust/avx2/seed$$s || exit 1; \
+	done
+	$(PY) -m minimind course --robustness runs/robust/*/seed* --json book/robustness.json --page book/robustness.md
 
 book: install  # the book from the committed reference notebooks, into _build/html
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going

@@ -34,6 +34,8 @@ def _add_course(sub):
     p.add_argument("--seed", type=int, default=0,
                    help="every training chapter's seed (chapters 11 and 14 run seeds SEED, SEED+1, ...); another "
                         "seed, or other kernels (ATEN_CPU_CAPABILITY=avx2), tests that the lessons hold")
+    p.add_argument("--keep-going", action="store_true",
+                   help="a chapter that fails is noted in RUN/failed.json and the next one runs (for --robustness)")
     p.add_argument("--no-book", action="store_true", help="skip building the book")
     p.add_argument("--dry-run", action="store_true",
                    help="run nothing long: validate and tokenize every stage's file, step each stage once, and "
@@ -82,7 +84,8 @@ def _add_course(sub):
             return
         from .course.runner import run_course
         run_course(preset=args.preset, out=args.out, data=args.data, device=args.device, only=args.only,
-                   build_book=not args.no_book, dtype=args.dtype, seed=args.seed)
+                   build_book=not args.no_book, dtype=args.dtype, seed=args.seed,
+                   keep_going=args.keep_going)
     p.set_defaults(func=run)
 
 

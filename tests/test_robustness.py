@@ -58,6 +58,16 @@ def test_a_run_whose_gain_is_inside_its_own_seeds_spread_fails_the_lesson(tmp_pa
     assert robustness(good)["all_hold"]
 
 
+def test_a_chapter_that_failed_in_a_run_does_not_hold(tmp_path):
+    good = _run(tmp_path, "s0", 0, "native", **{"14_tools": _tools(0.9, 0.05)})
+    bad = _run(tmp_path, "s1", 1, "native")
+    (bad / "failed.json").write_text(json.dumps({"14_tools": "AssertionError: agentic RL did not raise task success"}))
+    result = robustness([good, bad])
+    assert [g["holds"] for g in result["groups"]] == [False, False]
+    assert result["groups"][0]["gains"][1] is None
+    assert "failed" in format_robustness(result) and "AssertionError: agentic RL" in format_robustness(result)
+
+
 def test_runs_are_grouped_by_kernels(tmp_path):
     runs = [_run(tmp_path, f"{k}{s}", s, k, **{"08_sft": {"heldout_exact_match": 0.4 + 0.01 * s,
                                                            "base_heldout_exact_match": 0.08}})

@@ -89,8 +89,14 @@ def robustness(runs) -> dict:
     rows = []
     for run in map(Path, runs):
         info, card = _run_info(run), recorded(run)
+        failed = json.loads((run / "failed.json").read_text()) if (run / "failed.json").exists() else {}
         for lesson in LESSONS:
             record = card.get(lesson.chapter)
+            if lesson.chapter in failed:  # its assertion (or anything else) stopped it: the lesson did not hold
+                rows.append({"run": str(run), "seed": info.get("seed"), "kernels": info["kernels"],
+                             "chapter": lesson.chapter, "claim": lesson.claim, "unit": lesson.unit, "gain": None,
+                             "own_spread": None, "failed": failed[lesson.chapter]})
+                continue
             if record is None:
                 continue
             try:
@@ -109,13 +115,16 @@ def robustness(runs) -> dict:
             mine = [r for r in rows if r["claim"] == lesson.claim and r["kernels"] == kernels]
             if not mine:
                 continue
-            gains = [r["gain"] for r in mine]
-            mean, spread = sum(gains) / len(gains), max(gains) - min(gains)
+            gains = [r["gain"] for r in mine if r["gain"] is not None]
+            mean = sum(gains) / len(gains) if gains else float("nan")
+            spread = max(gains) - min(gains) if gains else float("nan")
             own_ok = all(r["gain"] > r["own_spread"] for r in mine if r["own_spread"] is not None)
+            failures = [r["failed"] for r in mine if r.get("failed")]
             groups.append({"chapter": lesson.chapter, "claim": lesson.claim, "unit": lesson.unit,
-                           "kernels": kernels, "seeds": [r["seed"] for r in mine], "gains": gains, "mean": mean,
-                           "spread": spread, "own_spreads": [r["own_spread"] for r in mine],
-                           "holds": mean > spread and min(gains) > 0 and own_ok})
+                           "kernels": kernels, "seeds": [r["seed"] for r in mine],
+                           "gains": [r["gain"] for r in mine], "mean": mean, "spread": spread,
+                           "own_spreads": [r["own_spread"] for r in mine], "failed": failures,
+                           "holds": bool(gains) and not failures and mean > spread and min(gains) > 0 and own_ok})
     cpus = sorted({_run_info(Path(r))["cpu"] for r in {row["run"] for row in rows}})
     return {"runs": [str(r) for r in runs], "cpus": cpus, "groups": groups,
             "all_hold": all(g["holds"] for g in groups)}
@@ -134,10 +143,15 @@ def format_robustness(result: dict) -> str:
              "| --- | --- | --- | --- | --- | ---: | ---: | --- |"]
     for g in result["groups"]:
         unit = "points" if g["unit"] == "points" else "nats"
-        per_seed = " / ".join(_value(x, g["unit"]) for x in g["gains"])
+        per_seed = " / ".join("failed" if x is None else _value(x, g["unit"]) for x in g["gains"])
         if any(s is not None for s in g["own_spreads"]):
-            per_seed += " (own spreads " + " / ".join(f"{_value(s, g['unit'])[1:]}" for s in g["own_spreads"]) + ")"
+            per_seed += " (own spreads " + " / ".join("-" if s is None else _value(s, g["unit"])[1:]
+                                                      for s in g["own_spreads"]) + ")"
         lines.append(f"| {g['chapter']} | {g['claim']} ({unit}) | {g['kernels']} | "
                      f"{', '.join(str(s) for s in g['seeds'])} | {per_seed} | {_value(g['mean'], g['unit'])} | "
                      f"{_value(g['spread'], g['unit'])[1:]} | {'yes' if g['holds'] else '**no**'} |")
+    failures = [(g["chapter"], f) for g in result["groups"] for f in g.get("failed", [])]
+    if failures:
+        lines += ["", "Chapters that stopped on an error (their lesson counts as not holding):"]
+        lines += [f"- {chapter}: {message}" for chapter, message in dict.fromkeys(failures)]
     return "\n".join(lines)

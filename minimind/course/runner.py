@@ -22,7 +22,9 @@ def chapter_notebooks(root: Path, only=None) -> list[Path]:
 
 
 def run_course(preset="tiny", out=None, data="course", device="auto", only=None, build_book=True,
-               dtype="auto", seed: int = 0) -> Path:
+               dtype="auto", seed: int = 0, keep_going: bool = False) -> Path:
+    """keep_going: a chapter that fails (an assertion of its lesson, say) is written to run_dir/failed.json and the
+    next chapter runs; without it the first failure stops the course."""
     import papermill
 
     root = find_root()
@@ -33,15 +35,23 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
     executed.mkdir(parents=True, exist_ok=True)
     # what this run ran under: the seed every training chapter takes, the kernels, the CPU (--robustness reads it)
     (run_dir / "conditions.json").write_text(json.dumps({"seed": seed, **conditions()}, indent=1) + "\n")
-    wall = {}
+    wall, failed = {}, {}
+    (run_dir / "failed.json").unlink(missing_ok=True)
     for nb in chapter_notebooks(root, only):
         print(f"== {nb.name} ({preset})", flush=True)
         start = time.perf_counter()
         parameters = dict(preset=preset, data=data, device=device, out_dir=str(run_dir), dtype=dtype, seed=seed)
         declared = papermill.inspect_notebook(str(nb))  # chapters that train declare dtype and seed; others do not
-        papermill.execute_notebook(
-            str(nb), str(executed / nb.name), cwd=str(root), progress_bar=False,
-            parameters={k: v for k, v in parameters.items() if k in declared})
+        try:
+            papermill.execute_notebook(
+                str(nb), str(executed / nb.name), cwd=str(root), progress_bar=False,
+                parameters={k: v for k, v in parameters.items() if k in declared})
+        except papermill.PapermillExecutionError as error:
+            if not keep_going:
+                raise
+            failed[nb.stem] = f"{error.ename}: {error.evalue}"
+            (run_dir / "failed.json").write_text(json.dumps(failed, indent=1) + "\n")
+            print(f"   FAILED: {failed[nb.stem]}", flush=True)
         wall[nb.stem] = time.perf_counter() - start
         print(f"   {wall[nb.stem]:.1f} s", flush=True)
         walls = run_dir / "wall_times.json"  # every chapter's latest time, kept across --only runs
