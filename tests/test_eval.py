@@ -272,3 +272,14 @@ def test_course_corpus_eval_file(tmp_path, loaded):
     model, tok = loaded
     r = ev.evaluate_course(model, tok, path, limit=4)
     assert r["short"]["n"] == 4 and r["mc"]["n"] == 4
+
+
+def test_trace_check_reads_the_steps_and_whether_the_answer_follows_them():
+    from minimind.use.traces import trace_check
+    # the reply chapter 12 once showed: both steps wrong, the answer right, so not taken from the trace
+    reply = "<think>\n4 plus 8 is 13.\n13 minus 8 is 6.\n</think>\n4 plus 8 minus 8 is 4."
+    assert trace_check(reply) == {"traced": True, "steps": 2, "steps_right": 0, "result": 6, "follows": False}
+    good = "<think>\nRelun starts with 2 nuts.\n2 plus 1 is 3.\n3 minus 1 is 2.\n</think>\nRelun has 2 nuts now."
+    assert trace_check(good) == {"traced": True, "steps": 2, "steps_right": 2, "result": 2, "follows": True}
+    assert trace_check("2 plus 1 is 3.")["traced"] is False
+    assert trace_check("<think>\nI am not sure.\n</think>\n5")["follows"] is False

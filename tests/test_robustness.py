@@ -44,6 +44,9 @@ def test_a_gain_smaller_than_its_spread_does_not_hold(tmp_path):
     kd = next(g for claim, g in groups.items() if "teacher" in claim)
     assert not traces["holds"] and traces["spread"] == pytest.approx(0.06)
     assert kd["holds"]
+    # chapter 12 measures the traces without promising they win: the runs' lessons all hold
+    assert not traces["taught"] and robustness(runs)["all_hold"]
+    assert "*measured*: traces" in format_robustness(robustness(runs))
 
 
 def test_a_run_whose_gain_is_inside_its_own_seeds_spread_fails_the_lesson(tmp_path):

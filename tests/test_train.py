@@ -1,6 +1,7 @@
 """The training loop: it learns, resumes exactly, survives interrupted writes, and DDP equals one process."""
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -243,3 +244,14 @@ def test_chat_training_logs_its_padding(tmp_path):
     fractions = {g: [r["padding_fraction"] for r in read_metrics(tmp_path / str(g))] for g in (False, True)}
     assert all(0 <= f < 1 for f in fractions[False] + fractions[True])
     assert sum(fractions[True]) < sum(fractions[False])  # similar lengths together: less padding
+
+
+def test_progress_lines_in_a_notebook_say_the_step_the_rate_and_the_time_left(tmp_path, capsys):
+    """Outside a terminal (a notebook, a log) the loop prints about ten lines, each with its time left."""
+    model = fresh_model()
+    train(model, PretrainStage(), toy_data(), TrainArgs(max_steps=10, **{**ARGS, "progress": True, "log_every": 1}),
+          tmp_path, collate_fn=stack_collate)
+    lines = [x for x in capsys.readouterr().out.splitlines() if " step " in x]
+    assert len(lines) == 10 and lines[-1].startswith("pretrain step 10/10")
+    assert all(re.search(r"tok/s  \d+ s, \d+ s left$", x) for x in lines), lines
+    assert lines[-1].endswith(" 0 s left")

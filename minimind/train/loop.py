@@ -272,6 +272,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         print(f"{stage.name}: {describe_precision(args.dtype, device, hidden)}", flush=True)
     model.train()
     start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
+    loop_start, first_step = time.perf_counter(), state["step"]  # this process's pace, for the time left
     loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
     padded, positions = torch.zeros((), device=device), 0  # padding in the batches since the last log (chat data)
     summary = {}
@@ -335,8 +336,10 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
                 summary = record
                 if print_every and (step % print_every == 0 or last):
                     extra = f" val_loss {record['val_loss']:.3f}" if "val_loss" in record else ""
+                    left = (time.perf_counter() - loop_start) / max(step - first_step, 1) * (total - step)
                     print(f"{stage.name} step {step}/{total}  loss {record['loss']:.3f}{extra}  lr {lr:.1e}  "
-                          f"{record['tokens_per_s']:,.0f} tok/s  {state['elapsed']:.0f} s", flush=True)
+                          f"{record['tokens_per_s']:,.0f} tok/s  {state['elapsed']:.0f} s, {left:.0f} s left",
+                          flush=True)
                 if bar:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}",
                                     tok_s=f"{record['tokens_per_s']:.0f}")
