@@ -46,7 +46,7 @@ def _add_course(sub):
                         "each measure against a tolerance, and their wall times")
     p.add_argument("--times", default=None, metavar="RUN",
                    help="run nothing: each chapter's wall time in a finished course run, and the whole against "
-                        "the 5-minute goal")
+                        "the goals (a chapter at most 4 minutes, the course at most 10)")
     p.add_argument("--robustness", nargs="+", default=None, metavar="RUN",
                    help="run nothing: check every chapter's lesson in finished runs of other seeds and kernels "
                         "(mean gain above the spread across seeds); exits 1 when one does not hold")

@@ -95,12 +95,17 @@ def test_course_times_list_every_chapter_and_judge_the_whole(tmp_path, capsys):
     assert [c["chapter"] for c in result["chapters"]] == ["07_pretrain", "11_rl"]  # 14 has no wall time
     assert result["chapters"][1]["train_s"] == 25.0 and result["total_s"] == 300.0 and result["met"]
     assert not course_times(run, goal_minutes=4.9)["met"]
+    slow = course_times(run, goal_minutes=5, chapter_goal_minutes=2.5)  # chapter 07 takes 170 s
+    assert not slow["met"] and slow["chapters_over"] == ["07_pretrain"]
+    assert "**not met** (07_pretrain)" in format_course_times(slow)
     text = format_course_times(result)
-    assert "| 07_pretrain | 170 | 150 | 57% |" in text and "5.0 min (goal: at most 5 min): met" in text
+    assert "| 07_pretrain | 170 | 150 | 57% |" in text and "5.0 min (goal: at most 5 min): met." in text
+    assert "Every chapter at most 4 min: met." in text
     page = tmp_path / "page.md"
     page.write_text(f"{TIMES_BEGIN.format(json=tmp_path / 't.json')}\n{TIMES_END}\n")
     assert main(["course", "--times", str(run), "--json", str(tmp_path / "t.json"), "--page", str(page)]) == 0
-    assert text in page.read_text() and json.loads((tmp_path / "t.json").read_text())["total_s"] == 300.0
+    assert format_course_times(course_times(run)) in page.read_text()  # the command's goals: 10 and 4 minutes
+    assert json.loads((tmp_path / "t.json").read_text())["total_s"] == 300.0
     capsys.readouterr()
     assert main(["course", "--times", str(_fake_run(tmp_path / "untimed", {"08_sft": dict(em=0.5)}))]) != 0
     assert "has no wall_times.json" in capsys.readouterr().err

@@ -145,9 +145,9 @@ TIMES_BEGIN = "<!-- begin: tables written by `minimind course --times` from {jso
 TIMES_END = "<!-- end: tables written by `minimind course --times` -->"
 
 
-def course_times(run_dir: str | Path, goal_minutes: float = 5.0) -> dict:
-    """Each chapter's wall time in a finished course run, the training seconds its card records, and the whole
-    course against goal_minutes."""
+def course_times(run_dir: str | Path, goal_minutes: float = 10.0, chapter_goal_minutes: float = 4.0) -> dict:
+    """Each chapter's wall time in a finished course run, the training seconds its card records, each chapter
+    against chapter_goal_minutes and the whole course against goal_minutes."""
     card = read_card(run_dir)
     chapters = []
     for chapter in sorted(card):
@@ -160,8 +160,10 @@ def course_times(run_dir: str | Path, goal_minutes: float = 5.0) -> dict:
     if not chapters:
         raise ValueError(f"{run_dir} has no wall_times.json: time a course with `minimind course --out {run_dir}`")
     total = sum(c["wall_s"] for c in chapters)
+    over = [c["chapter"] for c in chapters if c["wall_s"] > chapter_goal_minutes * 60]
     return {"run": Path(run_dir).name, "chapters": chapters, "total_s": total, "goal_minutes": goal_minutes,
-            "met": total <= goal_minutes * 60}
+            "chapter_goal_minutes": chapter_goal_minutes, "chapters_over": over,
+            "met": total <= goal_minutes * 60 and not over}
 
 
 def format_course_times(result: dict) -> str:
@@ -171,7 +173,14 @@ def format_course_times(result: dict) -> str:
         train = _time(c["train_s"]) if c["train_s"] else "-"
         lines.append(f"| {c['chapter']} | {_time(c['wall_s'])} | {train} | {c['wall_s'] / total:.0%} |")
     verdict = "met" if result["met"] else "**not met**"
-    lines += ["", f"The whole course: {total / 60:.1f} min (goal: at most {result['goal_minutes']:g} min): {verdict}"]
+    whole = total <= result["goal_minutes"] * 60
+    lines += ["", f"The whole course: {total / 60:.1f} min (goal: at most {result['goal_minutes']:g} min): "
+                  f"{'met' if whole else '**not met**'}."]
+    if "chapter_goal_minutes" in result:
+        over = result["chapters_over"]
+        lines += [f"Every chapter at most {result['chapter_goal_minutes']:g} min: "
+                  + ("met." if not over else f"**not met** ({', '.join(over)}).")]
+    lines += [f"Both goals: {verdict}."]
     return "\n".join(lines)
 
 
