@@ -467,7 +467,7 @@ for i in fixed[:4]:
 # words around it, so an answer with the right number in the wrong sentence (a weight given as a shoe size)
 # is paid in full, and RL has no reason to fix the sentence. A reward is a specification: what it does not
 # check, the policy is free to get wrong. A stricter rule (the answer must also name the fact asked for) would
-# close this gap; exercise material.
+# close this gap.
 
 # %%
 train_seconds = sum(json.loads((d / "summary.json").read_text())["wall_time"] for d in tool_sft_dirs.values())
