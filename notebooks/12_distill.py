@@ -26,8 +26,9 @@
 # $$ \mathcal{L} = \alpha\, \mathrm{CE}(y, p_s) + (1-\alpha)\, T^2\, \mathrm{KL}\big(p_t^{(T)} \,\|\, p_s^{(T)}\big) $$
 #
 # **Reasoning distillation** (MiniMind's `reason` stage, after DeepSeek-R1's distilled models). A strong
-# model writes its reasoning in `<think>...</think>` before answering; a small model fine-tuned on such
-# traces learns to work step by step, and a multi-step sum becomes a chain of one-step sums it can do.
+# model writes its reasoning in `<think>...</think>` before answering; a small model is fine-tuned on such
+# traces, in the hope that it learns to work step by step: a multi-step sum would become a chain of one-step
+# sums. Whether a model as small as ours gets there is measured below, not assumed.
 
 # %% tags=["parameters"]
 preset = "tiny"
@@ -43,6 +44,7 @@ seed = 0               # the training seed (`minimind course --seed`: do the les
 
 # %%
 import json
+import math
 import random
 
 import matplotlib.pyplot as plt
@@ -56,6 +58,7 @@ from minimind.model.generation import generate_replies
 from minimind.train import TrainArgs, evaluate, load_tokenizer, train_stage
 from minimind.train.stages import SFTStage
 from minimind.use.eval import answer_matches, extract_numbers
+from minimind.use.traces import trace_check
 
 run_dir = runs_dir(preset, out_dir)
 paths = data_paths(data)
@@ -109,13 +112,18 @@ plt.show()
 # ## Reasoning traces
 # Multi-step word problems ("Relun has 2 nuts. Bezer gives her 1 more, then ...") are hard for a tiny
 # model to answer in one go: the answer token must come out of several sums at once. With a trace, each
-# step is a one-step sum the model has seen many times. We fine-tune the SFT model twice on the same
-# problems, once with the traces and once with the final answers alone, and compare on held-out problems.
+# step is a one-step sum. We fine-tune the SFT model twice on the same problems, once with the traces and
+# once with the final answers alone, and compare on held-out problems.
+#
+# The `reason` stage is SFT with one change: the loss on the `<think>` and `</think>` tag tokens weighs
+# `tag_weight` times as much as on the other tokens (MiniMind uses 10, we use 2). Those two tokens are a small
+# part of every reply, and the whole format hangs on them: a model that forgets to close the trace never
+# answers.
 
 # %%
 problems = read_jsonl(paths["reason"], "sft")
 random.Random(0).shuffle(problems)
-held, train_set = problems[:100], problems[100:]
+held, train_set = problems[:300], problems[300:]
 
 
 def strip_trace(record):
@@ -146,11 +154,44 @@ def is_right(reply, reference):
 
 
 answers = [strip_trace(r)["conversations"][-1]["content"] for r in held]
-scores = {}
+scores, right = {}, {}
 for name, run in runs.items():
     replies = generate_replies(run["model"], tokenizer, [r["conversations"][:-1] for r in held], max_new_tokens=64)
-    scores[name] = sum(map(is_right, replies, answers)) / len(held)
+    right[name] = [is_right(x, a) for x, a in zip(replies, answers)]
+    scores[name] = sum(right[name]) / len(held)
     print(f"{name:7s} {scores[name]:.0%} of {len(held)} held-out problems; e.g. {replies[0]!r}")
+    if name == "traces":
+        checks = [trace_check(x) for x in replies]
+
+# %% [markdown]
+# Is the difference larger than chance? Both models answered the same problems, so what counts is where they
+# disagree: the problems only the trace model got right, and those only the direct model got right. The 95%
+# interval below is the difference's, from those counts. And does the answer come from the trace? If it did,
+# the trace's steps would be right and the answer would repeat the trace's last result.
+
+# %%
+n = len(held)
+only_traces = sum(t and not d for t, d in zip(right["traces"], right["direct"]))
+only_direct = sum(d and not t for t, d in zip(right["traces"], right["direct"]))
+diff = (only_traces - only_direct) / n
+se = math.sqrt(only_traces + only_direct - (only_traces - only_direct) ** 2 / n) / n  # paired: the same problems
+print(f"traces minus direct: {diff:+.1%} (95% interval {diff - 1.96 * se:+.1%} to {diff + 1.96 * se:+.1%}); "
+      f"right only with traces {only_traces}, only without {only_direct}")
+traced = [c for c in checks if c["traced"] and c["steps"]]
+every_step = sum(c["steps_right"] == c["steps"] for c in traced) / max(len(traced), 1)
+follows = sum(c["follows"] for c in traced) / max(len(traced), 1)
+print(f"{len(traced)} of {n} replies wrote a trace with steps; every step right in {every_step:.0%} of them; "
+      f"the answer repeats the trace's result in {follows:.0%}")
+print("traces beat direct answers beyond chance here:", diff - 1.96 * se > 0)
+
+# %% [markdown]
+# Read the last three lines together. Where the answers repeat the trace's result but the steps are often
+# wrong, the model has learned the *form* of a trace and carries its errors into the answer; where the
+# answers are right while the traces are wrong, the answer did not come from the trace. A chain of sums is no
+# better than its weakest step. The outcome also moves with the seed and the CPU: the robustness page
+# (book/robustness.md) repeats this comparison for five seeds and two sets of kernels, and it is reported there
+# as a measurement, not as a lesson this chapter promises. Traces pay in models that do each step reliably, as
+# the distilled DeepSeek-R1 models do.
 
 # %%
 fig, ax = plt.subplots(1, 2, figsize=(9, 3))
@@ -168,4 +209,6 @@ plt.show()
 record(run_dir, "12_distill", teacher_val_loss=round(val_teacher, 4), student_val_loss=round(val_plain, 4),
        student_kd_val_loss=round(val_kd, 4), kd_beats_plain=val_kd < val_plain,
        multistep_accuracy_direct=round(scores["direct"], 3), multistep_accuracy_traces=round(scores["traces"], 3),
+       traces_minus_direct_low=round(diff - 1.96 * se, 3), trace_steps_all_right=round(every_step, 3),
+       answer_follows_trace=round(follows, 3),
        train_seconds=round(plain["wall_time"] + kd["wall_time"] + sum(r["wall_time"] for r in runs.values()), 1))
