@@ -22,6 +22,11 @@
 # stories and descriptions, because SFT (chapter 08) only teaches it to answer questions.
 #
 # This chapter trains the base model `runs/<preset>/pretrain` that the later chapters start from.
+#
+# Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
+# carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
+# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
+# seeds and kernels.
 
 # %% tags=["parameters"]
 preset = "tiny"        # tiny | minimind2-small | minimind2 | minimind2-moe

@@ -23,6 +23,11 @@
 # The course corpus is built for one lesson here. Its facts are split: the SFT dialogues ask about one
 # part of them; the other part appears *only* in the pretraining text. If the SFT model answers questions
 # about those held-out facts, it learned them in pretraining, and SFT taught it to *use* what it knows.
+#
+# Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
+# carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
+# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
+# seeds and kernels.
 
 # %% tags=["parameters"]
 preset = "tiny"

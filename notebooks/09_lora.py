@@ -26,6 +26,11 @@
 # percent of the parameters train, the adapter is a small file, and it can be merged into $W$ afterwards
 # at no cost at inference. Here the SFT model of chapter 08 learns a new identity ("I am MiniMind") and a
 # domain it never saw: caring for the animals of the course world.
+#
+# Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
+# carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
+# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
+# seeds and kernels.
 
 # %% tags=["parameters"]
 preset = "tiny"

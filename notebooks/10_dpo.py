@@ -30,6 +30,11 @@
 # makes it than the reference did. The reference is what keeps the policy from drifting anywhere else:
 # moving the probability of text that both answers share changes both terms alike and buys nothing.
 # This chapter trains `runs/<preset>/dpo` from chapter 08's SFT model.
+#
+# Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
+# carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
+# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
+# seeds and kernels.
 
 # %% tags=["parameters"]
 preset = "tiny"

@@ -29,6 +29,11 @@
 # model writes its reasoning in `<think>...</think>` before answering; a small model is fine-tuned on such
 # traces, in the hope that it learns to work step by step: a multi-step sum would become a chain of one-step
 # sums. Whether a model as small as ours gets there is measured below, not assumed.
+#
+# Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
+# carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
+# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
+# seeds and kernels.
 
 # %% tags=["parameters"]
 preset = "tiny"
