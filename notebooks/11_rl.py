@@ -34,6 +34,11 @@
 # and all three are one `Stage` on the same training loop. This chapter trains them side by side on the
 # same prompts, with the same reward and the same number of generated responses per step, three times
 # each (three seeds), and measures what they learned on prompts they never trained on.
+#
+# Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
+# carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
+# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
+# seeds and kernels.
 
 # %% tags=["parameters"]
 preset = "tiny"
@@ -81,7 +86,7 @@ from minimind.train import load_tokenizer, read_metrics, train_stage
 from minimind.use.eval import answer_matches, rl_accuracy
 
 RECIPES = {
-    "tiny": dict(seeds=3, max_steps=30, responses=32, group_size=8,
+    "tiny": dict(seeds=3, max_steps=60, responses=32, group_size=8,
                  lr={"ppo": 1e-4, "grpo": 2e-4, "spo": 2e-4}, critic_lr=1e-3, kl_beta=0.1, warmup_steps=5,
                  max_new_tokens=16, max_prompt_tokens=None, temperature=1.0),
     "minimind": dict(seeds=1, max_steps=None, responses=16, group_size=8,
@@ -418,8 +423,11 @@ for name in algorithms:
 
 # %% [markdown]
 # The facts this chapter rests on, printed without the numbers that a different CPU's arithmetic could
-# move: every seed beats the SFT model on the held-out prompts, the mean gain is at least 10 points, and the
-# reward per rollout (averaged over the seeds) rises by more than its noise.
+# move: every seed beats the SFT model on the held-out prompts, and the mean gain is larger than the spread
+# between the seeds. (How far the SFT model starts, and so how much room RL has, depends on the seed and the
+# CPU that trained chapters 07 and 08; 60 steps leave every algorithm's gain above its spread on every start
+# the robustness page measured, where 30 did not.) The reward per rollout is in the table above, with its
+# noise (the z column: the rise over its standard error).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -427,11 +435,11 @@ print(f"{len(val_records)} held-out prompts, {len(seeds)} seeds per algorithm")
 if has_answers:
     for name in algorithms:
         s = summary[name]
-        print(f"{name}: every seed beats SFT: {s['every_seed_up']}; mean gain >= 10 points: "
-              f"{s['greedy'] - before['greedy'] >= 0.10}; reward rises beyond its noise: "
-              f"{s['reward_gain'] > s['reward_se']}")
-    print("every algorithm learned:", all(s["every_seed_up"] and s["greedy"] - before["greedy"] >= 0.10
-                                          and s["reward_gain"] > s["reward_se"] for s in summary.values()))
+        print(f"{name}: every seed beats SFT: {s['every_seed_up']}; mean gain above the seeds' spread: "
+              f"{s['greedy'] - before['greedy'] > s['greedy_spread']}")
+    learned = all(s["every_seed_up"] and s["greedy"] - before["greedy"] > s["greedy_spread"] for s in summary.values())
+    print("every algorithm learned:", learned)
+    assert learned, "an algorithm did not beat the SFT model by more than its seeds' spread: see the table above"
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
