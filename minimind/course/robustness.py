@@ -54,7 +54,7 @@ LESSONS = [
     Lesson("14_tools", "tool SFT beats SFT without tools on held-out tool tasks", "points",
            lambda r: r["tool_sft"] - r["no_tools"], lambda r: r["tool_sft_spread"]),
     Lesson("14_tools", "agentic RL raises success on prompts in new words", "points",
-           lambda r: r["agent_after"] - r["agent_before"], lambda r: r["agent_after_spread"]),
+           lambda r: r["agent_after"] - r["agent_before"], lambda r: r["agent_after_spread"], taught=False),
 ]
 
 
