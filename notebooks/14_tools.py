@@ -58,6 +58,7 @@ agent_temperature = 1.0  # the rollouts' sampling temperature
 
 # %%
 import json
+import re
 from collections import Counter
 
 import matplotlib.pyplot as plt
@@ -420,19 +421,39 @@ print(f"agentic RL gain: greedy {rl_gain:+.1%} (seeds spread {np.ptp(rl_accs):.1
       f"{rl_sampled.mean() - before['sampled']:+.1%} (spread {np.ptp(rl_sampled):.1%})")
 
 # %% [markdown]
-# Again the percentages depend on the CPU; the lesson is checked:
+# The gain is not the same kind of result as tool SFT's. Break the held-out prompts down by wording (the
+# name and the numbers blanked out), before RL and after each run:
+
+# %%
+def wording(question):
+    """The question with its names and numbers blanked out: X and N."""
+    first, rest = question.split(" ", 1)
+    return re.sub(r"\d+", "N", f"{first} {re.sub(r'[A-Z][a-z]+', 'X', rest)}")
+
+
+by_wording = {}
+for i, task in enumerate(rl_val):
+    by_wording.setdefault(wording(task["conversations"][-1]["content"]), []).append(i)
+print(f"{'wording':40} {'n':>3} {'SFT':>5} " + " ".join(f"{f'RL {s}':>5}" for s in rl_seeds))
+for w, rows in sorted(by_wording.items(), key=lambda kv: -len(kv[1])):
+    right = [np.mean([r["rows"][i]["correct"] for i in rows]) for r in [before, *after.values()]]
+    print(f"{w:40} {len(rows):3} " + " ".join(f"{x:5.0%}" for x in right))
+
+# %% [markdown]
+# Each wording is nearly all right or nearly all wrong, before RL and after: a wording is one choice
+# (call or answer from memory, which tool, which fact, which number first), the same for every name. RL can
+# only learn a choice it has sampled: a wording whose episodes all fail gives every episode the same reward,
+# so every advantage is zero and there is no gradient. A wording the start model answers without a call in
+# nearly every sample is found, or not, by luck in the first steps, and a run that finds it gains several
+# points at once. So the runs' gains come in steps of a wording's share of the prompts, and whether their
+# mean clears their spread depends on the start model and the seeds (the gain line above says how it came out
+# on this machine). The robustness page (book/robustness.md) reports it across seeds and kernels as a
+# measurement, not as a lesson this chapter can promise at this size; nbval checks only the setup:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{len(rl_val)} held-out RL prompts, {len(rl_accs)} RL runs from one tool-SFT model")
-print("agentic RL raises greedy success by more than the seeds' spread:", bool(rl_gain > np.ptp(rl_accs)))
-assert rl_gain > np.ptp(rl_accs), "agentic RL did not raise task success by more than the seeds' spread"
-
-# %% [markdown]
-# Read the kind columns: RL raises the kinds that the start model gets right only sometimes in these new
-# wordings. Which kinds move, and by how much, differs between seeds and between CPUs; the gain in the first
-# column is what the check above holds to. Held-out prompts the tool-SFT model got wrong and the first RL
-# seed got right, with what each wrote:
+print(f"{len(rl_val)} held-out RL prompts in {len(by_wording)} wordings, {len(rl_accs)} RL runs from one "
+      "tool-SFT model")
 
 # %%
 def episode_text(messages):
@@ -501,5 +522,6 @@ record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(with
 # - SFT on tool conversations teaches the model to call and to copy the result into its answer. It learns it
 #   only with enough steps, and it learns it for facts it never saw, which is the point of a tool.
 # - Agentic RL samples whole episodes, rewards the task's success and learns only from the model's own tokens.
-#   It teaches the choices a new wording leaves open (which tool, which fact), from the best SFT model; it
-#   does not teach a skill SFT left half-learned.
+#   It learns a choice a new wording leaves open (call or not, which tool, which fact) once a sample has found
+#   it; at this size, whether a run finds a wording the start model never calls for is luck, so its gain is
+#   measured here, not promised.
