@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -61,19 +60,11 @@ LESSONS = [
 def conditions() -> dict:
     """What a course run ran under: the kernels asked for, the CPU, torch (written into the run folder)."""
     import torch
+
+    from ..use.bench import cpu_name
     kernels = {k: os.environ[k] for k in KERNEL_VARIABLES if os.environ.get(k)}
     return {"kernels": ", ".join(f"{k}={v}" for k, v in kernels.items()) or "native",
-            "cpu": _cpu_name(), "torch": torch.__version__}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            "cpu": cpu_name(), "torch": torch.__version__}
 
 
 def _run_info(run_dir: Path) -> dict:
