@@ -133,7 +133,7 @@ def format_robustness(result: dict) -> str:
              "(mean gain above the spread across seeds, every gain positive, and every run's gain above its "
              "own seeds' spread where the chapter has seeds). Rows marked *measured* are comparisons a chapter "
              "shows without promising an outcome.", "",
-             "| chapter | lesson | kernels | seeds | gain per seed | mean | spread | holds |",
+             "| chapter | lesson [unit] | kernels | seeds | gain per seed | mean | spread | holds |",
              "| --- | --- | --- | --- | --- | ---: | ---: | --- |"]
     for g in result["groups"]:
         unit = "points" if g["unit"] == "points" else "nats"
@@ -142,7 +142,8 @@ def format_robustness(result: dict) -> str:
             per_seed += " (own spreads " + " / ".join("-" if s is None else _value(s, g["unit"])[1:]
                                                       for s in g["own_spreads"]) + ")"
         claim = g["claim"] if g["taught"] else f"*measured*: {g['claim']}"
-        lines.append(f"| {g['chapter']} | {claim} ({unit}) | {g['kernels']} | "
+        kernels = g["kernels"].replace("ATEN_CPU_CAPABILITY=", "ATen ").replace("MKL_ENABLE_INSTRUCTIONS=", "MKL ")
+        lines.append(f"| {g['chapter']} | {claim} [{unit}] | {kernels} | "
                      f"{', '.join(str(s) for s in g['seeds'])} | {per_seed} | {_value(g['mean'], g['unit'])} | "
                      f"{_value(g['spread'], g['unit'])[1:]} | {'yes' if g['holds'] else '**no**'} |")
     failures = [(g["chapter"], f) for g in result["groups"] for f in g.get("failed", [])]
