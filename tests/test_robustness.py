@@ -118,3 +118,21 @@ def test_the_command_exits_1_when_a_lesson_does_not_hold(tmp_path):
                            "--json", str(out)], capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     assert "**no**" in done.stdout and json.loads(out.read_text())["all_hold"] is False
+
+
+def test_the_book_shows_the_robustness_tables_of_their_json():
+    """Each table of book/robustness.md is the JSON its block names, as `minimind course --robustness --page`
+    wrote it (the page has at least the main one)."""
+    import re
+    from pathlib import Path
+
+    from minimind.course.robustness import ROBUST_BEGIN, ROBUST_END
+    from minimind.use.bench import page_tables
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "book" / "robustness.md").read_text()
+    names = re.findall(re.escape(ROBUST_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)
+    assert "book/robustness.json" in names
+    for name in names:
+        result = json.loads((root / name).read_text())
+        assert page_tables(text, name, ROBUST_BEGIN, ROBUST_END) == format_robustness(result), \
+            f"rerun: minimind course --robustness RUN... --json {name} --page book/robustness.md"

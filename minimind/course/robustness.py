@@ -124,6 +124,8 @@ def robustness(runs) -> dict:
 
 
 def _value(x: float, unit: str) -> str:
+    if x != x:  # no gain measured (every run of the group failed)
+        return "-"
     return f"{100 * x:+.1f}" if unit == "points" else f"{x:+.3f}"
 
 
@@ -139,13 +141,13 @@ def format_robustness(result: dict) -> str:
         unit = "points" if g["unit"] == "points" else "nats"
         per_seed = " / ".join("failed" if x is None else _value(x, g["unit"]) for x in g["gains"])
         if any(s is not None for s in g["own_spreads"]):
-            per_seed += " (own spreads " + " / ".join("-" if s is None else _value(s, g["unit"])[1:]
+            per_seed += " (own spreads " + " / ".join("-" if s is None else _value(s, g["unit"]).lstrip("+")
                                                       for s in g["own_spreads"]) + ")"
         claim = g["claim"] if g["taught"] else f"*measured*: {g['claim']}"
         kernels = g["kernels"].replace("ATEN_CPU_CAPABILITY=", "ATen ").replace("MKL_ENABLE_INSTRUCTIONS=", "MKL ")
         lines.append(f"| {g['chapter']} | {claim} [{unit}] | {kernels} | "
                      f"{', '.join(str(s) for s in g['seeds'])} | {per_seed} | {_value(g['mean'], g['unit'])} | "
-                     f"{_value(g['spread'], g['unit'])[1:]} | {'yes' if g['holds'] else '**no**'} |")
+                     f"{_value(g['spread'], g['unit']).lstrip('+')} | {'yes' if g['holds'] else '**no**'} |")
     failures = [(g["chapter"], f) for g in result["groups"] for f in g.get("failed", [])]
     if failures:
         lines += ["", "Chapters that stopped on an error (their lesson counts as not holding):"]
