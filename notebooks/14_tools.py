@@ -78,7 +78,7 @@ from minimind.train.stages import common_prefix
 from minimind.use.eval import tool_task_accuracy
 
 # tiny: chosen by measurement on 2 CPU cores, across seeds and kernels (book/robustness.md)
-RECIPES = {"tiny": dict(sft_seeds=1, sft_steps=400, sft_batch=32, agent_steps=40),
+RECIPES = {"tiny": dict(sft_seeds=1, sft_steps=600, sft_batch=32, agent_steps=40),
            "gpu": dict(sft_seeds=1, sft_steps=2000, sft_batch=32, agent_steps=90)}
 recipe = RECIPES["tiny" if preset == "tiny" else "gpu"]
 globals().update({key: value for key, value in recipe.items() if globals()[key] is None})
@@ -253,9 +253,10 @@ print(f"{len(rows)} of 16 conversations share their first {shared} tokens (each 
 # question into the call. A model that has learned the format but not yet the copy writes a fluent answer with
 # a number near the right one. The tiny model learns to copy late in the run, and suddenly; how late depends
 # on the seed and even on the CPU's rounding, so the recipe leaves a margin. With 16 conversations a step,
-# the earlier recipe, some seeds and CPUs got past that point and others did not; 32 a step (less noise in
-# each step's gradient) gets past it in every seed and on every set of kernels measured on the robustness
-# page (book/robustness.md). The cell trains for a few minutes on a laptop's CPU; the bar shows the time left.
+# the earlier recipe, some seeds and CPUs got past that point and others did not. With 32 a step (less noise
+# in each step's gradient) for `sft_steps` steps, every course run on the robustness page (book/robustness.md)
+# gets past it; a third fewer steps left one of them short. The cell trains for several minutes on a laptop's
+# CPU; its progress lines show the time left.
 
 # %%
 def tool_sft_run(seed):
