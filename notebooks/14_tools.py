@@ -299,8 +299,8 @@ print(f"gain {gain:+.1%}" + (f" (seeds spread {np.ptp(accs):.1%})" if len(accs) 
 
 # %% [markdown]
 # The percentages above depend on the CPU: its rounding changes every step of training a little, and another
-# laptop ends on other numbers. What holds on any machine is the lesson, checked here (and across five seeds
-# and two sets of kernels on the robustness page):
+# laptop ends on other numbers. What holds on any machine is the lesson, checked here (and across seeds and
+# kernels on the robustness page):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -444,11 +444,11 @@ for w, rows in sorted(by_wording.items(), key=lambda kv: -len(kv[1])):
 # Each wording is nearly all right or nearly all wrong, before RL and after: a wording is one choice
 # (call or answer from memory, which tool, which fact, which number first), the same for every name. RL can
 # only learn a choice it has sampled: a wording whose episodes all fail gives every episode the same reward,
-# so every advantage is zero and there is no gradient. A wording the start model answers without a call in
-# nearly every sample is found, or not, by luck in the first steps, and a run that finds it gains several
-# points at once. So the runs' gains come in steps of a wording's share of the prompts, and whether their
-# mean clears their spread depends on the start model and the seeds (the gain line above says how it came out
-# on this machine). The robustness page (book/robustness.md) reports it across seeds and kernels as a
+# so every advantage is zero and there is no gradient. A wording the start model gets wrong in nearly every
+# sample is found, or not, by luck, and a run that finds it gains several points at once; a run can also lose
+# a wording it had (compare the columns). So the runs' gains come in steps of a wording's share of the
+# prompts, and whether their mean clears their spread depends on the start model and the seeds (the gain line
+# above says how it came out on this machine). The robustness page (book/robustness.md) reports it across seeds and kernels as a
 # measurement, not as a lesson this chapter can promise at this size; nbval checks only the setup:
 
 # %%
@@ -479,12 +479,6 @@ for i in fixed[:4]:
     print(f"   agent RL: {episode_text(first_rl['episodes'][i])}")
 
 # %% [markdown]
-# RL reinforces what the model already does some of the time. A group of episodes that all fail gives every
-# episode the same reward, so each advantage is zero and there is no gradient; a prompt the model solves in
-# some samples and not in others is where it learns. A wording the start model never gets right, greedy or
-# sampled, stays where it is unless a lucky sample finds the right call and copies its result. That is also
-# why RL starts from the best SFT model: it sharpens a skill, it does not finish one SFT left half-learned.
-#
 # Read the answers' sentences too. The reward checks the last number of the answer (`answer_matches`), not the
 # words around it, so an answer with the right number in the wrong sentence (a weight given as a shoe size)
 # is paid in full, and RL has no reason to fix the sentence. A reward is a specification: what it does not
