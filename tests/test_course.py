@@ -35,6 +35,33 @@ def test_course_runs_a_chapter_with_papermill_and_builds_the_book(tmp_path, monk
     assert "00_setup" in (html / "book" / "report.html").read_text()  # the report card is a page of the book
 
 
+def _notebook(path, source):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_keep_going_records_failures_and_a_partial_rerun_keeps_the_others(tmp_path, monkeypatch):
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: index\n")
+    (tmp_path / "notebooks").mkdir()
+    _notebook(tmp_path / "notebooks" / "01_fine.ipynb", "print('fine')")
+    _notebook(tmp_path / "notebooks" / "02_broken.ipynb", "assert 1 > 2, 'no gain'")
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    run_course(out=run, build_book=False, keep_going=True)  # the course goes on past the failure
+    assert (run / "notebooks" / "01_fine.ipynb").exists()
+    assert json.loads((run / "failed.json").read_text()) == {"02_broken": "AssertionError: no gain"}
+    run_course(out=run, only=["01"], build_book=False, keep_going=True)  # 02 not re-run: its failure stays
+    assert list(json.loads((run / "failed.json").read_text())) == ["02_broken"]
+    _notebook(tmp_path / "notebooks" / "02_broken.ipynb", "print('mended')")
+    run_course(out=run, only=["02"], build_book=False, keep_going=True)
+    assert not (run / "failed.json").exists()
+    with pytest.raises(Exception, match="no gain"):  # without keep_going the first failure stops the course
+        _notebook(tmp_path / "notebooks" / "02_broken.ipynb", "assert 1 > 2, 'no gain'")
+        run_course(out=run, build_book=False)
+
+
 def test_dry_run_checks_every_stage_and_plans_the_gpu_run(capsys, monkeypatch):
     from minimind.cli import main
     from minimind.course import plan as plan_module

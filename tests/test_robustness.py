@@ -61,6 +61,23 @@ def test_a_run_whose_gain_is_inside_its_own_seeds_spread_fails_the_lesson(tmp_pa
     assert robustness(good)["all_hold"]
 
 
+def _rl(start, ppo, spread):
+    return {"sft_heldout_accuracy": start, **{f"{n}_heldout_accuracy": ppo for n in ("ppo", "grpo", "spo")},
+            **{f"{n}_heldout_accuracy_spread": spread for n in ("ppo", "grpo", "spo")}}
+
+
+def test_rl_is_judged_inside_each_course_run_against_its_own_seeds(tmp_path):
+    # as measured: one course run's SFT model starts at 37%, another's at 71%, so RL's gains differ across runs
+    # (+40 and +12 points, further apart than their mean) while each beats its own RL seeds' spread
+    runs = [_run(tmp_path, "s0", 0, "native", **{"11_rl": _rl(0.37, 0.775, 0.12)}),
+            _run(tmp_path, "s1", 1, "native", **{"11_rl": _rl(0.71, 0.826, 0.005)})]
+    ppo = next(g for g in robustness(runs)["groups"] if g["claim"].startswith("PPO"))
+    assert ppo["spread"] > ppo["mean"] and ppo["within_run"] and ppo["holds"]
+    assert "PPO raises held-out accuracy over SFT (*per run*)" in format_robustness(robustness(runs))
+    inside = _run(tmp_path, "s2", 2, "native", **{"11_rl": _rl(0.5, 0.55, 0.08)})  # +5, its seeds 8 apart
+    assert not next(g for g in robustness(runs + [inside])["groups"] if g["claim"].startswith("PPO"))["holds"]
+
+
 def test_a_chapter_that_failed_in_a_run_does_not_hold(tmp_path):
     good = _run(tmp_path, "s0", 0, "native", **{"14_tools": _tools(0.9, 0.05)})
     bad = _run(tmp_path, "s1", 1, "native")

@@ -35,9 +35,14 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
     executed.mkdir(parents=True, exist_ok=True)
     # what this run ran under: the seed every training chapter takes, the kernels, the CPU (--robustness reads it)
     (run_dir / "conditions.json").write_text(json.dumps({"seed": seed, **conditions()}, indent=1) + "\n")
-    wall, failed = {}, {}
-    (run_dir / "failed.json").unlink(missing_ok=True)
-    for nb in chapter_notebooks(root, only):
+    notebooks = chapter_notebooks(root, only)
+    # failures of the chapters this call runs again are forgotten; those of the chapters it skips are kept
+    failed_file = run_dir / "failed.json"
+    failed = json.loads(failed_file.read_text()) if failed_file.exists() else {}
+    failed = {chapter: why for chapter, why in failed.items() if chapter not in {nb.stem for nb in notebooks}}
+    _write_failed(failed_file, failed)
+    wall = {}
+    for nb in notebooks:
         print(f"== {nb.name} ({preset})", flush=True)
         start = time.perf_counter()
         parameters = dict(preset=preset, data=data, device=device, out_dir=str(run_dir), dtype=dtype, seed=seed)
@@ -50,7 +55,7 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
             if not keep_going:
                 raise
             failed[nb.stem] = f"{error.ename}: {error.evalue}"
-            (run_dir / "failed.json").write_text(json.dumps(failed, indent=1) + "\n")
+            _write_failed(failed_file, failed)
             print(f"   FAILED: {failed[nb.stem]}", flush=True)
         wall[nb.stem] = time.perf_counter() - start
         print(f"   {wall[nb.stem]:.1f} s", flush=True)
@@ -62,6 +67,13 @@ def run_course(preset="tiny", out=None, data="course", device="auto", only=None,
     if build_book:
         print(f"book: {build_book_from(run_dir)}")
     return run_dir
+
+
+def _write_failed(file: Path, failed: dict) -> None:
+    if failed:
+        file.write_text(json.dumps(failed, indent=1) + "\n")
+    else:
+        file.unlink(missing_ok=True)
 
 
 def build_book_from(run_dir: Path) -> Path:
