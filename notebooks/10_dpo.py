@@ -33,8 +33,8 @@
 #
 # Your numbers will differ a little from the ones printed here: every CPU rounds differently, and training
 # carries the difference forward, so losses and accuracies move with the machine (and with `seed`). What
-# the chapter teaches holds on any machine; the robustness page (book/robustness.md) measures it across
-# seeds and kernels.
+# the chapter teaches should not: the robustness page (book/robustness.md) checks each lesson across seeds
+# and two sets of CPU kernels, and says where one does not hold.
 
 # %% tags=["parameters"]
 preset = "tiny"

@@ -299,8 +299,8 @@ print(f"gain {gain:+.1%}" + (f" (seeds spread {np.ptp(accs):.1%})" if len(accs) 
 
 # %% [markdown]
 # The percentages above depend on the CPU: its rounding changes every step of training a little, and another
-# laptop ends on other numbers. What holds on any machine is the lesson, checked here (and across seeds and
-# kernels on the robustness page):
+# laptop ends on other numbers. What must hold on every machine is the lesson, checked here (and across seeds
+# and kernels on the robustness page):
 
 # %%
 # NBVAL_CHECK_OUTPUT
