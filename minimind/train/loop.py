@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -180,13 +180,161 @@ def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.exists() else []
 
 
+@dataclass
+class Run:
+    """Everything one training run holds between steps: the model as trained (`net`: compiled and/or DDP-wrapped)
+    and as saved (`model`), the optimizer, the data, and the counters that resumption restores."""
+    model: torch.nn.Module
+    net: torch.nn.Module
+    stage: Stage
+    args: TrainArgs
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    batches: Iterator
+    total: int
+    state: dict        # step, consumed (micro-batches), tokens, elapsed, stage: what a resume restores
+    out_dir: Optional[Path]
+    tokenizer: Any
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def save(self) -> None:
+        """The model (the stage's way) and the resume state, both written atomically."""
+        if self.out_dir is None:
+            return
+        if self.is_main:
+            self.stage.save(self.model, self.out_dir, self.tokenizer)
+            ckpt.save_resume_state(self.out_dir, self.stage.state_tensors(self.model), self.optimizer, self.state,
+                                   self.scaler)
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+class Tally:
+    """What the steps since the last metrics record add up to: loss and metric sums, tokens, padding."""
+
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+
+    def reset(self):
+        self.loss, self.metrics, self.n = torch.zeros((), device=self.device), {}, 0
+        self.tokens, self.since = 0, time.perf_counter()
+        self.padded, self.positions = torch.zeros((), device=self.device), 0  # padding of chat data
+
+    def add(self, loss, metrics: dict, tokens: int, batch) -> None:
+        self.loss += loss.detach().float()
+        for k, v in metrics.items():
+            self.metrics[k] = self.metrics.get(k, 0) + v.float()
+        self.n += 1
+        self.tokens += tokens
+        if isinstance(batch, dict) and "attention_mask" in batch:
+            mask = batch["attention_mask"]  # (B, T): 0 on padding
+            self.positions += mask.numel()
+            self.padded += (mask == 0).sum()  # on the device: no sync per micro-batch
+
+    def means(self, world: int) -> dict:
+        """The loss and the stage's metrics, each its mean over the micro-batches since the last record."""
+        names = sorted(self.metrics)
+        values = torch.stack([self.loss] + [self.metrics[k] for k in names]) / self.n  # (1 + M,)
+        if world > 1:  # the mean over all processes, as one process with the whole batch would see
+            torch.distributed.all_reduce(values)
+            values /= world
+        return {"loss": values[0].item(), **{k: values[i + 1].item() for i, k in enumerate(names)}}
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / (time.perf_counter() - self.since)
+
+
+def optimizer_step(run: Run, tally: Tally) -> None:
+    """One optimizer step: grad_accum micro-batches (an RL stage generates its rollouts for them first), each
+    forward and backward under autocast, then gradient clipping and AdamW."""
+    args, world = run.args, run.world
+    for micro, batch in enumerate(run.stage.step_batches(run.net, run.batches, args.grad_accum)):
+        batch = _to(batch, run.device)  # {"input_ids": (B, T), "labels": (B, T), ...}, or an RL rollout
+        sync = micro == args.grad_accum - 1 or world == 1  # DDP all-reduces grads on the last micro-batch only
+        ctx = run.net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+        with ctx, run.autocast():
+            loss, metrics = run.stage.loss(run.net, batch)  # scalar; metrics: {name: scalar tensor}
+        run.scaler.scale(loss / args.grad_accum).backward()  # grads sum over the micro-batches: their mean
+        tally.add(loss, metrics, run.stage.batch_tokens(batch) * world, batch)
+    if args.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in run.optimizer.param_groups for p in g["params"]], args.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
 def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collate_fn=None, val_data=None,
           tokenizer=None, resume: bool = False, callbacks: tuple[Callable, ...] = ()) -> dict:
     """Train `model` on `train_data` with `stage`'s loss; returns the last metrics record plus steps, tokens,
     wall_time. callbacks: f(step, model) -> dict, merged into the record at every eval point."""
     collate_fn = collate_fn or stage.collate_fn or pad_collate
+    run = start_run(model, stage, train_data, args, out_dir, collate_fn, tokenizer, resume)
+    state, log = run.state, run_log(run, resume)
+    progress = Progress(run) if args.progress and run.is_main else None
+    model.train()
+    start = time.perf_counter() - state["elapsed"]
+    tally, summary = Tally(run.device), {}
+    with stop_requests() as requested:  # Ctrl-C / SIGTERM: finish the step, save, then stop
+        while state["step"] < run.total:
+            lr = lr_at(state["step"], run.total, args)
+            for group in run.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr / args.lr
+            optimizer_step(run, tally)
+            state["step"] += 1
+            step = state["step"]
+            state["elapsed"] = time.perf_counter() - start
+            last = (step == run.total or (args.max_time and state["elapsed"] > args.max_time)
+                    or (args.stop_at is not None and step >= args.stop_at) or bool(requested))
+            evaluating = bool(args.eval_every) and (step % args.eval_every == 0 or last)
+            if step % args.log_every == 0 or last or evaluating:
+                means = tally.means(run.world)
+                record = {"step": step, "loss": means.pop("loss"), "lr": lr, **means,
+                          "tokens_per_s": tally.tokens_per_s(), "elapsed": state["elapsed"]}
+                if tally.positions:
+                    record["padding_fraction"] = tally.padded.item() / tally.positions
+                state["tokens"] += tally.tokens
+                tally.reset()
+                if evaluating:
+                    record.update(evaluate_run(run, val_data, collate_fn, callbacks, step))
+                    tally.since = time.perf_counter()  # evaluation time is not training throughput
+                log.write(record)
+                summary = record
+                if progress:
+                    progress.show(record, last)
+            if progress:
+                progress.advance()
+            if args.save_every and step % args.save_every == 0 and not last:
+                run.save()
+            if last:
+                break
+    if progress:
+        progress.close()
+    run.save()
+    summary = {**summary, "steps": state["step"], "tokens": state["tokens"] + tally.tokens,
+               "wall_time": state["elapsed"], "precision": precision_name(run.amp_dtype)}
+    if run.world > 1:
+        torch.distributed.barrier()
+    if requested and state["step"] < run.total:
+        raise TrainingInterrupted(state["step"], run.out_dir, requested["signal"])
+    return summary
+
+
+def start_run(model, stage: Stage, train_data, args: TrainArgs, out_dir, collate_fn, tokenizer, resume) -> Run:
+    """The process group (under torchrun), seeds, device, optimizer, precision, the resumed state, the loader."""
     rank, world, local_rank = distributed_env()
-    is_main = rank == 0
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         torch.distributed.init_process_group(backend)
@@ -195,7 +343,7 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     out_dir = Path(out_dir) if out_dir else None
-    if out_dir and is_main:
+    if out_dir and rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(args.seed)
@@ -207,23 +355,9 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)  # on a CPU, small models stay float32
     amp_dtype = autocast_dtype(args.dtype, device, hidden)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
     state = {"step": 0, "consumed": 0, "tokens": 0, "elapsed": 0.0, "stage": stage.name}
     if resume:
-        found = ckpt.find_resume_state(out_dir) if out_dir else None
-        if found is None:
-            raise FileNotFoundError(f"--resume: no resume state in {out_dir}; start without --resume")
-        try:
-            model_t, opt_t, rng_t, meta = ckpt.load_resume_state(found)
-            stage.load_state_tensors(model, {k: v.to(device) for k, v in model_t.items()})
-            ckpt.optimizer_from_tensors(optimizer, opt_t, meta["optimizer"])
-            if meta["scaler"]:
-                scaler.load_state_dict(meta["scaler"])
-            state.update(meta["trainer"])
-            ckpt.set_rng_state(rng_t, meta["rng"])
-        except Exception as err:  # a cut file, a missing key, a shape that no longer fits: all mean damaged
-            raise ValueError(f"--resume: the state in {found} cannot be read ({type(err).__name__}: {err}); "
-                             "delete that folder and start without --resume, or restore it") from None
+        resume_state(out_dir, stage, model, optimizer, scaler, state, device)
 
     lengths = train_data.lengths() if args.group_by_length and hasattr(train_data, "lengths") else None
     sampler = ResumableBatchSampler(len(train_data), args.batch_size, args.seed, rank, world, state["consumed"],
@@ -239,126 +373,85 @@ def train(model, stage: Stage, train_data, args: TrainArgs, out_dir=None, collat
         for batch in loader:
             state["consumed"] += 1
             yield batch
-    batches = counted(loader)
-    net = model
-    if args.compile:
-        net = torch.compile(model)
+    net = torch.compile(model) if args.compile else model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-    if out_dir and is_main:
-        clean_run_folder(out_dir, keep_metrics_to=state["step"] if resume else None)
-    precision = precision_name(amp_dtype)  # what --dtype resolved to: recorded with the run
-    log = MetricsLog(out_dir, is_main, args.logger, {**asdict(args), "stage": stage.name, "precision": precision})
+    return Run(model, net, stage, args, optimizer, scaler, device, amp_dtype, counted(loader), total, state,
+               out_dir, tokenizer, rank, world)
 
-    def save():
-        if out_dir is None:
-            return
-        if is_main:
-            stage.save(model, out_dir, tokenizer)
-            ckpt.save_resume_state(out_dir, stage.state_tensors(model), optimizer, state, scaler)
-        if world > 1:
-            torch.distributed.barrier()
 
-    # a live bar in a terminal; elsewhere (notebooks, logs) about ten plain lines that stay readable
-    bar, print_every = None, 0
-    if args.progress and is_main:
+def resume_state(out_dir, stage: Stage, model, optimizer, scaler, state: dict, device) -> None:
+    """Weights, optimizer moments, scaler, counters and random-number states from out_dir's resume folder."""
+    found = ckpt.find_resume_state(out_dir) if out_dir else None
+    if found is None:
+        raise FileNotFoundError(f"--resume: no resume state in {out_dir}; start without --resume")
+    try:
+        model_t, opt_t, rng_t, meta = ckpt.load_resume_state(found)
+        stage.load_state_tensors(model, {k: v.to(device) for k, v in model_t.items()})
+        ckpt.optimizer_from_tensors(optimizer, opt_t, meta["optimizer"])
+        if meta["scaler"]:
+            scaler.load_state_dict(meta["scaler"])
+        state.update(meta["trainer"])
+        ckpt.set_rng_state(rng_t, meta["rng"])
+    except Exception as err:  # a cut file, a missing key, a shape that no longer fits: all mean damaged
+        raise ValueError(f"--resume: the state in {found} cannot be read ({type(err).__name__}: {err}); "
+                         "delete that folder and start without --resume, or restore it") from None
+
+
+def run_log(run: Run, resume: bool) -> "MetricsLog":
+    """metrics.jsonl, started afresh (or cut back to the resumed step), with the run's settings for a logger."""
+    if run.out_dir and run.is_main:
+        clean_run_folder(run.out_dir, keep_metrics_to=run.state["step"] if resume else None)
+    config = {**asdict(run.args), "stage": run.stage.name, "precision": precision_name(run.amp_dtype)}
+    return MetricsLog(run.out_dir, run.is_main, run.args.logger, config)
+
+
+def evaluate_run(run: Run, val_data, collate_fn, callbacks, step: int) -> dict:
+    """val_loss on val_data (if any) and what each callback(step, model) returns; the model back in training."""
+    record = {}
+    if val_data is not None:
+        record["val_loss"] = evaluate(run.model, run.stage, val_data, run.args, collate_fn, run.device, run.amp_dtype)
+    for callback in callbacks:
+        record.update(callback(step, run.model) or {})
+    run.model.train()
+    return record
+
+
+class Progress:
+    """A live bar in a terminal; elsewhere (notebooks, logs) about ten plain lines with the time left."""
+
+    def __init__(self, run: Run):
+        self.name, self.total, self.first = run.stage.name, run.total, run.state["step"]
+        self.start = time.perf_counter()
+        self.bar, self.every = None, 0
+        log_every = run.args.log_every
         if sys.stderr.isatty():
             from tqdm import tqdm
-            bar = tqdm(total=total, initial=state["step"], desc=stage.name, dynamic_ncols=True)
+            self.bar = tqdm(total=run.total, initial=run.state["step"], desc=run.stage.name, dynamic_ncols=True)
         else:
-            print_every = max(args.log_every, math.ceil(total / 10 / args.log_every) * args.log_every)
-    if args.progress and is_main:
-        print(f"{stage.name}: {describe_precision(args.dtype, device, hidden)}", flush=True)
-    model.train()
-    start, tokens_since, time_since = time.perf_counter() - state["elapsed"], 0, time.perf_counter()
-    loop_start, first_step = time.perf_counter(), state["step"]  # this process's pace, for the time left
-    loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
-    padded, positions = torch.zeros((), device=device), 0  # padding in the batches since the last log (chat data)
-    summary = {}
-    with stop_requests() as requested:  # Ctrl-C / SIGTERM: finish the step, save, then stop
-        while state["step"] < total:
-            lr = lr_at(state["step"], total, args)
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * lr / args.lr
-            # the step: grad_accum micro-batches (RL stages generate their rollouts here), forward, backward
-            for micro, batch in enumerate(stage.step_batches(net, batches, args.grad_accum)):
-                batch = _to(batch, device)  # {"input_ids": (B, T), "labels": (B, T), ...}, or an RL rollout
-                sync = micro == args.grad_accum - 1 or world == 1  # DDP all-reduces grads on the last micro-batch only
-                ctx = net.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
-                with ctx, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss, metrics = stage.loss(net, batch)  # scalar; metrics: {name: scalar tensor}
-                scaler.scale(loss / args.grad_accum).backward()  # grads sum over the micro-batches: their mean
-                loss_sum += loss.detach().float()
-                for k, v in metrics.items():
-                    metric_sums[k] = metric_sums.get(k, 0) + v.float()
-                n_sum += 1
-                tokens_since += stage.batch_tokens(batch) * world
-                if isinstance(batch, dict) and "attention_mask" in batch:
-                    mask = batch["attention_mask"]  # (B, T): 0 on padding
-                    positions += mask.numel()
-                    padded += (mask == 0).sum()  # on the device: no sync per micro-batch
-            if args.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            step = state["step"]
-            state["elapsed"] = time.perf_counter() - start
-            last = (step == total or (args.max_time and state["elapsed"] > args.max_time)
-                    or (args.stop_at is not None and step >= args.stop_at) or bool(requested))
-            evaluating = bool(args.eval_every) and (step % args.eval_every == 0 or last)
-            if step % args.log_every == 0 or last or evaluating:
-                values = torch.stack([loss_sum] + [metric_sums[k] for k in sorted(metric_sums)]) / n_sum  # (1 + M,)
-                if world > 1:  # the mean over all processes, as one process with the whole batch would see
-                    torch.distributed.all_reduce(values)
-                    values /= world
-                now = time.perf_counter()
-                record = {"step": step, "loss": values[0].item(), "lr": lr,
-                          **{k: values[i + 1].item() for i, k in enumerate(sorted(metric_sums))},
-                          "tokens_per_s": tokens_since / (now - time_since), "elapsed": state["elapsed"]}
-                if positions:
-                    record["padding_fraction"] = padded.item() / positions
-                    padded, positions = torch.zeros((), device=device), 0
-                state["tokens"] += tokens_since
-                tokens_since, time_since = 0, now
-                loss_sum, metric_sums, n_sum = torch.zeros((), device=device), {}, 0
-                if evaluating:
-                    if val_data is not None:
-                        record["val_loss"] = evaluate(model, stage, val_data, args, collate_fn, device, amp_dtype)
-                    for callback in callbacks:
-                        record.update(callback(step, model) or {})
-                    model.train()
-                    time_since = time.perf_counter()  # evaluation time is not training throughput
-                log.write(record)
-                summary = record
-                if print_every and (step % print_every == 0 or last):
-                    extra = f" val_loss {record['val_loss']:.3f}" if "val_loss" in record else ""
-                    left = (time.perf_counter() - loop_start) / max(step - first_step, 1) * (total - step)
-                    print(f"{stage.name} step {step}/{total}  loss {record['loss']:.3f}{extra}  lr {lr:.1e}  "
-                          f"{record['tokens_per_s']:,.0f} tok/s  {state['elapsed']:.0f} s, {left:.0f} s left",
-                          flush=True)
-                if bar:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.1e}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-            if bar:
-                bar.update(1)
-            if args.save_every and step % args.save_every == 0 and not last:
-                save()
-            if last:
-                break
-    if bar:
-        bar.close()
-    save()
-    summary = {**summary, "steps": state["step"], "tokens": state["tokens"] + tokens_since,
-               "wall_time": state["elapsed"], "precision": precision}
-    if world > 1:
-        torch.distributed.barrier()
-    if requested and state["step"] < total:
-        raise TrainingInterrupted(state["step"], out_dir, requested["signal"])
-    return summary
+            self.every = max(log_every, math.ceil(run.total / 10 / log_every) * log_every)
+        hidden = getattr(getattr(run.model, "config", None), "hidden_size", None)
+        print(f"{run.stage.name}: {describe_precision(run.args.dtype, run.device, hidden)}", flush=True)
+
+    def show(self, record: dict, last: bool) -> None:
+        step = record["step"]
+        if self.every and (step % self.every == 0 or last):
+            extra = f" val_loss {record['val_loss']:.3f}" if "val_loss" in record else ""
+            left = (time.perf_counter() - self.start) / max(step - self.first, 1) * (self.total - step)
+            print(f"{self.name} step {step}/{self.total}  loss {record['loss']:.3f}{extra}  lr {record['lr']:.1e}  "
+                  f"{record['tokens_per_s']:,.0f} tok/s  {record['elapsed']:.0f} s, {left:.0f} s left", flush=True)
+        if self.bar:
+            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}",
+                                 tok_s=f"{record['tokens_per_s']:.0f}")
+
+    def advance(self) -> None:
+        if self.bar:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
 
 
 def train_records(model, stage: Stage, data, out_dir=None, tokenizer=None, **train_args) -> list[dict]:
