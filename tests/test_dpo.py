@@ -1,4 +1,5 @@
 """DPO: the loss against hand-computed numbers, the stage against its reference, and preference learning."""
+import json
 import math
 
 import pytest
@@ -17,6 +18,7 @@ from minimind.align.dpo import (
     sequence_logprobs,
     token_logprobs,
 )
+from minimind.data import DPODataset
 from minimind.train.loop import read_metrics, train_records
 
 
@@ -90,11 +92,7 @@ def test_dpo_learns_the_preference_and_keeps_the_reference(tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
-def test_dpo_on_the_course_dataset_if_ready(tmp_path):
-    data = pytest.importorskip("minimind.data")
-    if not hasattr(data, "DPODataset"):
-        pytest.skip("minimind.data has no DPODataset yet")
-    import json
+def test_dpo_on_the_course_dataset(tmp_path):
     rows = [{"chosen": [{"role": "user", "content": f"what is {i} plus 1?"},
                         {"role": "assistant", "content": f"{i} plus 1 is {i + 1}."}],
              "rejected": [{"role": "user", "content": f"what is {i} plus 1?"},
@@ -102,7 +100,7 @@ def test_dpo_on_the_course_dataset_if_ready(tmp_path):
     file = tmp_path / "dpo.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = bpe_tokenizer()
-    dataset = data.DPODataset(file, tok, max_len=64)
+    dataset = DPODataset(file, tok, max_len=64)
     batch = preference_collate([dataset[i] for i in range(2)])
     assert (batch["labels"][:, :3] == -100).all() and (batch["labels"] != -100).any()  # answer-only labels
     stage = DPOStage(beta=0.5)

@@ -28,6 +28,7 @@ from minimind.align.rl import (
     response_logprobs,
     spo_baseline_trace,
 )
+from minimind.data import RLPromptDataset
 from minimind.train import STAGES
 from minimind.train.loop import TrainArgs, read_metrics, train, train_records
 from minimind.use.eval import rl_accuracy
@@ -250,14 +251,12 @@ def test_ppo_reuses_each_rollout_for_its_epochs_and_trains_the_critic(tmp_path):
 
 
 def test_grpo_on_the_course_prompt_dataset(tmp_path):
-    data = pytest.importorskip("minimind.data")
-    import json
     tok = bpe_tokenizer()
     rows = [{"conversations": [{"role": "user", "content": f"what is {i} plus 2?"}], "answer": str(i + 2)}
             for i in range(6)]
     file = tmp_path / "rl.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dataset = data.RLPromptDataset(file, tok)
+    dataset = RLPromptDataset(file, tok)
     model = toy_model(tok)
     stage = GRPOStage("rule", tok, group_size=3, max_new_tokens=4)
     records = train_records(model, stage, dataset, max_steps=2, **FAST)
