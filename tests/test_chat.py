@@ -182,7 +182,6 @@ def test_cli_chat(ckpt, monkeypatch, capsys):
 
 
 def test_widget_streams_into_transcript(tok):
-    pytest.importorskip("ipywidgets")
     from minimind.use.chat import chat_widget
     model = ScriptedModel(tok, THINK_REPLY)
     w = chat_widget(model, tok)

@@ -2,6 +2,9 @@
 import gzip
 import json
 
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from minimind.cli import main
@@ -287,8 +290,6 @@ ALPACA_EXPECTED = [
 
 
 def test_parquet_round_trip(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
     src = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(ALPACA_ROWS * 1500), src, row_group_size=700)
     summary = convert(src, tmp_path / "out.jsonl")
@@ -304,7 +305,6 @@ def test_parquet_round_trip(tmp_path):
 
 
 def test_datasets_folder_and_arrow_file_round_trip(tmp_path):
-    datasets = pytest.importorskip("datasets")
     rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "system": "s"},
             {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}], "system": None}]
     folder = tmp_path / "saved"

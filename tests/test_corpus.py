@@ -6,7 +6,7 @@ import re
 from course_helpers import course, tokenizer
 
 from minimind.cli import main
-from minimind.data.corpus import SIZES, build_world, corpus_paths, ensure_course_data, write_course_corpus
+from minimind.data.corpus import LEXICONS, SIZES, build_world, corpus_paths, ensure_course_data, write_course_corpus
 from minimind.data.datasets import check_file, iter_texts, read_jsonl
 from minimind.use.eval import answer_matches
 
@@ -159,3 +159,30 @@ def test_tool_tasks_need_the_tools_and_the_held_out_ones_were_never_trained_on()
     sums = {tuple(int(x) for x in r["conversations"][-1]["content"].replace("?", " ").replace(".", " ").split()
                   if x.isdigit()) for r in evals if r["kind"] == "sum"}
     assert sums and not any(f"{a} plus {b} " in trained or f"{a} minus {b} " in trained for a, b in sums)
+
+
+def test_course_rl_prompts_ask_known_facts_in_new_words_about_held_out_subjects():
+    """Chapter 11's task: every RL prompt asks a fact the SFT data teaches, in a wording the SFT data never uses,
+    and the held-out prompts ask about subjects (people, places) that no training prompt mentions."""
+    paths = course("mini")
+    world = json.loads(paths["world"].read_text())
+    known = {(f["subject"], f["value"]) for f in world["facts"] if f["split"] == "sft"}
+    subjects = {s for s, _ in known}
+    sft_questions = {m["content"] for r in read_jsonl(paths["sft"]) for m in r["conversations"] if m["role"] == "user"}
+    train, val = read_jsonl(paths["rl"], "rl"), read_jsonl(paths["rl_val"], "rl")
+    assert len(val) >= 20 and len(train) >= 20
+
+    def subject_and_question(record):
+        question = record["conversations"][-1]["content"]
+        named = {s for s in subjects if s in question.replace("?", " ").replace(".", " ").replace("'s", " ").split()}
+        assert len(named) == 1, question
+        return named.pop(), question
+    seen = {}
+    for name, records in (("train", train), ("val", val)):
+        seen[name] = set()
+        for record in records:
+            subject, question = subject_and_question(record)
+            assert (subject, record["answer"]) in known and question not in sft_questions, question
+            seen[name].add(subject)
+    assert seen["train"] and seen["val"] and not seen["train"] & seen["val"]
+    assert set(LEXICONS["en"]["rl_ask"]) <= set(LEXICONS["en"]["relations"])

@@ -1,4 +1,5 @@
 """DPO: the loss against hand-computed numbers, the stage against its reference, and preference learning."""
+import json
 import math
 
 import pytest
@@ -8,11 +9,16 @@ from alignment_helpers import ToyTokenizer, bpe_tokenizer, preference_items, toy
 from minimind.align.dpo import (
     DPOStage,
     dpo_loss,
+    frozen_copy,
+    pair_logprobs,
     preference_accuracy,
+    preference_callback,
     preference_collate,
+    reply_side,
     sequence_logprobs,
     token_logprobs,
 )
+from minimind.data import DPODataset
 from minimind.train.loop import read_metrics, train_records
 
 
@@ -86,11 +92,7 @@ def test_dpo_learns_the_preference_and_keeps_the_reference(tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
-def test_dpo_on_the_course_dataset_if_ready(tmp_path):
-    data = pytest.importorskip("minimind.data")
-    if not hasattr(data, "DPODataset"):
-        pytest.skip("minimind.data has no DPODataset yet")
-    import json
+def test_dpo_on_the_course_dataset(tmp_path):
     rows = [{"chosen": [{"role": "user", "content": f"what is {i} plus 1?"},
                         {"role": "assistant", "content": f"{i} plus 1 is {i + 1}."}],
              "rejected": [{"role": "user", "content": f"what is {i} plus 1?"},
@@ -98,7 +100,7 @@ def test_dpo_on_the_course_dataset_if_ready(tmp_path):
     file = tmp_path / "dpo.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = bpe_tokenizer()
-    dataset = data.DPODataset(file, tok, max_len=64)
+    dataset = DPODataset(file, tok, max_len=64)
     batch = preference_collate([dataset[i] for i in range(2)])
     assert (batch["labels"][:, :3] == -100).all() and (batch["labels"] != -100).any()  # answer-only labels
     stage = DPOStage(beta=0.5)
@@ -106,3 +108,37 @@ def test_dpo_on_the_course_dataset_if_ready(tmp_path):
     stage.setup(model, torch.device("cpu"))
     loss, metrics = stage.loss(model, batch)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+# -- helpers of chapter 10: pair log-probs, the held-out preference callback, which side a reply is closer to
+def test_pair_logprobs_agree_with_preference_accuracy():
+    tok = ToyTokenizer()
+    model, ref = toy_model(tok, seed=0), toy_model(tok, seed=1)
+    items = preference_items(tok, n=5)
+    pc, pr = pair_logprobs(model, items, batch_size=2)   # batches of 2 and a last one of 1
+    rc, rr = pair_logprobs(ref, items)
+    assert pc.shape == pr.shape == (5,) and (pc < 0).all() and (pr < 0).all()
+    margins = 0.3 * ((pc - rc) - (pr - rr))
+    expected = preference_accuracy(model, ref, items, beta=0.3)
+    assert expected["margin"] == pytest.approx(margins.mean().item(), abs=1e-5)
+    assert expected["accuracy"] == pytest.approx((margins > 0).float().mean().item())
+
+
+def test_preference_callback_is_a_tie_at_the_reference_and_rises_with_dpo():
+    tok = ToyTokenizer()
+    model = toy_model(tok)
+    callback = preference_callback(frozen_copy(model), preference_items(tok, n=6, seed=1), beta=0.5)
+    start = callback(0, model)
+    assert start == {"val_reward_accuracy": 0.0, "val_reward_margin": pytest.approx(0.0, abs=1e-6)}
+    model.train()
+    train_records(model, DPOStage(beta=0.5), preference_items(tok, n=16), max_steps=8, batch_size=4, lr=3e-3,
+                  device="cpu")
+    after = callback(8, model)
+    assert after["val_reward_accuracy"] == 1.0 and after["val_reward_margin"] > 0
+
+
+def test_reply_side():
+    assert reply_side("Fopo is a weaver.", "Fopo is a weaver.", "Fopo is a shepherd.") == "chosen"
+    assert reply_side("go away, I am busy", "3 plus 4 is 7.", "Go away. I am busy.") == "rejected"
+    assert reply_side("3 plus 4 is 7", "3 plus 4 is 7.", "No. Go away.") == "chosen"
+    assert reply_side("", "ab", "cd") == "tie"

@@ -3,9 +3,7 @@ import json
 
 import pytest
 import torch
-
-transformers = pytest.importorskip("transformers")
-
+import transformers
 from conftest import random_model, small_config
 
 from minimind import MiniMindConfig, MiniMindForCausalLM

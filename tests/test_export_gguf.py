@@ -6,12 +6,10 @@ installed, the files also run in llama.cpp itself."""
 
 import copy
 
+import gguf
 import numpy as np
 import pytest
 import torch
-
-gguf = pytest.importorskip("gguf")
-
 from conftest import random_model, small_config
 from tiny_checkpoint import make_checkpoint, make_lora_run, make_tokenizer
 

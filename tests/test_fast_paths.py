@@ -111,7 +111,7 @@ def test_model_loss_and_gradients_equal_the_plain_formula():
 # -- the plain RMSNorm and RoPE: Llama's numbers -----------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rmsnorm_is_llamas_bit_for_bit(dtype):
-    modeling_llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    from transformers.models.llama import modeling_llama  # here, not at collection: it loads slowly
     torch.manual_seed(3)
     ours, theirs = RMSNorm(8, eps=1e-5), modeling_llama.LlamaRMSNorm(8, eps=1e-5)
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_rmsnorm_is_llamas_bit_for_bit(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rope_is_llamas_bit_for_bit(dtype):
-    modeling_llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    from transformers.models.llama import modeling_llama  # here, not at collection: it loads slowly
     torch.manual_seed(4)
     b, h, t, d = 2, 3, 5, 8
     q = torch.randn(b, h, t, d, dtype=dtype, requires_grad=True)
@@ -142,7 +142,6 @@ def test_rope_is_llamas_bit_for_bit(dtype):
 def test_training_forward_is_llamas_bit_for_bit():
     """With gradients on (where the removed fast paths used to run) the logits and the loss are
     transformers' LlamaForCausalLM's, bit for bit, and so are the gradients (up to summation order)."""
-    pytest.importorskip("transformers")
     from minimind.use.bench import twin_models
     from minimind.use.export import hf_state_dict
     ours, theirs = twin_models(small_config(), torch.device("cpu"))

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
 import minimind.data.download as dl
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.cli import main as cli

@@ -1,4 +1,5 @@
-"""The model's invariants: causality, attention paths, KV cache, RoPE, GQA, MoE routing, sizes, checkpoints."""
+"""The model's invariants: causality, attention paths, KV cache, RoPE, GQA, MoE routing, sizes, checkpoints; then
+the inspection helpers of chapters 03, 05 and 06: attention weights, parameter breakdowns, router statistics."""
 import math
 
 import pytest
@@ -6,7 +7,17 @@ import torch
 from conftest import random_model, small_config
 
 from minimind import PRESETS, MiniMindConfig, MiniMindForCausalLM
-from minimind.model.attention import explicit_attention, repeat_kv
+from minimind.course.anatomy import (
+    active_parameters,
+    balance_demo,
+    expert_load,
+    parameter_breakdown,
+    route,
+    router_logits,
+    scaled_config,
+    toy_text,
+)
+from minimind.model.attention import Attention, attention_weights, explicit_attention, repeat_kv
 from minimind.model.moe import load_balancing_loss
 from minimind.model.rope import apply_rope, rope_cos_sin, rope_inv_freq, yarn_inv_freq
 
@@ -292,3 +303,151 @@ def test_bad_configs_are_explained():
         MiniMindConfig.from_preset("huge")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         random_model(small_config(max_position_embeddings=8))(torch.zeros(1, 9, dtype=torch.long))
+
+
+# -- attention_weights: the per-layer, per-head softmax weights that chapter 03's heatmaps draw ----------------
+def test_shape_rows_sum_to_one_and_causal():
+    model = random_model(small_config())
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    w = attention_weights(model, ids)
+    assert w.shape == (2, 2, 4, 9, 9)  # layers, batch, heads, query, key
+    assert torch.allclose(w.sum(-1), torch.ones(2, 2, 4, 9), atol=1e-5)
+    assert (w.triu(1) == 0).all()  # no query looks at a later token
+
+
+def test_weights_reproduce_the_layer_output():
+    """Weights @ v, through o_proj, is the attention layer's own output (SDPA path)."""
+    model = random_model(small_config())
+    ids = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(1))
+    w = attention_weights(model, ids)
+    attn = model.model.layers[0].self_attn
+    x = model.model.layers[0].input_layernorm(model.model.embed_tokens(ids))
+    cos, sin = rope_cos_sin(model.model.inv_freq, torch.arange(7)[None])
+    v = attn.v_proj(x).view(1, 7, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+    out = (w[0] @ repeat_kv(v, attn.n_heads // attn.n_kv_heads)).transpose(1, 2).reshape(1, 7, -1)
+    with torch.no_grad():
+        assert torch.allclose(attn.o_proj(out), attn(x, cos, sin), atol=1e-5)
+
+
+def test_outputs_unchanged_and_hooks_removed():
+    model = random_model(small_config())
+    ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(ids).logits
+    attention_weights(model, ids)
+    assert all(not m._forward_hooks for m in model.modules() if isinstance(m, Attention))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+
+
+def test_padding_mask_is_respected():
+    model = random_model(small_config())
+    ids = torch.randint(3, 97, (1, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    w = attention_weights(model, ids, attention_mask=mask)
+    assert (w[..., 2:, :2] == 0).all()  # real tokens never look at the left padding
+
+
+def test_rejects_a_model_without_attention():
+    with pytest.raises(ValueError, match="Attention"):
+        attention_weights(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long))
+
+
+# -- the inspection helpers of chapters 05 and 06: parameter breakdowns and router statistics ----------------
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_breakdown_sums_to_the_model(name):
+    config = MiniMindConfig.from_preset(name)
+    with torch.device("meta"):
+        total = MiniMindForCausalLM(config).num_parameters()
+    parts = parameter_breakdown(config)
+    assert sum(parts.values()) == total
+    h, L, kv = config.hidden_size, config.num_hidden_layers, config.num_key_value_heads * config.head_dim
+    q = config.num_attention_heads * config.head_dim
+    assert parts["embedding"] == config.vocab_size * h  # tied: the output head is the embedding
+    assert "output head" not in parts
+    qk_norms = 2 * config.head_dim if config.qk_norm else 0  # one weight per head channel, for q and for k
+    assert parts["attention"] == L * (2 * h * q + 2 * h * kv + qk_norms)
+    assert parts["norms"] == (2 * L + 1) * h
+    ffn = 3 * h * config.moe_intermediate_size
+    if config.use_moe:
+        assert parts["routed experts"] == L * config.n_routed_experts * ffn
+        assert parts.get("shared experts", 0) == L * config.n_shared_experts * ffn
+        assert parts["router"] == L * config.n_routed_experts * h
+    else:
+        assert parts["MLP"] == L * 3 * h * config.intermediate_size
+
+
+def test_untied_head_is_its_own_component():
+    parts = parameter_breakdown(small_config(tie_word_embeddings=False))
+    assert parts["output head"] == parts["embedding"] == 97 * 64
+
+
+def test_active_parameters():
+    dense = MiniMindConfig.from_preset("minimind2-small")
+    assert active_parameters(dense) == sum(parameter_breakdown(dense).values())
+    moe = MiniMindConfig.from_preset("minimind2-moe")
+    parts = parameter_breakdown(moe)
+    assert active_parameters(moe) == sum(parts.values()) - parts["routed experts"] // 2  # top-2 of 4
+
+
+def test_scaled_config_keeps_valid_heads():
+    for preset in PRESETS:
+        for hidden in (64, 192, 320, 512, 1024):
+            config = scaled_config(preset, hidden, 3)
+            assert config.hidden_size == hidden and config.num_hidden_layers == 3
+            assert config.intermediate_size == 64 * math.ceil(hidden * 8 / 3 / 64)
+
+
+def test_route_is_the_layers_routing(moe):
+    mlp = moe.model.layers[0].mlp
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        expected = mlp.route(x)
+        got = route(mlp.gate(x), top_k=2)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    probs, weights, idx = route(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), top_k=2, temperature=100.0)
+    assert probs.max() - probs.min() < 0.05  # a hot router is almost uniform
+
+
+def test_expert_load_and_router_logits(moe):
+    x = torch.randint(0, 97, (2, 9))
+    logits = router_logits(moe, x)
+    assert len(logits) == 2 and logits[0].shape == (18, 4)
+    for layer, lg in zip(moe.model.layers, logits):  # the hook sees what the layer routed with
+        assert torch.equal(route(lg, 2)[2], layer.mlp.last_topk_idx.reshape(18, 2))
+    load = expert_load(moe.model.layers[0].mlp.last_topk_idx, 4)
+    assert load.shape == (4,) and load.sum().item() == pytest.approx(1.0)
+    assert expert_load(torch.tensor([[0, 1], [0, 1]]), 4).tolist() == [0.5, 0.5, 0.0, 0.0]
+
+
+def test_balancing_loss_rebalances_a_collapsed_router():
+    without = balance_demo(0.0, steps=30)
+    with_aux = balance_demo(0.1, steps=30)
+    assert without["load"][0].tolist() == [0.5, 0.5, 0.0, 0.0]  # starts collapsed
+    assert without["load"][-1].tolist() == [0.5, 0.5, 0.0, 0.0]  # the task loss cannot see unchosen experts
+    assert with_aux["load"][-1].max() < 0.4 and with_aux["load"][-1].min() > 0.1
+
+
+def test_toy_text_is_deterministic_ascii():
+    text = toy_text(50, seed=1)
+    assert text == toy_text(50, seed=1) and text != toy_text(50, seed=2)
+    assert max(text.encode()) < 128 and "=" in text
+
+
+def test_qk_norm_keeps_attention_logits_from_growing_with_the_weights():
+    from minimind.course.anatomy import attention_logit_growth
+    config = small_config(qk_norm=True, rms_norm_eps=1e-9)
+    plain = attention_logit_growth(small_config(), [1, 4], seq_len=16)
+    normed = attention_logit_growth(config, [1, 4], seq_len=16)
+    assert plain["max_logit"][1] == pytest.approx(16 * plain["max_logit"][0], rel=1e-4)  # q and k both scale
+    assert normed["max_logit"][1] == pytest.approx(normed["max_logit"][0], rel=1e-4)  # RMSNorm undoes it
+    assert plain["entropy"][1] < plain["entropy"][0] and normed["entropy"][1] == pytest.approx(normed["entropy"][0])
+
+
+def test_generation_table_reads_the_presets():
+    from minimind.course.anatomy import generation_table
+    mm2, mm3, moe3 = generation_table(["minimind2-small", "minimind-3", "minimind-3-moe"])
+    assert (mm2["head_dim"], mm3["head_dim"], mm3["kv_heads"]) == (64, 96, 4)
+    assert mm3["kv_bytes_per_token"] == 2 * 8 * 4 * 96 * 2 and moe3["moe"] == "0+4, top-1"
+    assert moe3["params"] == 198_416_640 and moe3["active"] == mm3["params"] + 8 * 4 * 768  # plus the router

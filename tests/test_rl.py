@@ -1,5 +1,8 @@
-"""PPO, GRPO and SPO: the math against hand-computed numbers, then each stage on the training loop."""
+"""PPO, GRPO and SPO: the math against hand-computed numbers, then each stage on the training loop; chapter 11's
+greedy accuracy on prompts with checkable answers and its side-by-side plot of runs."""
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,8 +28,10 @@ from minimind.align.rl import (
     response_logprobs,
     spo_baseline_trace,
 )
+from minimind.data import RLPromptDataset
 from minimind.train import STAGES
 from minimind.train.loop import TrainArgs, read_metrics, train, train_records
+from minimind.use.eval import rl_accuracy
 
 
 # -- advantages -------------------------------------------------------------------------------------------
@@ -246,14 +251,12 @@ def test_ppo_reuses_each_rollout_for_its_epochs_and_trains_the_critic(tmp_path):
 
 
 def test_grpo_on_the_course_prompt_dataset(tmp_path):
-    data = pytest.importorskip("minimind.data")
-    import json
     tok = bpe_tokenizer()
     rows = [{"conversations": [{"role": "user", "content": f"what is {i} plus 2?"}], "answer": str(i + 2)}
             for i in range(6)]
     file = tmp_path / "rl.jsonl"
     file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dataset = data.RLPromptDataset(file, tok)
+    dataset = RLPromptDataset(file, tok)
     model = toy_model(tok)
     stage = GRPOStage("rule", tok, group_size=3, max_new_tokens=4)
     records = train_records(model, stage, dataset, max_steps=2, **FAST)
@@ -383,3 +386,61 @@ def test_grpo_moves_probability_to_the_rewarded_answer():
     share = lambda p: p[rows, top2[:, 1]] / (p[rows, top2[:, 0]] + p[rows, top2[:, 1]])  # noqa: E731
     assert (share(start) < 0.5).all() and (share(end) > 0.6).all(), (share(start), share(end))  # about .33 -> .8
     assert records[-1]["reward_mean"] > records[0]["reward_mean"]
+
+
+# -- measuring and plotting chapter 11's runs ----------------------------------------------------------------
+class AnswersSeven:
+    """A stand-in model whose greedy reply is "it is 7." to every prompt (one token per call, KV cache or not)."""
+    device = torch.device("cpu")
+    config = SimpleNamespace(max_position_embeddings=256)
+    training = False
+
+    def __init__(self, tok):
+        self.reply, self.vocab = tok.encode("it is 7.") + [tok.eos_token_id], tok.vocab_size
+        self.calls = 0
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, input_ids, past_key_values=None, **kw):
+        self.calls = 0 if past_key_values is None else self.calls + 1  # a new batch starts without a cache
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        logits[:, -1, self.reply[min(self.calls, len(self.reply) - 1)]] = 1.0
+        return SimpleNamespace(logits=logits, past_key_values="cache")
+
+
+def test_rl_accuracy_grades_checkable_answers_and_skips_the_rest(tmp_path):
+    tok = ToyTokenizer()
+    rows = [{"conversations": [{"role": "user", "content": "what is 3 plus 4?"}], "answer": "7"},
+            {"conversations": [{"role": "user", "content": "what is 2 plus 2?"}], "answer": "4"},
+            {"conversations": [{"role": "user", "content": "what is 9 minus 2?"}], "answer": 7},
+            {"conversations": [{"role": "user", "content": "write a poem"}]},                 # no answer: skipped
+            {"conversations": [{"role": "user", "content": "hello"}], "answer": ""}]            # empty: skipped
+    file = tmp_path / "rl.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = rl_accuracy(AnswersSeven(tok), tok, file, batch_size=2)
+    assert result["n"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
+    assert [r["correct"] for r in result["rows"]] == [True, False, True]
+    assert result["rows"][0]["output"] == "it is 7."
+    assert rl_accuracy(AnswersSeven(tok), tok, file, limit=1)["n"] == 1
+    open_ended = tmp_path / "rlaif.jsonl"
+    open_ended.write_text(json.dumps(rows[3]) + "\n")
+    none = rl_accuracy(AnswersSeven(tok), tok, open_ended)
+    assert none["n"] == 0 and math.isnan(none["accuracy"])
+
+
+def test_running_mean_and_side_by_side_plot():
+    import matplotlib
+    matplotlib.use("Agg")
+    from minimind.course.plots import plot_runs_side_by_side, running_mean
+    assert running_mean([1, 3, 5, 7], 2) == [1, 2, 4, 6]
+    assert running_mean([1, 3, 5], 1) == [1, 3, 5] and running_mean([], 3) == []
+    runs = {"a": [{"step": s, "reward_mean": s / 10, "kl": 0.01 * s} for s in range(1, 6)],
+            "b": [{"step": s, "reward_mean": 0.5} for s in range(1, 6)]}     # b has no kl: its line is skipped
+    fig = plot_runs_side_by_side(runs, smooth=3)
+    top, kl = fig.axes
+    assert len(top.get_lines()) == 4 and len(kl.get_lines()) == 2      # raw + smoothed per run that has the key
+    assert list(top.get_lines()[1].get_ydata()) == pytest.approx(running_mean([0.1, 0.2, 0.3, 0.4, 0.5], 3))

@@ -11,14 +11,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 from browser import chromium, needs_chromium
 from tiny_checkpoint import ScriptedModel, make_checkpoint, make_tokenizer
 
 from minimind.model import load_checkpoint
 from minimind.use.serve import resolve_api_key, running_server
-
-openai = pytest.importorskip("openai")
 
 THINK_REPLY = "<think>\nFirst add 3 and 4.\n</think>\n\nThe answer is 7. Mira likes bread."
 

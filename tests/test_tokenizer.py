@@ -1,12 +1,11 @@
 """The tokenizer: MiniMind's special ids, lossless round trips, and one chat template in two implementations."""
 import pytest
+import transformers
 from course_helpers import FIXTURES, course, tokenizer
 
 from minimind.cli import main
 from minimind.data.datasets import iter_texts, read_jsonl
 from minimind.data.tokenizer import MiniMindTokenizer, bytes_per_token, render_chat, train_tokenizer
-
-transformers = pytest.importorskip("transformers")
 
 
 def test_special_tokens_have_minimind_ids():

@@ -4,16 +4,15 @@ import json
 import random
 from pathlib import Path
 
+import jinja2
 import pytest
+import transformers
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from minimind.cli import main
 from minimind.data.datasets import IGNORE_INDEX, _mask  # the SFT label mask, as SFTDataset makes it
 from minimind.data.tokenizer import CHAT_TEMPLATES, MiniMindTokenizer, detect_template, render_chat, train_tokenizer
-
-jinja2 = pytest.importorskip("jinja2")
-transformers = pytest.importorskip("transformers")
-from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MINIMIND = Path(__file__).parent / "fixtures" / "minimind_tokenizers"
 GENERATIONS = ("minimind2", "minimind3")

@@ -3,14 +3,13 @@ the official `openai` client against a model whose reply is scripted."""
 import contextlib
 import json
 
+import openai
 import pytest
 from tiny_checkpoint import LINES, ScriptedModel
 
 from minimind.data.tokenizer import train_tokenizer
 from minimind.data.tools import ToolCallSplitter, parse_tool_calls
 from minimind.use.serve import running_server
-
-openai = pytest.importorskip("openai")
 
 WEATHER = {"type": "function", "function": {"name": "weather", "description": "the weather in a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
