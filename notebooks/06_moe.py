@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -44,8 +44,9 @@ import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
 from minimind.course import record, runs_dir
-from minimind.course.anatomy import (active_parameters, balance_demo, expert_load, parameter_breakdown,
-                                     plot_balance, plot_routing, route, router_logits, toy_text)
+from minimind.course.anatomy import (active_parameters, balance_bias, balance_demo, choose_experts, expert_load,
+                                     parameter_breakdown, plot_balance, plot_routing, route, router_logits,
+                                     toy_text)
 from minimind.model.moe import MoEFeedForward, load_balancing_loss
 
 run_dir = runs_dir(preset, out_dir)
@@ -233,26 +234,65 @@ fig.savefig(run_dir / "06_routing.png", dpi=100)
 plt.show()
 
 # %% [markdown]
-# **Explore.** The router's logits are fixed; a temperature divides them before the softmax and top-$k$
-# picks the experts. A high temperature flattens the probabilities: choices become coin flips and the
-# load evens out, but nothing is specialised. A low one sharpens them: every token has a clear favourite
-# and the load follows whatever the router prefers. The picture below is the default (layer 1,
-# temperature 1, top-2).
+# ## What evens the load, and what does not
+# A tempting knob is a **temperature**: divide the logits by $T$ before the softmax. It flattens ($T > 1$) or
+# sharpens ($T < 1$) the probabilities, but dividing by a positive number keeps their order, so top-$k$ picks
+# the same experts at every temperature: only the mixing weights change, and the load cannot move. Three
+# things do move it. The **balancing loss** above changes the router's weights as it trains. **Noise** added
+# to the logits before top-$k$ (noisy top-$k$ gating, Shazeer et al. 2017) lets a close runner-up win now and
+# then. A **bias per expert**, added to the logits for the choice only and never to the weights, is
+# DeepSeek-V3's *auxiliary-loss-free* balancing: after each step an overloaded expert's bias goes down a
+# little and an underloaded one's up (`balance_bias`), with no term in the loss at all. On the router of the
+# balancing experiment trained without the balancing loss ($\alpha = 0$, its last batch of tokens):
+
+# %%
+# NBVAL_CHECK_OUTPUT
+collapsed, k, n = runs[0]["logits"], 2, runs[0]["load"].shape[1]
+rate = 0.2  # the bias step (DeepSeek-V3: 0.001, over thousands of training steps)
+share = {f"temperature {T:g}": expert_load(choose_experts(collapsed, k, temperature=T)[1], n) for T in (0.1, 1, 10)}
+same = all(torch.equal(choose_experts(collapsed, k, temperature=T)[1], choose_experts(collapsed, k)[1])
+           for T in (0.1, 10))
+share["noise std 3"] = expert_load(choose_experts(collapsed, k, noise=3.0)[1], n)
+bias = balance_bias(collapsed, k, steps=30, rate=rate)[-1]
+share["bias, 30 steps"] = expert_load(choose_experts(collapsed, k, bias=bias)[1], n)
+print(f"{len(collapsed)} tokens, top-{k}  " + " ".join(f"expert {e}" for e in range(n)) + "   largest / balanced")
+for name, load in share.items():
+    print(f"{name:18} " + " ".join(f"{100 * v:7.0f}%" for v in load.tolist()) + f"   {load.max().item() * n:8.2f}")
+print("the same experts chosen for every token at temperatures 0.1, 1 and 10:", same)
+print("the bias after 30 steps:", [round(b, 2) for b in bias.tolist()])
+top = collapsed.sort(dim=-1, descending=True).values  # (tokens, n)
+print(f"each token's 2nd logit above its 3rd by {(top[:, 1] - top[:, 2]).min():.1f} to "
+      f"{(top[:, 1] - top[:, 2]).max():.1f} (median {(top[:, 1] - top[:, 2]).median():.1f})")
+
+# %% [markdown]
+# The temperature leaves every choice where it was. Noise must be about as large as the gap between a
+# token's second and third logit before it moves anything, and then it moves tokens at random, whatever the
+# token. The bias moves the choice where the runners-up came closest, and needs no gradient: a router the task
+# loss gives no signal about its unchosen experts (as above) still spreads its load. With a fixed step the
+# bias does not settle exactly, it keeps overshooting by a step, so the load is near balance, not at it.
+#
+# **Explore.** The first 32 tokens of that batch: move the temperature and watch the heatmap's colours change
+# while the white boxes and the load bars stay put; then add noise, or let the bias balance for a few steps,
+# and watch the boxes move.
 
 # %%
 import ipywidgets as widgets
 
 
-def show_routing(layer=1, temperature=1.0, top_k=2):
-    p, _, idx = route(logits[layer], top_k, temperature)
-    plot_routing(p, idx, list(sentence), title=f"layer {layer}, temperature {temperature:g}, top-{top_k}")
+def show_routing(temperature=1.0, top_k=2, noise=0.0, bias_steps=0):
+    lg = collapsed[:32]
+    bias = balance_bias(lg, top_k, steps=bias_steps, rate=rate)[-1] if bias_steps else None
+    p, idx = choose_experts(lg, top_k, temperature, bias=bias, noise=noise)
+    plot_routing(p, idx, [str(i) for i in range(len(lg))],
+                 title=f"temperature {temperature:g}, top-{top_k}, noise {noise:g}, bias after {bias_steps} steps")
     plt.show()
 
 
 show_routing()  # the static picture (the book and nbval do not run widgets)
-widgets.interact(show_routing, layer=widgets.IntSlider(value=1, min=0, max=len(logits) - 1),
-                 temperature=widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, step=0.1),
-                 top_k=widgets.IntSlider(value=2, min=1, max=toy.n_routed_experts));
+widgets.interact(show_routing, temperature=widgets.FloatLogSlider(value=1.0, base=10, min=-1, max=1, step=0.1),
+                 top_k=widgets.IntSlider(value=2, min=1, max=n),
+                 noise=widgets.FloatSlider(value=0.0, min=0.0, max=10.0, step=0.5),
+                 bias_steps=widgets.IntSlider(value=0, min=0, max=60, step=5));
 
 # %% [markdown]
 # ## The same model in transformers: Qwen2-MoE

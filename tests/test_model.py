@@ -451,3 +451,21 @@ def test_generation_table_reads_the_presets():
     assert (mm2["head_dim"], mm3["head_dim"], mm3["kv_heads"]) == (64, 96, 4)
     assert mm3["kv_bytes_per_token"] == 2 * 8 * 4 * 96 * 2 and moe3["moe"] == "0+4, top-1"
     assert moe3["params"] == 198_416_640 and moe3["active"] == mm3["params"] + 8 * 4 * 768  # plus the router
+
+
+def test_temperature_never_moves_the_chosen_experts_but_a_bias_does():
+    from minimind.course.anatomy import balance_bias, choose_experts, expert_load
+    from minimind.model.moe import route
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 4, generator=g) + torch.tensor([4.0, 3.0, 0.0, -1.0])  # experts 0 and 1 favoured
+    for t in (0.1, 1.0, 10.0):  # dividing by T > 0 keeps the order: the same choice, other weights
+        probs, idx = choose_experts(logits, 2, temperature=t)
+        assert torch.equal(idx.sort(-1).values, route(logits, 2, t)[2].sort(-1).values)
+        assert torch.allclose(probs, route(logits, 2, t)[0])
+    before = expert_load(choose_experts(logits, 2)[1], 4)
+    bias = balance_bias(logits, 2, steps=40, rate=0.2)[-1]
+    after = expert_load(choose_experts(logits, 2, bias=bias)[1], 4)
+    assert before.max() > 0.45 and after.max() < before.max() - 0.1  # the favourites lost tokens
+    assert bias[0] < 0 < bias[3]  # lowered for the overloaded expert, raised for the idle one
+    # the bias chooses but never weighs: the probabilities are those of the logits alone
+    assert torch.equal(choose_experts(logits, 2, bias=bias)[0], choose_experts(logits, 2)[0])

@@ -150,6 +150,31 @@ def expert_load(topk_idx: torch.Tensor, n_experts: int) -> torch.Tensor:
     return counts / counts.sum()
 
 
+def choose_experts(logits: torch.Tensor, top_k: int, temperature: float = 1.0, bias=None, noise: float = 0.0,
+                   seed: int = 0):
+    """Routing with the two knobs that do move the load: the experts are the top-k of logits + bias (+ noise
+    of std `noise`, as in noisy top-k gating), while the probabilities (tokens, n) that weigh them are
+    softmax(logits / temperature), untouched by the bias (as in DeepSeek-V3's auxiliary-loss-free balancing).
+    Returns (probs, idx (tokens, k))."""
+    scores = logits + (0 if bias is None else bias)  # (tokens, n)
+    if noise:
+        scores = scores + noise * torch.randn(logits.shape, generator=torch.Generator().manual_seed(seed))
+    idx = scores.topk(top_k, dim=-1).indices  # (tokens, k)
+    return F.softmax(logits.float() / temperature, dim=-1), idx
+
+
+def balance_bias(logits: torch.Tensor, top_k: int, steps: int = 30, rate: float = 0.05) -> list[torch.Tensor]:
+    """Auxiliary-loss-free balancing on fixed logits: after each step every overloaded expert's bias goes
+    down by `rate`, every underloaded one's up. The bias (n,) after each step."""
+    n = logits.shape[-1]
+    bias, history = torch.zeros(n), []
+    for _ in range(steps):
+        _, idx = choose_experts(logits, top_k, bias=bias)
+        bias = bias + rate * torch.sign(1 / n - expert_load(idx, n))
+        history.append(bias)
+    return history
+
+
 @torch.no_grad()
 def router_logits(model: MiniMindForCausalLM, input_ids: torch.Tensor) -> list[torch.Tensor]:
     """The router logits (batch * seq, n_experts) of every MoE layer for one forward pass."""
@@ -205,7 +230,8 @@ def plot_routing(probs: torch.Tensor, idx: torch.Tensor, labels: list[str], axes
 def balance_demo(alpha: float, steps: int = 80, n_experts: int = 4, top_k: int = 2, hidden: int = 32,
                  tokens: int = 256, offset: float = 3.0, lr: float = 1e-2, seed: int = 0) -> dict:
     """Train one MoE layer to imitate a fixed random function from a collapsed router, with balancing weight
-    `alpha` (0: none). Returns {"load": (steps, n_experts), "loss": [steps], "alpha"}."""
+    `alpha` (0: none). Returns {"load": (steps, n_experts), "loss": [steps], "alpha", "logits": the router's
+    logits (tokens, n_experts) for the last batch}."""
     from ..model.moe import MoEFeedForward
     g = torch.Generator().manual_seed(seed)
     config = MiniMindConfig(hidden_size=hidden, num_attention_heads=1, num_key_value_heads=1,
@@ -232,7 +258,9 @@ def balance_demo(alpha: float, steps: int = 80, n_experts: int = 4, top_k: int =
         opt.zero_grad(set_to_none=True)
         loads.append(expert_load(layer.last_topk_idx, n_experts))
         losses.append(task.item())
-    return {"load": torch.stack(loads), "loss": losses, "alpha": alpha}
+    with torch.no_grad():
+        logits = layer.gate(x[0]).float()  # (T, n_experts)
+    return {"load": torch.stack(loads), "loss": losses, "alpha": alpha, "logits": logits}
 
 
 def plot_balance(runs: list[dict], axes=None):
