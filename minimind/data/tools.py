@@ -8,7 +8,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from .files import find_root
 
@@ -56,12 +56,16 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[str]]:
     return content, [p for kind, p in pieces if kind == "call"], splitter.problems
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    """How many characters at the end of text could be the start of tag (held back until the next piece)."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-n:]):
-            return n
-    return 0
+def partial_suffix(text: str, tags: Iterable[str]) -> int:
+    """Length of the longest end of text that is a proper prefix of one of the tags: a stream holds it back,
+    as the next piece may complete the tag (`<tool_c` + `all>`; chat's `</th` + `ink>` and stop strings too)."""
+    best = 0
+    for tag in tags:
+        for n in range(min(len(tag) - 1, len(text)), best, -1):
+            if text.endswith(tag[:n]):
+                best = n
+                break
+    return best
 
 
 class ToolCallSplitter:
@@ -84,7 +88,7 @@ class ToolCallSplitter:
             if not self.inside:
                 i = self.buf.find(CALL_OPEN)
                 if i < 0:  # hold back what may begin "<tool_call>" or "\n<tool_call>"
-                    keep = max(_partial_suffix(self.buf, "\n" + CALL_OPEN), _partial_suffix(self.buf, CALL_OPEN))
+                    keep = partial_suffix(self.buf, ("\n" + CALL_OPEN, CALL_OPEN))
                     ready, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
                     _add(out, ready)
                     return out

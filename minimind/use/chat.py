@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
 from ..data.tokenizer import TOOL_TEMPLATES
-from ..data.tools import ToolBox, ToolCall, ToolCallSplitter
+from ..data.tools import ToolBox, ToolCall, ToolCallSplitter, partial_suffix
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -51,17 +51,6 @@ class StreamDecoder:
         return now[len(before):] if now.startswith(before) else now
 
 
-def _partial_suffix(text: str, tags: Iterable[str]) -> int:
-    """Length of the longest end of text that is a proper prefix of one of the tags (it may grow into it)."""
-    best = 0
-    for tag in tags:
-        for n in range(min(len(tag) - 1, len(text)), best, -1):
-            if text.endswith(tag[:n]):
-                best = n
-                break
-    return best
-
-
 class ThinkSplitter:
     """Split a text stream into ("reasoning", text) and ("content", text) pieces at <think> / </think>, dropping the
     template's newlines at the tags. in_think=True: the prompt already opened <think>."""
@@ -96,7 +85,7 @@ class ThinkSplitter:
             tags = [THINK_CLOSE] if self.in_think else [THINK_OPEN, THINK_CLOSE]
             hits = [(self.buf.find(t), t) for t in tags if t in self.buf]
             if not hits:
-                keep = _partial_suffix(self.buf, tags)
+                keep = partial_suffix(self.buf, tags)
                 ready, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
                 if ready:
                     self._emit(ready, out)
@@ -144,7 +133,7 @@ class StopChecker:
             i = min(hits)[0]
             out, self.buf, self.stopped = self.buf[:i], "", True
             return out
-        keep = _partial_suffix(self.buf, self.stops)
+        keep = partial_suffix(self.buf, self.stops)
         out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
         return out
 
