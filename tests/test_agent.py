@@ -5,7 +5,7 @@ from tiny_checkpoint import LINES
 
 from minimind.align.agent import AgentStage, cispo_loss, turn_suffix, with_tools
 from minimind.data.tokenizer import render_chat, train_tokenizer
-from minimind.data.tools import calculator
+from minimind.model.tools import calculator
 
 ADD_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>'
 
