@@ -29,7 +29,7 @@ def cispo_loss(logp, old_logp, advantages, mask, eps_high: float = 5.0):
     return -(ratio * advantages[:, None] * logp)
 
 
-def format_reward(run: "AgentRun", weight: float) -> float:
+def call_format_reward(run: "AgentRun", weight: float) -> float:
     """+weight for an episode whose calls were all well-formed, -weight if any was broken, 0 without calls.
     Per episode, not per call: a reward per call pays for extra calls, and where every episode of a group fails
     the task, group normalisation turns that small difference into the whole advantage (measured: calls per
@@ -188,7 +188,7 @@ class AgentStage(GRPOStage):
             mask[i, :len(r.own)] = torch.tensor(r.own, dtype=torch.float)
         finals = [r.answer for r in runs]
         task = torch.as_tensor(self.reward_fn(prompts, finals, answers), dtype=torch.float32).reshape(-1)
-        form = torch.tensor([format_reward(r, self.format_weight) for r in runs])
+        form = torch.tensor([call_format_reward(r, self.format_weight) for r in runs])
         device = policy.device
         rollout = Rollout(sequences=sequences.to(device), attention_mask=attention.to(device), mask=mask.to(device),
                           rewards=(task + form).to(device), prompts=prompts, responses=finals, answers=answers,
