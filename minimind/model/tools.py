@@ -89,6 +89,7 @@ def _check_arguments(args: dict, schema: dict) -> Optional[str]:
             return f"argument {k}={v!r} should be one of {', '.join(map(str, props[k]['enum']))}"
     return None
 
+
 # -- the multi-turn loop -----------------------------------------------------------------------------------------
 @dataclass
 class Episode:
