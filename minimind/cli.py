@@ -447,8 +447,8 @@ def _add_chat(sub):
                    help="model turns per message when it calls tools, the answer included (default: 4)")
 
     def run(args):
-        from .data.tools import toolbox
         from .model import load_checkpoint
+        from .model.tools import toolbox
         from .train.runtime import pick_device
         from .use.chat import terminal_chat
         tools = toolbox(args.tools)  # a bad spec fails before the model loads

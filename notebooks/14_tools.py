@@ -32,7 +32,7 @@
 # 5. **Agentic RL**: whole episodes sampled, rewarded by whether the task succeeded, and learned from, as
 #    MiniMind's `train_agent.py` does.
 #
-# The tools belong to the course world (`minimind.data.tools.course_tools`): `add` and `subtract`, and
+# The tools belong to the course world (`minimind.model.tools.course_tools`): `add` and `subtract`, and
 # `lookup(name, fact)` in the **town register**, which holds each person's house number, weight, shoe size and
 # age. The register's house numbers, weights and shoe sizes appear in no text of the corpus.
 
@@ -72,7 +72,7 @@ from minimind.course.recipe import stage_done
 from minimind.data import read_jsonl
 from minimind.data.datasets import SFTDataset, pad_collate, render_record
 from minimind.data.tokenizer import extend_tokenizer, tokens_html
-from minimind.data.tools import course_tools
+from minimind.model.tools import course_tools
 from minimind.train import load_tokenizer, read_metrics, train_stage
 from minimind.train.stages import common_prefix
 from minimind.use.eval import tool_task_accuracy
@@ -311,11 +311,12 @@ assert gain > np.ptp(accs) and accs.min() > 0.5, "tool SFT did not learn to call
 
 # %% [markdown]
 # ## One episode, readably
-# `agent_rollouts` (in `minimind/align/agent.py`) runs episodes for a batch of prompts at once: every model
-# turn, the unfinished episodes generate together; the calls they wrote are parsed (`parse_tool_calls`:
-# bad JSON becomes an error message for the model, never an exception) and run by the toolbox, which runs only
-# its registered functions, checks their arguments against the schema and limits their time; the results
-# are appended as a tool turn; an episode ends when the model answers without a call, or after `max_turns`.
+# `agent_rollouts` (in `minimind/align/agent.py`) runs episodes for a batch of prompts at once, in the multi-turn
+# loop that chat uses too (`tool_turns` in `minimind/model/tools.py`): every model turn, the unfinished episodes
+# generate together; the calls they wrote are parsed (`parse_tool_calls`: bad JSON becomes an error message for
+# the model, never an exception) and run by the toolbox, which runs only its registered functions, checks their
+# arguments against the schema and limits their time; the results are appended as a tool turn; an episode ends
+# when the model answers without a call, or after `max_turns`.
 # A "later" task needs two calls:
 
 # %%

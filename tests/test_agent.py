@@ -5,7 +5,7 @@ from tiny_checkpoint import LINES
 
 from minimind.align.agent import AgentStage, cispo_loss, turn_suffix, with_tools
 from minimind.data.tokenizer import render_chat, train_tokenizer
-from minimind.data.tools import calculator
+from minimind.model.tools import calculator
 
 ADD_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>'
 
@@ -89,7 +89,7 @@ def test_the_agent_stage_needs_a_template_with_tools():
         AgentStage("rule", course)
 
 
-def test_the_format_reward_is_per_episode_so_extra_calls_earn_nothing(tok):
+def test_the_call_format_reward_is_per_episode_so_extra_calls_earn_nothing(tok):
     stage = AgentStage("rule", tok, tools="calculator", group_size=3, max_new_tokens=64, format_weight=0.1)
     broken = '<tool_call>\n{"name": "add", "arguments": {"a": 17\n</tool_call>'
     # row 0 calls once, row 1 twice, row 2 writes a broken call; each then answers wrongly (turn by turn, row by row)

@@ -9,8 +9,8 @@ from tiny_checkpoint import LINES, ScriptedModel, make_checkpoint, make_tokenize
 from minimind.cli import build_parser
 from minimind.cli import main as cli
 from minimind.data.tokenizer import train_tokenizer
-from minimind.data.tools import course_tools, toolbox
 from minimind.model import load_checkpoint
+from minimind.model.tools import course_tools, toolbox
 from minimind.use.chat import (
     DIM,
     RESET,

@@ -121,7 +121,8 @@ def test_cli_writes_the_corpus_and_tokenizer(tmp_path, capsys):
 
 def test_tool_tasks_need_the_tools_and_the_held_out_ones_were_never_trained_on():
     from minimind.data.corpus import registry_pairs
-    from minimind.data.tools import ToolCall, course_tools
+    from minimind.data.tools import ToolCall
+    from minimind.model.tools import course_tools
     paths = course("small")
     registry = json.loads(paths["registry"].read_text())
     box = course_tools(registry["people"])

@@ -15,11 +15,11 @@ from minimind.align.reward import (
     answer_reward,
     chat_messages,
     final_answer,
-    format_reward,
     last_token_index,
     length_penalty,
     load_reward,
     repetition_penalty,
+    think_format_reward,
     think_tag_reward,
 )
 from minimind.train.loop import train_records
@@ -50,10 +50,10 @@ def test_answer_reward(response, answer, expected):
 
 def test_format_and_tag_rewards():
     good = "<think>\n3 plus 4 is 7.\n</think>\n3 plus 4 is 7."
-    assert format_reward(good) == 1.0 and think_tag_reward(good) == 1.0
-    assert format_reward("<think>\nhmm\n</think>\n") == 0.0               # no answer after the reasoning
-    assert format_reward("3 plus 4 is 7.") == 0.0 and think_tag_reward("3 plus 4 is 7.") == 0.0
-    assert format_reward("<think>\nhmm\n</think>\n<think>\nagain\n</think>\nx") == 0.0
+    assert think_format_reward(good) == 1.0 and think_tag_reward(good) == 1.0
+    assert think_format_reward("<think>\nhmm\n</think>\n") == 0.0         # no answer after the reasoning
+    assert think_format_reward("3 plus 4 is 7.") == 0.0 and think_tag_reward("3 plus 4 is 7.") == 0.0
+    assert think_format_reward("<think>\nhmm\n</think>\n<think>\nagain\n</think>\nx") == 0.0
     assert think_tag_reward("<think>\nhmm, 7.") == 0.5                    # half way there
     assert think_tag_reward("<think><think></think>") == 0.5
 

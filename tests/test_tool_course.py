@@ -8,7 +8,7 @@ from course_helpers import course, tokenizer
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data.datasets import iter_texts, read_jsonl, render_record
 from minimind.data.tokenizer import MiniMindTokenizer, extend_tokenizer
-from minimind.data.tools import course_tools
+from minimind.model.tools import course_tools
 
 
 @pytest.fixture(scope="module")

@@ -148,7 +148,7 @@ def test_the_course_template_refuses_tools_by_name():
 def toolbox(timeout=5.0):
     import time
 
-    from minimind.data.tools import Tool, ToolBox
+    from minimind.model.tools import Tool, ToolBox
 
     def slow(seconds: float):
         time.sleep(seconds)
@@ -175,30 +175,54 @@ def test_only_registered_tools_run_and_every_failure_is_a_message():
 def scripted(*replies):
     seen = []
 
-    def generate(messages, tools):
+    def generate(messages):
         seen.append([dict(m) for m in messages])
         return replies[len(seen) - 1]
     return generate, seen
 
 
+def play(generate, messages, max_turns=4):
+    """An episode the way chat plays one: the whole conversation to the model each turn, its text parsed."""
+    from minimind.model.tools import Episode, tool_turns
+    episode = Episode(list(messages))
+    for _ in tool_turns([episode], max_turns):
+        episode.model_turn(toolbox(), *parse_tool_calls(generate(episode.messages)))
+    return episode
+
+
 def test_an_episode_runs_the_calls_and_feeds_the_results_back():
-    from minimind.data.tools import run_episode
     generate, seen = scripted('<tool_call>\n{"name": "add", "arguments": {"a": 17, "b": 25}}\n</tool_call>',
                               "17 plus 25 is 42.")
-    ep = run_episode(generate, [{"role": "user", "content": "17 + 25?"}], toolbox())
-    assert ep.ended == "answer" and ep.answer == "17 plus 25 is 42."
-    assert [(c.name, r) for c, r in ep.calls] == [("add", "42")]
+    ep = play(generate, [{"role": "user", "content": "17 + 25?"}])
+    assert ep.ended == "answer" and ep.answer == "17 plus 25 is 42." and (ep.turns, ep.calls) == (2, 1)
+    assert [(c.name, r) for c, r in ep.results] == [("add", "42")]
     assert seen[1][-1] == {"role": "tool", "content": "42"}  # the second turn saw the tool's result
     assert [m["role"] for m in ep.messages] == ["user", "assistant", "tool", "assistant"]
 
 
 def test_a_broken_call_gets_an_error_and_another_turn_then_the_turns_run_out():
-    from minimind.data.tools import run_episode
-    generate, seen = scripted('<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>', "I give up: 42.")
-    ep = run_episode(generate, [{"role": "user", "content": "17 + 25?"}], toolbox())
-    assert ep.ended == "answer" and ep.answer == "I give up: 42." and ep.calls == []
+    broken = '<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>'
+    generate, seen = scripted(broken, "I give up: 42.")
+    ep = play(generate, [{"role": "user", "content": "17 + 25?"}])
+    assert ep.ended == "answer" and ep.answer == "I give up: 42." and (ep.calls, ep.broken) == (0, 1)
     assert seen[1][-1]["role"] == "tool" and "not valid JSON" in seen[1][-1]["content"]
     loop = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 1}}\n</tool_call>'
     generate, _ = scripted(loop, loop, loop)
-    ep = run_episode(generate, [{"role": "user", "content": "1 + 1?"}], toolbox(), max_turns=3)
-    assert ep.ended == "max_turns" and len(ep.calls) == 3 and ep.answer == ""
+    ep = play(generate, [{"role": "user", "content": "1 + 1?"}], max_turns=3)
+    assert ep.ended == "max_turns" and len(ep.results) == 3 and ep.answer == ""
+
+
+def test_each_broken_block_gets_its_error_and_a_final_turn_runs_nothing():
+    """The agent stage's view: results as tool turns, one per call then one per broken block; its last turn
+    (or one cut off) is the answer as written, its calls not run."""
+    from minimind.model.tools import Episode
+    call = '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 1}}\n</tool_call>'
+    broken = '<tool_call>\n{"name": "add", "arguments": {"a": }\n</tool_call>'
+    ep = Episode()
+    ran = ep.model_turn(toolbox(), *parse_tool_calls(call + "\n" + broken + broken))
+    assert ran[0][1] == "2" and [c for c, _ in ran[1:]] == [None, None]
+    assert all(r.startswith("error: the tool call is not valid JSON") for _, r in ran[1:])
+    assert [m["role"] for m in ep.messages] == ["assistant", "tool", "tool", "tool"] and (ep.calls, ep.broken) == (1, 2)
+    assert ep.model_turn(toolbox(), *parse_tool_calls("So " + call), text="So " + call, final=True) == []
+    assert ep.ended == "final" and ep.answer == "So" and ep.messages[-1] == {"role": "assistant",
+                                                                          "content": "So " + call}

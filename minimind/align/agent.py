@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data.tokenizer import TOOL_TEMPLATES, render_chat
-from ..data.tools import ToolBox, parse_tool_calls, toolbox
+from ..data.tools import parse_tool_calls
+from ..model.tools import Episode, ToolBox, tool_turns, toolbox
 from ..train.stages import Option, register, shared_length
 from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
 
@@ -28,7 +29,7 @@ def cispo_loss(logp, old_logp, advantages, mask, eps_high: float = 5.0):
     return -(ratio * advantages[:, None] * logp)
 
 
-def format_reward(run: "AgentRun", weight: float) -> float:
+def call_format_reward(run: "AgentRun", weight: float) -> float:
     """+weight for an episode whose calls were all well-formed, -weight if any was broken, 0 without calls.
     Per episode, not per call: a reward per call pays for extra calls, and where every episode of a group fails
     the task, group normalisation turns that small difference into the whole advantage (measured: calls per
@@ -70,36 +71,32 @@ def with_tools(prompt: str, template: str, schemas: list[dict]) -> str:
 
 
 @dataclass
-class AgentRun:
-    """One multi-turn rollout: the ids after the prompt, which of them the model wrote (1) or read (0, tool
-    results and the template around them), the final answer, the episode as messages, and counts."""
+class AgentRun(Episode):
+    """One multi-turn rollout, an `Episode` as tokens too: its prompt's ids, the ids after it, and which of those
+    the model wrote (1) or read (0: tool results and the template around them)."""
+    prompt: list = field(default_factory=list)
     ids: list = field(default_factory=list)
     own: list = field(default_factory=list)
-    answer: str = ""
-    messages: list = field(default_factory=list)
-    calls: int = 0
-    broken: int = 0
-    turns: int = 0
-    done: bool = False
 
 
 @torch.no_grad()
 def agent_rollouts(policy, tokenizer, template: str, toolbox: ToolBox, prompts: list[list[int]], max_turns: int = 3,
                    max_new_tokens: int = 64, min_shared: int = 32, **sampling) -> list[AgentRun]:
-    """Multi-turn rollouts, batched: every turn, the unfinished rollouts generate together (left-padded); the
-    calls they wrote are run and their results appended, the others end with their answer. A prompt of at least
-    min_shared tokens that every rollout opens with (the tools block) runs once per turn, not once per row.
-    sampling goes to generate (do_sample, temperature, top_k, top_p); greedy without it."""
+    """Multi-turn rollouts, batched (`tool_turns`): every turn, the unfinished rollouts generate together
+    (left-padded); the calls they wrote are run and their results appended, the others end with their answer.
+    A prompt of at least min_shared tokens that every rollout opens with (the tools block) runs once per turn,
+    not once per row. sampling goes to generate (do_sample, temperature, top_k, top_p); greedy without it."""
     from ..data.datasets import pad_sequences
     eos, room = tokenizer.eos_token_id, policy.config.max_position_embeddings
-    runs = [AgentRun() for _ in prompts]
-    for turn in range(max_turns):
-        active = [i for i, r in enumerate(runs) if not r.done and len(prompts[i]) + len(r.ids) < room - 1]
-        for i, r in enumerate(runs):
-            r.done = r.done or i not in active
+    runs = [AgentRun(prompt=p) for p in prompts]
+    for running, last in tool_turns(runs, max_turns):
+        for r in running:
+            if len(r.prompt) + len(r.ids) >= room - 1:
+                r.ended = "length"  # no room for another turn
+        active = [r for r in running if not r.ended]
         if not active:
             break
-        contexts = [prompts[i] + runs[i].ids for i in active]
+        contexts = [r.prompt + r.ids for r in active]
         # the prompt every context opens with (the tools block) runs once; each row runs its own tail
         p = shared_length(contexts) if len(contexts) > 1 else 0
         p = p if p >= min_shared else 0
@@ -109,27 +106,19 @@ def agent_rollouts(policy, tokenizer, template: str, toolbox: ToolBox, prompts: 
         out = policy.generate(ids.to(policy.device), max_new_tokens=min(max_new_tokens, room - p - width),
                               attention_mask=mask.to(policy.device), eos_token_id=eos, shared_prefix=prefix,
                               **sampling)
-        for i, row in zip(active, out[:, width:].tolist()):
-            r = runs[i]
+        for r, row in zip(active, out[:, width:].tolist()):
             if eos in row:
                 row = row[:row.index(eos) + 1]
             r.ids += row
             r.own += [1] * len(row)
-            r.turns += 1
             text = tokenizer.decode(row, skip_special_tokens=True)
-            content, found, problems = parse_tool_calls(text)
-            r.calls, r.broken = r.calls + len(found), r.broken + len(problems)
-            if not found and not problems or row[-1:] != [eos] or turn == max_turns - 1:
-                r.answer, r.done = content.strip(), True
-                r.messages.append({"role": "assistant", "content": text.strip()})
-                continue
-            results = [toolbox.run(c) for c in found] + [f"error: {p}" for p in problems]
-            r.messages.append({"role": "assistant", "content": content.strip(),
-                               "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in found]})
-            r.messages += [{"role": "tool", "content": x} for x in results]
-            suffix = tokenizer.encode(turn_suffix(template, results))
-            r.ids += suffix
-            r.own += [0] * len(suffix)  # read, not written: no loss here
+            content, calls, problems = parse_tool_calls(text)
+            # a turn cut off before <|im_end|> ends the rollout too: the template cannot go on after it
+            ran = r.model_turn(toolbox, content, calls, problems, text=text, final=last or row[-1:] != [eos])
+            if ran:
+                suffix = tokenizer.encode(turn_suffix(template, [result for _, result in ran]))
+                r.ids += suffix
+                r.own += [0] * len(suffix)  # read, not written: no loss here
     return runs
 
 
@@ -199,7 +188,7 @@ class AgentStage(GRPOStage):
             mask[i, :len(r.own)] = torch.tensor(r.own, dtype=torch.float)
         finals = [r.answer for r in runs]
         task = torch.as_tensor(self.reward_fn(prompts, finals, answers), dtype=torch.float32).reshape(-1)
-        form = torch.tensor([format_reward(r, self.format_weight) for r in runs])
+        form = torch.tensor([call_format_reward(r, self.format_weight) for r in runs])
         device = policy.device
         rollout = Rollout(sequences=sequences.to(device), attention_mask=attention.to(device), mask=mask.to(device),
                           rewards=(task + form).to(device), prompts=prompts, responses=finals, answers=answers,

@@ -109,7 +109,7 @@ def answer_reward(response: str, answer) -> float:
     return float(re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, re.I) is not None)
 
 
-def format_reward(response: str) -> float:
+def think_format_reward(response: str) -> float:
     """1.0 for `<think>\\n...\\n</think>` followed by a non-empty answer, else 0.0 (the reasoning format)."""
     match = THINK_BLOCK.match(response)
     return float(match is not None and "<think>" not in match.group("answer") and "</think>" not in
@@ -149,7 +149,7 @@ class RuleReward:
 
     def parts(self, response: str, answer=None) -> dict[str, float]:
         """Each rule's unweighted value: useful to see why a response scored what it did."""
-        return dict(answer=answer_reward(response, answer), format=format_reward(response),
+        return dict(answer=answer_reward(response, answer), format=think_format_reward(response),
                     tags=think_tag_reward(response), length=length_penalty(response, self.max_words),
                     repetition=repetition_penalty(response, self.ngram))
 

@@ -790,9 +790,9 @@ def write_course_corpus(out_dir, seed: int = 0, size: str = "small", lang: str =
 def _tool_files(world, spec, lex, writer, sft_facts, seed, size, lang) -> tuple[dict, dict]:
     """Chapter 14's files: tool-call SFT conversations, held-out tool tasks (register facts no training file
     asks, sums never asked), agent RL prompts in other words and their held-out set; and the register."""
-    from .tools import course_tools
+    from .tools import course_tool_schemas
     registry = build_registry(world, seed, size, lang)
-    schemas = course_tools({}).schemas()
+    schemas = course_tool_schemas()
     train, held = registry_pairs(registry, "sft"), registry_pairs(registry, "heldout")
     strangers = registry_pairs(registry, "strangers")
     w = writer("tool_eval")

@@ -1,5 +1,5 @@
 """The model: config and presets, attention, RoPE/YaRN, norms and MLPs, MoE, the loss, generation, LoRA,
-and checkpoint I/O."""
+checkpoint I/O, and the tools a model may call (`tools`: toolboxes and the multi-turn tool loop)."""
 from .config import PRESETS, MiniMindConfig
 from .transformer import CausalLMOutput, MiniMindForCausalLM
 

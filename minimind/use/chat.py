@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
 from ..data.tokenizer import TOOL_TEMPLATES
-from ..data.tools import ToolBox, ToolCall, ToolCallSplitter
+from ..data.tools import ToolCall, ToolCallSplitter, partial_suffix
+from ..model.tools import Episode, ToolBox, tool_turns
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -51,17 +52,6 @@ class StreamDecoder:
         return now[len(before):] if now.startswith(before) else now
 
 
-def _partial_suffix(text: str, tags: Iterable[str]) -> int:
-    """Length of the longest end of text that is a proper prefix of one of the tags (it may grow into it)."""
-    best = 0
-    for tag in tags:
-        for n in range(min(len(tag) - 1, len(text)), best, -1):
-            if text.endswith(tag[:n]):
-                best = n
-                break
-    return best
-
-
 class ThinkSplitter:
     """Split a text stream into ("reasoning", text) and ("content", text) pieces at <think> / </think>, dropping the
     template's newlines at the tags. in_think=True: the prompt already opened <think>."""
@@ -96,7 +86,7 @@ class ThinkSplitter:
             tags = [THINK_CLOSE] if self.in_think else [THINK_OPEN, THINK_CLOSE]
             hits = [(self.buf.find(t), t) for t in tags if t in self.buf]
             if not hits:
-                keep = _partial_suffix(self.buf, tags)
+                keep = partial_suffix(self.buf, tags)
                 ready, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
                 if ready:
                     self._emit(ready, out)
@@ -144,7 +134,7 @@ class StopChecker:
             i = min(hits)[0]
             out, self.buf, self.stopped = self.buf[:i], "", True
             return out
-        keep = _partial_suffix(self.buf, self.stops)
+        keep = partial_suffix(self.buf, self.stops)
         out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
         return out
 
@@ -264,35 +254,25 @@ class ChatSession:
         for each call run (call None for a broken one, its result "error: ..."); the turn joins the history
         at the end. Text the model writes around its calls streams as content; the calls themselves do not."""
         settings = GenerationSettings(**{**self.settings.__dict__, **overrides})
-        turn = [{"role": "user", "content": user}]
-        total = Reply()
-        for _ in range(self.max_tool_turns if self.tools else 1):
-            reply, message, calls, problems = yield from self._model_turn(self.messages() + turn, settings,
-                                                                          keep=len(turn))
+        episode, total = Episode([{"role": "user", "content": user}]), Reply()
+        for _ in tool_turns([episode], self.max_tool_turns if self.tools else 1):
+            reply, calls, problems = yield from self._model_turn(self.messages() + episode.messages, settings,
+                                                                 keep=len(episode.messages))
             _add_up(total, reply)
-            turn.append(message)
-            if not calls and not problems:
-                break
-            for call in calls:
-                result = self.tools.run(call)
-                total.tool_results.append((call, result))
-                turn.append({"role": "tool", "content": result})
+            # the calls run on the last turn too: the user sees what the model asked for
+            for call, result in episode.model_turn(self.tools, reply.content, calls, problems,
+                                                   reasoning=reply.reasoning):
                 yield "tool", (call, result)
-            if problems:  # it tried to call and failed: tell it why (run_episode does the same)
-                error = "error: " + "; ".join(problems)
-                total.tool_results.append((None, error))
-                turn.append({"role": "tool", "content": error})
-                yield "tool", (None, error)
-        else:
-            total.out_of_tool_turns = self.tools is not None
-        last = turn[-1] if turn[-1]["role"] == "assistant" else {}
-        total.content, total.reasoning = last.get("content", ""), last.get("reasoning_content", "")
+        last = episode.messages[-1] if episode.ended == "answer" else {}
+        total.content, total.reasoning = episode.answer, last.get("reasoning_content", "")
+        total.tool_results, total.out_of_tool_turns = episode.results, episode.ended == "max_turns"
         self.last = total
-        self.history += turn
+        self.history += episode.messages
 
     def _model_turn(self, msgs: list[dict], settings: GenerationSettings, keep: int):
-        """One generation, streamed as ("reasoning" | "content", text); returns (reply, the assistant message,
-        its calls, the problems of blocks that were not calls). Calls are parsed only when there are tools."""
+        """One generation, streamed as ("reasoning" | "content", text); returns (reply, its calls, the problems
+        of blocks that were not calls), the reply's content the text outside calls. Calls are parsed only when
+        there are tools."""
         schemas = self.tools.schemas() if self.tools else None
         prompt, dropped = fit_prompt(self.tokenizer, msgs, self.model.config.max_position_embeddings,
                                      min(settings.max_new_tokens, 64), self.enable_thinking, tools=schemas,
@@ -318,13 +298,7 @@ class ChatSession:
                 content.append(piece)
                 yield "content", piece
         reply.content, reply.reasoning = "".join(content).strip(), thinking.reasoning_text
-        message = {"role": "assistant", "content": reply.content}
-        if reply.reasoning:
-            message["reasoning_content"] = reply.reasoning
-        calls = splitter.calls if splitter else []
-        if calls:
-            message["tool_calls"] = [{"name": c.name, "arguments": c.arguments} for c in calls]
-        return reply, message, calls, (splitter.problems if splitter else [])
+        return reply, (splitter.calls if splitter else []), (splitter.problems if splitter else [])
 
     def ask(self, user: str, **overrides) -> str:
         """The whole reply's answer (reasoning is in .last.reasoning, tool calls in .last.tool_results)."""
