@@ -578,7 +578,7 @@ def _add_bench(sub):
                    help="the compiled variants of that section (default: on; --quick: off)")
     p.add_argument("--minimind-code", default=None, metavar="PATH",
                    help="MiniMind's model_minimind.py, or a checkout of its repository, for the section's "
-                        "'MiniMind's code' variants (default: the copy under tests/fixtures/minimind_code)")
+                        "'MiniMind's code' variants (default: the copy in minimind/use/minimind_code)")
     p.add_argument("--quick", action="store_true", help="tiny preset, short runs: under a minute on a CPU")
     p.add_argument("--json", default=None, metavar="FILE", help="write the result as JSON")
     p.add_argument("--page", default=None, metavar="MD",

@@ -15,6 +15,7 @@ from minimind import MiniMindForCausalLM
 from minimind.cli import main as cli_main
 from minimind.model import fast
 from minimind.use.bench import (
+    MINIMIND_CODE_FILE,
     PAGE_BEGIN,
     PAGE_END,
     PRETRAIN_HQ_TOKENS,
@@ -163,8 +164,8 @@ def check_variants(row, reps, minimind_code, compiled):
     assert minimind_code == (row["minimind_code"] is not None) != ("minimind_code" in row["skipped"])
 
 
-def test_run_benchmark_on_tiny_shapes(monkeypatch):
-    monkeypatch.chdir(ROOT)  # MiniMind's code: the course's copy, found from the course root
+def test_run_benchmark_on_tiny_shapes(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MiniMind's code ships with the package: found outside the course root too
     settings = BenchSettings(batch_size=2, seq_len=16, train_reps=1, decode_batches=(1, 2), prompt_len=4,
                              new_tokens=4, decode_reps=1, moe_reps=1, fast_path_reps=1, min_sample_s=0.0, device="cpu",
                              variant_reps=2, variant_compile=False, quick=True)
@@ -215,8 +216,7 @@ def test_minimind_code_that_cannot_run_is_skipped_with_the_reason(tmp_path, give
 
 def test_minimind_code_from_a_checkout(tmp_path):
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_minimind.py").write_text(
-        (ROOT / "tests" / "fixtures" / "minimind_code" / "minimind2_model.py").read_text())
+    (tmp_path / "model" / "model_minimind.py").write_text(MINIMIND_CODE_FILE.read_text())
     row = bench_variants(small_config(), 2, 8, 1, torch.device("cpu"), None, compile=False,
                          minimind_code=str(tmp_path), preset="small", log=lambda _: None)
     check_variants(row, 1, minimind_code=True, compiled=False)
@@ -226,8 +226,8 @@ def test_minimind_code_from_a_checkout(tmp_path):
 def test_precision_variants_compile():
     """The compiled variants, on the smallest model (compiling takes most of this test's time)."""
     row = bench_variants(small_config(num_hidden_layers=1), 2, 8, 1, torch.device("cpu"), torch.bfloat16,
-                         compile=True, minimind_code=str(ROOT / "tests" / "fixtures" / "minimind_code" /
-                                                         "minimind2_model.py"), preset="one layer", log=lambda _: None)
+                         compile=True, minimind_code=str(MINIMIND_CODE_FILE), preset="one layer",
+                         log=lambda _: None)
     check_variants(row, 1, minimind_code=True, compiled=True)
     assert set(row["compile_s"]) == {"ours", "transformers"} and row["ratios"]["compiled_vs_eager"]["fast"] == \
         "ours bf16 compiled"

@@ -313,8 +313,8 @@ def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps
 # --------------------------------------------------------------------------------------------------
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 MINIMIND_CODE = "MiniMind's code"
-# the fixture copy of MiniMind's model file, under the course root (tests/fixtures/minimind_code/README.md)
-MINIMIND_CODE_FIXTURE = Path("tests") / "fixtures" / "minimind_code" / "minimind2_model.py"
+# MiniMind's model file as the package ships it (minimind_code/README.md says where it comes from)
+MINIMIND_CODE_FILE = Path(__file__).parent / "minimind_code" / "minimind2_model.py"
 
 
 def _short(amp_dtype: Optional[torch.dtype]) -> str:
@@ -331,17 +331,15 @@ def half_dtype(device: torch.device) -> torch.dtype:
 
 def find_minimind_code(given: Optional[str] = None) -> tuple[Optional[Path], Optional[str]]:
     """(MiniMind's model file, None), or (None, why not). `given`: that file or a checkout of MiniMind's
-    repository (model/model_minimind.py in it); else the copy the course ships for its tests."""
+    repository (model/model_minimind.py in it); else the copy the package ships."""
     if given:
         path = Path(given).expanduser()
         if path.is_dir():
             path = path / "model" / "model_minimind.py"
         return (path, None) if path.is_file() else (None, f"--minimind-code {given}: {path} not found")
-    from ..data.files import find_root
-    path = find_root() / MINIMIND_CODE_FIXTURE
-    if path.is_file():
-        return path, None
-    return None, f"no {MINIMIND_CODE_FIXTURE} under the course root: pass --minimind-code PATH"
+    if MINIMIND_CODE_FILE.is_file():
+        return MINIMIND_CODE_FILE, None
+    return None, f"{MINIMIND_CODE_FILE} not found: pass --minimind-code PATH"
 
 
 def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0) -> torch.nn.Module:
@@ -516,7 +514,7 @@ class BenchSettings:
     variant_presets: tuple = ("minimind2-small",)
     variant_reps: int = 9
     variant_compile: bool = True
-    minimind_code: Optional[str] = None  # MiniMind's model file or checkout; None: the course's test copy
+    minimind_code: Optional[str] = None  # MiniMind's model file or checkout; None: the package's copy
     quick: bool = False
 
     @classmethod
