@@ -16,7 +16,7 @@ def _write_result(args, result: dict, tables: str, begin: str, end: str) -> None
     if args.page:
         if not args.json:
             raise SystemExit("--page needs --json FILE: the page names the JSON its tables come from")
-        from .use.bench import update_page
+        from .use.bench_report import update_page
         update_page(args.page, result, args.json, tables=tables, begin=begin, end=end)
 
 

@@ -14,26 +14,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from minimind import MiniMindForCausalLM
 from minimind.cli import main as cli_main
 from minimind.model import fast
-from minimind.use.bench import (
-    MINIMIND_CODE_FILE,
-    PAGE_BEGIN,
-    PAGE_END,
+from minimind.use.bench import BenchSettings, bench_variants, dense_twin, run_benchmark
+from minimind.use.bench_flops import (
     PRETRAIN_HQ_TOKENS,
-    BenchSettings,
-    bench_variants,
-    dense_twin,
     epoch_hours,
     flops_per_token,
-    format_table,
-    interleaved,
     matmul_params_per_token,
     mfu,
-    page_tables,
     peak_flops,
     pretrain_projection,
-    run_benchmark,
-    update_page,
 )
+from minimind.use.bench_minimind_code import MINIMIND_CODE_FILE
+from minimind.use.bench_report import PAGE_BEGIN, PAGE_END, format_table, page_tables, update_page
+from minimind.use.bench_timing import interleaved
 
 MOE = dict(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)
 ROOT = Path(__file__).resolve().parents[1]
