@@ -14,25 +14,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from minimind import MiniMindForCausalLM
 from minimind.cli import main as cli_main
 from minimind.model import fast
-from minimind.use.bench import (
-    PAGE_BEGIN,
-    PAGE_END,
+from minimind.use.bench import BenchSettings, bench_variants, dense_twin, run_benchmark
+from minimind.use.bench_flops import (
     PRETRAIN_HQ_TOKENS,
-    BenchSettings,
-    bench_variants,
-    dense_twin,
     epoch_hours,
     flops_per_token,
-    format_table,
-    interleaved,
     matmul_params_per_token,
     mfu,
-    page_tables,
     peak_flops,
     pretrain_projection,
-    run_benchmark,
-    update_page,
 )
+from minimind.use.bench_minimind_code import MINIMIND_CODE_FILE
+from minimind.use.bench_report import PAGE_BEGIN, PAGE_END, format_table, page_tables, update_page
+from minimind.use.bench_timing import interleaved
 
 MOE = dict(use_moe=True, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2)
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,8 +157,8 @@ def check_variants(row, reps, minimind_code, compiled):
     assert minimind_code == (row["minimind_code"] is not None) != ("minimind_code" in row["skipped"])
 
 
-def test_run_benchmark_on_tiny_shapes(monkeypatch):
-    monkeypatch.chdir(ROOT)  # MiniMind's code: the course's copy, found from the course root
+def test_run_benchmark_on_tiny_shapes(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MiniMind's code ships with the package: found outside the course root too
     settings = BenchSettings(batch_size=2, seq_len=16, train_reps=1, decode_batches=(1, 2), prompt_len=4,
                              new_tokens=4, decode_reps=1, moe_reps=1, fast_path_reps=1, min_sample_s=0.0, device="cpu",
                              variant_reps=2, variant_compile=False, quick=True)
@@ -215,8 +209,7 @@ def test_minimind_code_that_cannot_run_is_skipped_with_the_reason(tmp_path, give
 
 def test_minimind_code_from_a_checkout(tmp_path):
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model_minimind.py").write_text(
-        (ROOT / "tests" / "fixtures" / "minimind_code" / "minimind2_model.py").read_text())
+    (tmp_path / "model" / "model_minimind.py").write_text(MINIMIND_CODE_FILE.read_text())
     row = bench_variants(small_config(), 2, 8, 1, torch.device("cpu"), None, compile=False,
                          minimind_code=str(tmp_path), preset="small", log=lambda _: None)
     check_variants(row, 1, minimind_code=True, compiled=False)
@@ -226,8 +219,8 @@ def test_minimind_code_from_a_checkout(tmp_path):
 def test_precision_variants_compile():
     """The compiled variants, on the smallest model (compiling takes most of this test's time)."""
     row = bench_variants(small_config(num_hidden_layers=1), 2, 8, 1, torch.device("cpu"), torch.bfloat16,
-                         compile=True, minimind_code=str(ROOT / "tests" / "fixtures" / "minimind_code" /
-                                                         "minimind2_model.py"), preset="one layer", log=lambda _: None)
+                         compile=True, minimind_code=str(MINIMIND_CODE_FILE), preset="one layer",
+                         log=lambda _: None)
     check_variants(row, 1, minimind_code=True, compiled=True)
     assert set(row["compile_s"]) == {"ours", "transformers"} and row["ratios"]["compiled_vs_eager"]["fast"] == \
         "ours bf16 compiled"

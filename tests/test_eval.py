@@ -12,6 +12,7 @@ from tiny_checkpoint import make_checkpoint
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.cli import main as cli
 from minimind.model import load_checkpoint
+from minimind.use import answers
 from minimind.use import eval as ev
 
 FIX = Path(__file__).resolve().parent.parent / "data" / "fixtures" / "eval"
@@ -59,8 +60,8 @@ def test_answer_match_modes():
     assert ev.answer_matches("Baker.", "the baker", mode="exact")
     assert not ev.answer_matches("Mira is a baker.", "baker", mode="exact")
     assert ev.answer_matches("42 apples", 42)  # a numeric reference
-    assert ev.normalize_answer("  The Answer: 1,000 apples!! ") == "answer 1000 apples"
-    assert ev.parse_number("7.") == 7 and ev.parse_number("seven") is None
+    assert answers.normalize_answer("  The Answer: 1,000 apples!! ") == "answer 1000 apples"
+    assert answers.parse_number("7.") == 7 and answers.parse_number("seven") is None
     with pytest.raises(ValueError, match="not a number"):
         ev.answer_matches("x", "baker", mode="number")
     with pytest.raises(ValueError, match="mode"):

@@ -7,7 +7,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "minimind"
 LAYERS = {"data": 0, "model": 1, "train": 2, "align": 3, "use": 4, "course": 4}
-TOP = 5  # minimind/__init__.py, cli.py, __main__.py
+TOP = 5  # minimind/__init__.py, cli/, __main__.py
 
 
 def module_name(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Files written by MiniMind's own code open here and give MiniMind's numbers.
 
-MiniMind's model code (tests/fixtures/minimind_code, both generations, Apache-2.0) builds each model; its
+MiniMind's model code (minimind/use/minimind_code, both generations, Apache-2.0) builds each model; its
 config.json is written by its own config class, its weights as its trainer saves them (fp16 `.pth`) and as a
 transformers folder. Our model must load them through from_pretrained and `minimind import` and give the
 logits MiniMind's forward gives.
@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import minimind.data.download as dl
+import minimind.use
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.cli import main as cli
 from minimind.model.minimind_format import config_fields
 from minimind.use.minimind_import import import_pth
 
-CODE = Path(__file__).parent / "fixtures" / "minimind_code"
+CODE = Path(minimind.use.__file__).parent / "minimind_code"  # shipped with the package: bench times it too
 
 # our preset -> (MiniMind's model file, its config arguments); 2 layers keep it quick, the rest is the real shape
 GENERATIONS = {

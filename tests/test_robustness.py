@@ -144,7 +144,7 @@ def test_the_book_shows_the_robustness_tables_of_their_json():
     from pathlib import Path
 
     from minimind.course.robustness import ROBUST_BEGIN, ROBUST_END
-    from minimind.use.bench import page_tables
+    from minimind.use.bench_report import page_tables
     root = Path(__file__).resolve().parents[1]
     text = (root / "book" / "robustness.md").read_text()
     names = re.findall(re.escape(ROBUST_BEGIN).replace(re.escape("{json}"), "(.+?)"), text)

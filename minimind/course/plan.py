@@ -16,7 +16,7 @@ from pathlib import Path
 from ..model.config import MiniMindConfig
 from ..train.run import DATASETS, load_tokenizer, train_stage
 from ..train.stages import STAGES
-from ..use.bench import RTX_3090, flops_per_token, peak_flops, pretrain_projection
+from ..use.bench_flops import RTX_3090, flops_per_token, peak_flops, pretrain_projection
 from .recipe import data_paths
 
 

@@ -66,7 +66,7 @@ def conditions() -> dict:
     """What a course run ran under: the kernels asked for, the CPU, torch (written into the run folder)."""
     import torch
 
-    from ..use.bench import cpu_name
+    from ..use.bench_timing import cpu_name
     kernels = {k: os.environ[k] for k in KERNEL_VARIABLES if os.environ.get(k)}
     return {"kernels": ", ".join(f"{k}={v}" for k, v in kernels.items()) or "native",
             "cpu": cpu_name(), "torch": torch.__version__}

@@ -15,17 +15,18 @@ slows both sides alike:
 On a GPU it adds model FLOPs utilisation (MFU): FLOPs per token counted from the config, times tokens/s,
 over the GPU's peak bf16 FLOP/s from `PEAK_BF16_FLOPS`; and from the measured MFU, the time one epoch of
 MiniMind's pretrain_hq would take on an RTX 3090.
+
+This module runs the measurements; its helpers are bench_timing (interleaved timing, the machine),
+bench_flops (FLOPs and MFU), bench_minimind_code (MiniMind's model file) and bench_report (goals, tables,
+the book page).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
-import time
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,165 +34,10 @@ import torch
 
 from ..model.config import MiniMindConfig
 from ..model.transformer import MiniMindForCausalLM, active_parameters
-
-# Dense (no sparsity) bf16 tensor-core peak with FP32 accumulation, from NVIDIA's datasheets and
-# architecture whitepapers. Matched in this order against torch.cuda.get_device_name().
-PEAK_BF16_FLOPS: list[tuple[str, float]] = [
-    ("H200", 989.4e12),        # H200 SXM: as H100 SXM
-    ("H100 PCIE", 756.0e12),   # H100 PCIe
-    ("H100", 989.4e12),        # H100 SXM (HBM3)
-    ("A100", 312.0e12),        # A100 SXM and PCIe
-    ("4090", 165.2e12),        # RTX 4090 (Ada whitepaper, FP32 accumulate)
-    ("3090 TI", 80.0e12),      # RTX 3090 Ti
-    ("3090", 71.0e12),         # RTX 3090 (GA102 whitepaper, FP32 accumulate)
-]
-RTX_3090 = "NVIDIA GeForce RTX 3090"
-
-# MiniMind's pretrain_hq.jsonl (1.6 GB): its own pretraining log shows 44160 steps per epoch at batch
-# size 32, i.e. 1,413,120 samples, each padded or cut to max_seq_len 512. The GPU computes every one of
-# those positions (padding included), so an epoch is 1,413,120 x 512 = 7.24e8 token positions.
-PRETRAIN_HQ_SAMPLES = 44160 * 32
-PRETRAIN_HQ_SEQ_LEN = 512
-PRETRAIN_HQ_TOKENS = PRETRAIN_HQ_SAMPLES * PRETRAIN_HQ_SEQ_LEN
-SEED_EPOCH_HOURS_3090 = 1.1  # the seed project's report for minimind2-small, one pretrain_hq epoch
-
-
-# --------------------------------------------------------------------------------------------------
-# FLOPs, peaks and MFU
-# --------------------------------------------------------------------------------------------------
-def matmul_params_per_token(config: MiniMindConfig) -> int:
-    """Weights that each token multiplies with: attention projections, the MLP (for MoE the router, the
-    shared experts and the top-k routed ones), and the output head. The embedding lookup is no matmul."""
-    h, L, d = config.hidden_size, config.num_hidden_layers, config.head_dim
-    attn = h * d * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)  # q, o; k, v
-    if config.use_moe:
-        expert = 3 * h * config.moe_intermediate_size
-        mlp = expert * (config.num_experts_per_tok + config.n_shared_experts) + h * config.n_routed_experts
-    else:
-        mlp = 3 * h * config.intermediate_size
-    return L * (attn + mlp) + h * config.vocab_size
-
-
-def flops_per_token(config: MiniMindConfig, seq_len: int, training: bool = True) -> float:
-    """FLOPs per token as PaLM (appendix B) and nanoGPT count them: 2 per multiply-add of every matmul
-    weight, plus attention's two seq_len-long products (q k^T and weights v), 4 * seq_len * heads * head_dim
-    per layer, counted over the full square (causal masking is not subtracted). Training (forward and
-    backward) is 3 times the forward."""
-    attention = 4 * config.num_hidden_layers * seq_len * config.num_attention_heads * config.head_dim
-    forward = 2 * matmul_params_per_token(config) + attention
-    return float(3 * forward if training else forward)
-
-
-def peak_flops(device_name: Optional[str]) -> Optional[float]:
-    """Peak dense bf16 FLOP/s of a GPU by name, None when it is not in PEAK_BF16_FLOPS (or a CPU)."""
-    if not device_name:
-        return None
-    name = device_name.upper()
-    for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
-            return flops
-    return None
-
-
-def mfu(tokens_per_s: float, flops_per_tok: float, peak: Optional[float]) -> Optional[float]:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak; None without a peak."""
-    return None if not peak else tokens_per_s * flops_per_tok / peak
-
-
-def epoch_hours(flops_per_tok: float, mfu_value: float, peak: float, tokens: float = PRETRAIN_HQ_TOKENS) -> float:
-    """Hours for `tokens` at `mfu_value` of `peak` FLOP/s."""
-    return tokens * flops_per_tok / (mfu_value * peak) / 3600
-
-
-def pretrain_projection(mfu_value: Optional[float], config: Optional[MiniMindConfig] = None) -> dict:
-    """One epoch of pretrain_hq on an RTX 3090 at `mfu_value` (measured on whatever GPU ran the bench;
-    None on a CPU), with the MFU that the seed project's 1.1 hours implies for comparison."""
-    config = config or MiniMindConfig.from_preset("minimind2-small")
-    fpt = flops_per_token(config, PRETRAIN_HQ_SEQ_LEN)
-    peak = peak_flops(RTX_3090)
-    seed_mfu = PRETRAIN_HQ_TOKENS * fpt / (SEED_EPOCH_HOURS_3090 * 3600 * peak)
-    return {"dataset": "pretrain_hq", "samples": PRETRAIN_HQ_SAMPLES, "seq_len": PRETRAIN_HQ_SEQ_LEN,
-            "tokens": PRETRAIN_HQ_TOKENS, "preset": config.preset, "flops_per_token": fpt, "gpu": RTX_3090,
-            "gpu_peak_flops": peak, "mfu": mfu_value,
-            "hours": epoch_hours(fpt, mfu_value, peak) if mfu_value else None,
-            "seed_hours": SEED_EPOCH_HOURS_3090, "seed_implied_mfu": seed_mfu}
-
-
-# --------------------------------------------------------------------------------------------------
-# Machine
-# --------------------------------------------------------------------------------------------------
-def auto_threads() -> int:
-    """CPU threads for torch: the cores the load average leaves free, at least 1. On a busy machine
-    more threads than free cores make every parallel op wait for a descheduled thread (tens of times
-    slower for small ops), so fewer threads measure the code instead of the scheduler."""
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return max(1, min(cores, round(cores - load)))
-
-
-def load_average() -> Optional[list[float]]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def paired_ratio(slow: list[float], fast: list[float]) -> float:
-    """Median over rounds of slow[i] / fast[i]: each round's two runs saw about the same machine load,
-    which a ratio of the two medians would not guarantee on a busy machine."""
-    return statistics.median(a / b for a, b in zip(slow, fast))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(fns: dict[str, Callable[[], None]], reps: int, device: torch.device,
-                settle: bool = False, min_sample_s: float = 0.0) -> dict[str, list[float]]:
-    """Seconds per call of each function, sampled in turn `reps` times after one warm-up, the order
-    reversed every other round (A B, B A, A B, ...) so that neither side always runs first.
-
-    settle=True calls each function once more, untimed, right before its timed sample: the first call
-    after a different function pays for the memory that one left behind (the allocator's free lists, pages
-    the kernel has to map again), which would be charged to whichever side runs second.
-    min_sample_s: each sample times enough calls for the fastest function to run this long (the same count
-    for every function) and reports their mean; on a shared machine one short call is mostly noise."""
-    warm = {}
-    for name, fn in fns.items():
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        warm[name] = time.perf_counter() - t0
-    calls = max(1, math.ceil(min_sample_s / max(min(warm.values()), 1e-9))) if min_sample_s else 1
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            fn = fns[name]
-            if settle:
-                fn()
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) / calls)
-    return times
+from .bench_flops import flops_per_token, mfu, peak_flops, pretrain_projection
+from .bench_minimind_code import find_minimind_code, minimind_code_model
+from .bench_report import format_table, update_page
+from .bench_timing import auto_threads, cpu_name, interleaved, load_average, paired_ratio, warm_compiled
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,8 +159,6 @@ def bench_fast_paths(config: MiniMindConfig, batch_size: int, seq_len: int, reps
 # --------------------------------------------------------------------------------------------------
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 MINIMIND_CODE = "MiniMind's code"
-# the fixture copy of MiniMind's model file, under the course root (tests/fixtures/minimind_code/README.md)
-MINIMIND_CODE_FIXTURE = Path("tests") / "fixtures" / "minimind_code" / "minimind2_model.py"
 
 
 def _short(amp_dtype: Optional[torch.dtype]) -> str:
@@ -329,63 +173,9 @@ def half_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-def find_minimind_code(given: Optional[str] = None) -> tuple[Optional[Path], Optional[str]]:
-    """(MiniMind's model file, None), or (None, why not). `given`: that file or a checkout of MiniMind's
-    repository (model/model_minimind.py in it); else the copy the course ships for its tests."""
-    if given:
-        path = Path(given).expanduser()
-        if path.is_dir():
-            path = path / "model" / "model_minimind.py"
-        return (path, None) if path.is_file() else (None, f"--minimind-code {given}: {path} not found")
-    from ..data.files import find_root
-    path = find_root() / MINIMIND_CODE_FIXTURE
-    if path.is_file():
-        return path, None
-    return None, f"no {MINIMIND_CODE_FIXTURE} under the course root: pass --minimind-code PATH"
-
-
-def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0) -> torch.nn.Module:
-    """MiniMind's own MiniMindForCausalLM from its model file, with our config's shape; weights random."""
-    import hashlib
-    import importlib.util
-    path = Path(path)
-    name = "_minimind_code_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    fields = dict(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
-                  num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
-                  head_dim=config.head_dim, vocab_size=config.vocab_size, intermediate_size=config.intermediate_size,
-                  max_position_embeddings=config.max_position_embeddings, rope_theta=config.rope_theta,
-                  rms_norm_eps=config.rms_norm_eps, dropout=config.dropout, bos_token_id=config.bos_token_id,
-                  eos_token_id=config.eos_token_id, tie_word_embeddings=config.tie_word_embeddings,
-                  use_moe=False, flash_attn=True)
-    with warnings.catch_warnings():  # its config's deprecated transformers keys (rope_scaling)
-        warnings.simplefilter("ignore")
-        spec.loader.exec_module(module)
-        torch.manual_seed(seed)
-        return module.MiniMindForCausalLM(module.MiniMindConfig(**fields))
-
-
 def _reason(err: BaseException) -> str:
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _warm_compiled(fn: Callable[[], None], device, max_calls: int = 8) -> float:
-    """Call a compiled step until two calls in a row take about as long (compiling, lazy backward and
-    recompiles done); returns the seconds of the first call, compiling included."""
-    times = []
-    for _ in range(max_calls):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 3 and abs(times[-1] - times[-2]) <= 0.25 * times[-2]:
-            break
-    return times[0]
 
 
 def bench_variants(config: MiniMindConfig, batch_size: int, seq_len: int, reps: int, device,
@@ -436,7 +226,7 @@ def bench_variants(config: MiniMindConfig, batch_size: int, seq_len: int, reps: 
             name = add(family, auto_dtype, compiled=True)
             log(f"  compiling {name} ...")
             try:
-                compile_s[family] = _warm_compiled(fns[name], device)
+                compile_s[family] = warm_compiled(fns[name], device)
             except Exception as err:  # e.g. no C++ compiler for inductor
                 skipped["compiled"] = f"{name}: {_reason(err)}"
                 log(f"  skipped the compiled variants: {skipped['compiled']}")
@@ -516,7 +306,7 @@ class BenchSettings:
     variant_presets: tuple = ("minimind2-small",)
     variant_reps: int = 9
     variant_compile: bool = True
-    minimind_code: Optional[str] = None  # MiniMind's model file or checkout; None: the course's test copy
+    minimind_code: Optional[str] = None  # MiniMind's model file or checkout; None: the package's copy
     quick: bool = False
 
     @classmethod
@@ -664,146 +454,6 @@ def _run(settings, configs, moe_config, variant_configs, log, device, amp_dtype,
         result["projection"]["mfu_from"] = f"{small[0]['preset']} on {name}"
     result["machine"]["load_average_after"] = load_average()
     return result
-
-
-# The goals the benchmark is judged by (issue "Performance"): ratios, each measured in one run.
-GOALS = {"training": 1.1,   # training tokens/s over transformers' Llama (CPU: tiny and minimind2-small)
-         "decoding": 1.0,   # decoding tokens/s over transformers' generate
-         "moe": 1.5,        # MoE time per token over its dense twin's, at most
-         # precision and compile (result["variants"][i]["ratios"]), at least
-         "auto_vs_transformers_fp32": 2.0,  # ours in the --dtype auto precision over transformers fp32, eager
-         "bf16_vs_transformers_bf16": 1.1,  # ours over transformers, both bf16 autocast, eager
-         "compiled_vs_eager": 1.1}          # ours compiled over ours eager, same dtype
-SKIPPED = {"minimind_code": "MiniMind's code", "compiled": "the compiled variants"}
-VARIANT_GOALS = {"auto_vs_transformers_fp32": "precision (--dtype auto)", "bf16_vs_transformers_bf16": "bf16 eager",
-                 "compiled_vs_eager": "torch.compile"}
-
-
-def goal_lines(result: dict) -> list[str]:
-    """One line per goal: the measured ratio, the goal, met or not."""
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "**not met**"
-    lines = []
-    for r in result["training"]:
-        lines.append(f"- training, {r['preset']}: {r['ratio']:.2f}x transformers' Llama (goal: at least "
-                     f"{GOALS['training']}x): {verdict(r['ratio'] >= GOALS['training'])}")
-    for r in result["decoding"]:
-        lines.append(f"- decoding, {r['preset']} at batch {r['batch_size']}: {r['ratio']:.2f}x transformers' generate "
-                     f"(goal: at least {GOALS['decoding']}x): {verdict(r['ratio'] >= GOALS['decoding'])}")
-    moe = result.get("moe")
-    if moe:
-        ratio = moe["time_per_token_ratio"]
-        lines.append(f"- MoE, {moe['preset']}: {ratio:.2f}x its dense twin's time per token (goal: at most "
-                     f"{GOALS['moe']}x): {verdict(ratio <= GOALS['moe'])}")
-    for row in result.get("variants") or []:
-        for key, label in VARIANT_GOALS.items():
-            r = row["ratios"].get(key)
-            if r is None:
-                why = row["skipped"].get("compiled") if key == "compiled_vs_eager" else None
-                lines.append(f"- {label}, {row['preset']}: not measured ({why or 'its variants did not run'})")
-                continue
-            lines.append(f"- {label}, {row['preset']}: {r['fast']} {r['value']:.2f}x {r['slow']} (goal: at least "
-                         f"{GOALS[key]}x): {verdict(r['value'] >= GOALS[key])}")
-    return lines
-
-
-def _fmt(x, spec: str = ",.0f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def _dtypes(settings: dict) -> str:
-    """'float32'; or, where --dtype auto chose by model size, 'auto (tiny float32, minimind2-small bfloat16)'."""
-    per = settings.get("dtypes") or {}
-    if len(set(per.values())) > 1:
-        return f"{settings.get('dtype_asked')} ({', '.join(f'{p} {d}' for p, d in per.items())})"
-    return next(iter(per.values()), settings["dtype"])
-
-
-def format_table(result: dict) -> str:
-    """The result as Markdown tables (what `minimind bench` prints and book/performance.md shows)."""
-    m, s = result["machine"], result["settings"]
-    lines = [f"{m['device_name']} ({m['device']}), torch {m['torch']}, transformers {m['transformers']}, "
-             f"{m['threads']} thread(s) of {m['cpu_count']} cores, load average {m['load_average_before']} "
-             f"before, {m.get('load_average_after')} after; dtype {_dtypes(s)}, compile {s['compile']}", "",
-             "| training | batch x seq | ours tok/s | transformers tok/s | ratio | MFU ours | MFU theirs |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in result["training"]:
-        lines.append(f"| {r['preset']} | {r['batch_size']} x {r['seq_len']} | {_fmt(r['ours_tokens_per_s'])} | "
-                     f"{_fmt(r['transformers_tokens_per_s'])} | {r['ratio']:.2f}x | {_fmt(r['ours_mfu'], '.1%')} | "
-                     f"{_fmt(r['transformers_mfu'], '.1%')} |")
-    lines += ["",
-              "| decoding | batch | prompt + new | ours tok/s | transformers generate tok/s | ratio | same tokens |",
-              "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
-    for r in result["decoding"]:
-        lines.append(f"| {r['preset']} | {r['batch_size']} | {r['prompt_len']} + {r['new_tokens']} | "
-                     f"{_fmt(r['ours_tokens_per_s'])} | {_fmt(r['transformers_tokens_per_s'])} | {r['ratio']:.2f}x | "
-                     f"{'yes' if r['same_tokens'] else 'no'} |")
-    if result.get("fast_paths"):
-        lines += ["", "| fast paths | batch x seq | labels masked | variant | tok/s | all on is faster by |",
-                  "| --- | --- | ---: | --- | ---: | ---: |"]
-        for r in result["fast_paths"]:
-            lines.append(f"| {r['preset']} | {r['batch_size']} x {r['seq_len']} | {r['prompt_fraction']:.0%} | "
-                         f"{r['variant']} | {_fmt(r['tokens_per_s'])} | {r['speedup_of_all_on']:.2f}x |")
-    moe = result.get("moe")
-    if moe:
-        lines += ["", "| MoE vs dense twin | batch x seq | active params | MoE tok/s | dense tok/s | "
-                      "MoE time per token / dense |", "| --- | --- | --- | ---: | ---: | ---: |",
-                  f"| {moe['preset']} | {moe['batch_size']} x {moe['seq_len']} | {moe['moe_active_params']:,} vs "
-                  f"{moe['dense_active_params']:,} | {_fmt(moe['moe_tokens_per_s'])} | "
-                  f"{_fmt(moe['dense_tokens_per_s'])} | {moe['time_per_token_ratio']:.2f}x |"]
-    if result.get("variants"):
-        lines += ["", "| precision and compile | batch x seq | variant | tok/s | vs transformers fp32 eager |",
-                  "| --- | --- | --- | ---: | ---: |"]
-        for row in result["variants"]:
-            for v in row["variants"]:
-                lines.append(f"| {row['preset']} | {row['batch_size']} x {row['seq_len']} | {v['name']} | "
-                             f"{_fmt(v['tokens_per_s'])} | {v['vs_transformers_fp32']:.2f}x |")
-        lines.append("")
-        for row in result["variants"]:
-            lines += [f"- {row['preset']}, `{key}`: {r['fast']} is {r['value']:.2f}x as fast as {r['slow']}"
-                      for key, r in row["ratios"].items()]
-            if row["compile_s"]:
-                lines.append(f"- {row['preset']}: first compiled step, compiling included: "
-                             + ", ".join(f"{k} {t:.0f} s" for k, t in row["compile_s"].items()))
-            lines += [f"- {row['preset']}: {SKIPPED.get(what, what)} skipped: {why}"
-                      for what, why in row["skipped"].items()]
-    p = result.get("projection")
-    if p:
-        lines += ["", f"pretrain_hq epoch ({p['samples']:,} samples x {p['seq_len']} = {p['tokens']:.3g} tokens, "
-                      f"{p['preset']}, {p['flops_per_token']:.3g} FLOPs/token) on an RTX 3090: "
-                  + (f"{p['hours']:.2f} h at the measured MFU {p['mfu']:.1%}" if p["hours"] else
-                     "no MFU measured here (needs a GPU with a known peak)")
-                  + f"; the seed project's {p['seed_hours']} h implies MFU {p['seed_implied_mfu']:.1%}"]
-    lines += ["", "Against the goals:", ""] + goal_lines(result)
-    return "\n".join(lines)
-
-
-# The book's performance page holds the tables of a committed JSON result between these two lines,
-# written by `minimind bench --json FILE --page PAGE` (tests check that they match the JSON).
-PAGE_BEGIN = "<!-- begin: tables written by `minimind bench` from {json} -->"
-PAGE_END = "<!-- end: tables written by `minimind bench` -->"
-
-
-def page_tables(page_text: str, json_name: str, begin: str = PAGE_BEGIN, end: str = PAGE_END) -> Optional[str]:
-    """The tables between the markers for `json_name` in a page, None when the page has no such block."""
-    begin = begin.format(json=json_name)
-    if begin not in page_text:
-        return None
-    return page_text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-
-
-def update_page(page: str | Path, result, json_name: str, tables: Optional[str] = None, begin: str = PAGE_BEGIN,
-                end: str = PAGE_END) -> None:
-    """Replace the tables for `json_name` in `page` with `tables` (default: the ones `result` gives)."""
-    page = Path(page)
-    text = page.read_text()
-    marker = begin.format(json=json_name)
-    if page_tables(text, json_name, begin, end) is None or end not in text.split(marker, 1)[1]:
-        raise ValueError(f"{page} has no block for {json_name}: add the two lines\n{marker}\n{end}\n"
-                         "where the tables go")
-    head, rest = text.split(marker, 1)
-    tail = rest.split(end, 1)[1]
-    page.write_text(f"{head}{marker}\n\n{tables if tables is not None else format_table(result)}\n\n{end}{tail}")
 
 
 def main(settings: BenchSettings, out: Optional[str] = None, page: Optional[str] = None,

@@ -153,5 +153,5 @@ def format_markdown(results: list[dict]) -> str:
 
 
 def write_page(page, results: list[dict], json_name: str) -> None:
-    from .bench import update_page
+    from .bench_report import update_page
     update_page(page, results, json_name, tables=format_markdown(results), begin=PAGE_BEGIN, end=PAGE_END)

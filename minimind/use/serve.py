@@ -4,7 +4,8 @@
 One generation at a time (a lock); reasoning comes back as `reasoning_content`; with `tools` (models whose
 tokenizer has minimind-3's or MiniMind2's template) the calls the model writes come back as `tool_calls`, and
 `tool` messages carry their results back. Extra request fields: top_k, repetition_penalty, enable_thinking
-(or open_thinking), truncate (see book/use.md)."""
+(or open_thinking), truncate (see book/use.md). openai_schema checks the request fields and words the errors;
+this module is the HTTP side and the model behind it."""
 from __future__ import annotations
 
 import contextlib
@@ -20,156 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
-from ..data.tokenizer import TOOL_ROLES, TOOL_TEMPLATES
+from ..data.tokenizer import TOOL_TEMPLATES
 from ..data.tools import ToolCallSplitter
 from .chat import GenerationSettings, Reply, ThinkSplitter, fit_prompt, stream_text
+from .openai_schema import APIError, forced_call_prefix, generation_settings, parse_messages, parse_tools, usage
 
 API_KEY_ENV = "MINIMIND_API_KEY"
 MAX_BODY = 4 * 1024 * 1024
 STATIC = Path(__file__).parent / "static"
-
-
-class APIError(Exception):
-    """An OpenAI-style error: {"error": {"message", "type", "param", "code"}} with an HTTP status."""
-
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 type: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-# -- request validation ------------------------------------------------------------------------------------
-def _number(body: dict, name: str, default, lo: float, hi: float, integer: bool = False):
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise APIError(400, f"'{name}' must be {'an integer' if integer else 'a number'}, got {value!r}", name,
-                       "invalid_type")
-    if not lo <= value <= hi:
-        raise APIError(400, f"'{name}' is {value}: it must be between {lo} and {hi}", name, "invalid_value")
-    return value
-
-
-def _stop(body: dict) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
-        raise APIError(400, "'stop' must be a string or a list of up to 4 strings", "stop", "invalid_type")
-    return [s for s in stop if s]
-
-
-def _content(value, i: int) -> str:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text
-            raise APIError(400, f"messages[{i}].content holds a lone UTF-16 surrogate: send valid Unicode",
-                           f"messages[{i}].content", "invalid_value") from None
-        return value
-    if isinstance(value, list):  # content parts: [{"type": "text", "text": ...}]
-        parts = []
-        for part in value:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise APIError(400, f"messages[{i}].content: only text parts ({{'type': 'text', 'text': ...}}) "
-                                    "are supported", f"messages[{i}].content", "invalid_type")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise APIError(400, f"messages[{i}].content must be a string, got {type(value).__name__}",
-                   f"messages[{i}].content", "invalid_type")
-
-
-def parse_messages(body: dict) -> list[dict]:
-    msgs = body.get("messages")
-    if msgs is None:
-        raise APIError(400, "'messages' is required: a list of {'role', 'content'} objects", "messages",
-                       "missing_required_parameter")
-    if not isinstance(msgs, list):
-        raise APIError(400, f"'messages' must be a list, got {type(msgs).__name__}", "messages", "invalid_type")
-    if not msgs:
-        raise APIError(400, "'messages' is empty: send at least one message", "messages", "empty_array")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            raise APIError(400, f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]",
-                           "invalid_type")
-        role = m.get("role")
-        if role == "developer":  # OpenAI's newer name for the system message
-            role = "system"
-        if role not in TOOL_ROLES:
-            raise APIError(400, f"messages[{i}].role is {role!r}: use one of {', '.join(TOOL_ROLES)}",
-                           f"messages[{i}].role", "invalid_value")
-        calls = m.get("tool_calls") if role == "assistant" else None
-        if ("content" not in m or m["content"] is None) and not calls:  # a call alone may have no content
-            raise APIError(400, f"messages[{i}] has no 'content'", f"messages[{i}].content",
-                           "missing_required_parameter")
-        msg = {"role": role, "content": "" if m.get("content") is None else _content(m["content"], i)}
-        if role == "assistant" and isinstance(m.get("reasoning_content"), str):
-            msg["reasoning_content"] = m["reasoning_content"]
-        if calls:
-            msg["tool_calls"] = _tool_calls(calls, i)
-        out.append(msg)
-    return out
-
-
-def _tool_calls(calls, i: int) -> list[dict]:
-    """An assistant message's tool_calls as the template renders them: [{"name", "arguments"}]."""
-    where = f"messages[{i}].tool_calls"
-    if not isinstance(calls, list):
-        raise APIError(400, f"{where} must be a list", where, "invalid_type")
-    out = []
-    for k, call in enumerate(calls):
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise APIError(400, f"{where}[{k}] must be {{'type': 'function', 'function': {{'name', 'arguments'}}}}",
-                           f"{where}[{k}]", "invalid_type")
-        args = fn.get("arguments", "{}")
-        if not isinstance(args, (str, dict)):
-            raise APIError(400, f"{where}[{k}].function.arguments must be a JSON string", f"{where}[{k}]",
-                           "invalid_type")
-        out.append({"name": fn["name"], "arguments": args})
-    return out
-
-
-def parse_tools(body: dict) -> tuple[Optional[list], Optional[str]]:
-    """(the tools to show the model, None when it must not call any) and the forced call's prefix: "" for
-    tool_choice "required" (some call), the function's name for {"type": "function", "function": {"name"}}."""
-    tools, choice = body.get("tools"), body.get("tool_choice", "auto")
-    if tools is None or tools == []:
-        return None, None
-    if not isinstance(tools, list) or not all(
-            isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
-            and isinstance(t["function"].get("name"), str) for t in tools):
-        raise APIError(400, "'tools' must be a list of {'type': 'function', 'function': {'name', 'description', "
-                            "'parameters'}}", "tools", "invalid_type")
-    names = [t["function"]["name"] for t in tools]
-    if choice in (None, "auto"):
-        return tools, None
-    if choice == "none":
-        return None, None
-    if choice == "required":
-        return tools, ""
-    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        name = choice["function"].get("name")
-        if name not in names:
-            raise APIError(400, f"tool_choice names {name!r}, which is not in 'tools' ({', '.join(names)})",
-                           "tool_choice", "invalid_value")
-        return tools, name
-    raise APIError(400, "'tool_choice' must be 'none', 'auto', 'required' or {'type': 'function', "
-                        "'function': {'name': ...}}", "tool_choice", "invalid_value")
-
-
-def forced_call_prefix(name: Optional[str]) -> str:
-    """What the reply is made to start with when a call is required: the call's opening (and its name)."""
-    if name is None:
-        return ""
-    return '<tool_call>\n{"name": "' + (f'{name}", "arguments": ' if name else "")
 
 
 class Engine:
@@ -184,22 +43,7 @@ class Engine:
         self.stats = {"requests": 0, "completion_tokens": 0, "generation_seconds": 0.0}
 
     def settings(self, body: dict, default_max: Optional[int] = None) -> GenerationSettings:
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", default_max or self.default_max_tokens,
-                             1, self.context, integer=True)
-        n = _number(body, "n", 1, 1, 1, integer=True)
-        del n
-        seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise APIError(400, f"'seed' must be an integer, got {seed!r}", "seed", "invalid_type")
-        if seed is not None and not 0 <= seed < 2 ** 63:  # torch's generator takes a 64-bit seed
-            raise APIError(400, f"'seed' is {seed}: it must be between 0 and 2**63 - 1", "seed", "invalid_value")
-        return GenerationSettings(
-            max_new_tokens=max_tokens, temperature=float(_number(body, "temperature", 0.7, 0.0, 2.0)),
-            top_p=float(_number(body, "top_p", 0.9, 0.0, 1.0)) or 1e-6,
-            top_k=int(_number(body, "top_k", 0, 0, 1_000_000, integer=True)),
-            repetition_penalty=float(_number(body, "repetition_penalty", 1.0, 0.01, 10.0)),
-            seed=seed, stop=_stop(body))
+        return generation_settings(body, default_max or self.default_max_tokens, self.context)
 
     def check_model(self, body: dict) -> None:
         name = body.get("model")
@@ -277,11 +121,6 @@ class Engine:
             self.stats["requests"] += 1
             self.stats["completion_tokens"] += reply.completion_tokens
             self.stats["generation_seconds"] += reply.seconds
-
-
-def _usage(reply: Reply) -> dict:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -505,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"id": rid, "object": "chat.completion", "created": created, "model": e.name,
                                   "choices": [{"index": 0, "message": message, "logprobs": None,
                                                "finish_reason": finish()}],
-                                  "usage": _usage(reply), **extra})
+                                  "usage": usage(reply), **extra})
             return
         include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
 
@@ -533,7 +372,7 @@ class Handler(BaseHTTPRequestHandler):
             yield chunk({}, finish())
             if include_usage:
                 yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": e.name,
-                       "choices": [], "usage": _usage(reply)}
+                       "choices": [], "usage": usage(reply)}
         self._send_events(events(), pieces)
 
     def _completion(self, body: dict) -> None:
@@ -554,7 +393,7 @@ class Handler(BaseHTTPRequestHandler):
         if not stream:
             text = head + "".join(self._while_connected(pieces))
             self._send_json(200, {"id": rid, "object": "text_completion", "created": created, "model": e.name,
-                                  "choices": [choice(text, reply.finish_reason)], "usage": _usage(reply)})
+                                  "choices": [choice(text, reply.finish_reason)], "usage": usage(reply)})
             return
 
         def events():
@@ -565,7 +404,7 @@ class Handler(BaseHTTPRequestHandler):
                 yield {"id": rid, "object": "text_completion", "created": created, "model": e.name,
                        "choices": [choice(text)]}
             yield {"id": rid, "object": "text_completion", "created": created, "model": e.name,
-                   "choices": [choice("", reply.finish_reason)], "usage": _usage(reply)}
+                   "choices": [choice("", reply.finish_reason)], "usage": usage(reply)}
         self._send_events(events(), pieces)
 
     @staticmethod
