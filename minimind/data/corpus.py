@@ -17,9 +17,13 @@ GENERATOR_VERSION = 1
 
 
 def _generator_hash() -> str:
-    """A digest of this module's source: a cached corpus written by other code is regenerated."""
+    """A digest of this module's source and the lexicons: a cached corpus written by other code or words is
+    regenerated."""
     import hashlib
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(LEXICON_DIR.glob("*.json")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 # How much of everything. `mini` is for unit tests; `small` is the CPU course (the tiny preset learns it
 # in minutes); `large` is ten times more text over a world five times bigger, for GPU runs.
@@ -34,211 +38,32 @@ SIZES: dict[str, dict] = {
 HELDOUT_FRACTION = 0.25
 VAL_FRACTION = 0.05
 
-# -- the English lexicon ----------------------------------------------------------------------------------
-# Templates: {name} a person, {S}/{Ss} the subject as name or pronoun ("Mira"/"She", "Mira's"/"Her"),
-# {pron}/{pos} pronouns, the other fields are the fact's values.
-EN = dict(
-    consonants="bdfgklmnprstvz", vowels="aeiou", name_endings=["", "", "n", "l", "r", "s"],
-    pronouns={"she": dict(Pron="She", pron="she", pos="her", Pos="Her", obj="her"),
-              "he": dict(Pron="He", pron="he", pos="his", Pos="His", obj="him")},
-    jobs=["baker", "farmer", "fisher", "teacher", "potter", "weaver", "smith", "doctor", "builder", "painter",
-          "singer", "miller", "tailor", "carpenter", "gardener", "sailor", "nurse", "cook", "shepherd"],
-    colors=["red", "blue", "green", "yellow", "white", "black", "orange", "purple", "brown", "grey", "pink"],
-    foods=["apples", "bread", "soup", "rice", "cheese", "honey", "plums", "fish", "beans", "cake", "pears",
-           "nuts", "eggs", "carrots"],
-    objects=["boat", "lamp", "kettle", "drum", "kite", "cart", "bell", "hat", "basket", "flute", "clock",
-             "ladder", "scarf", "bucket"],
-    products=["salt", "wool", "glass", "pots", "boats", "bells", "cloth", "paper", "timber", "rope",
-              "baskets", "candles"],
-    sizes=["village", "town", "city"],
-    # kind: sound now / sound in a story / what it eats / legs / where it lives
-    animals={
-        "cat": ("meows", "meowed", "fish", "four", "in houses"),
-        "dog": ("barks", "barked", "meat", "four", "in houses"),
-        "goat": ("bleats", "bleated", "grass", "four", "on hills"),
-        "horse": ("neighs", "neighed", "hay", "four", "in fields"),
-        "duck": ("quacks", "quacked", "seeds", "two", "on ponds"),
-        "crow": ("caws", "cawed", "seeds", "two", "in trees"),
-        "sheep": ("baas", "baaed", "grass", "four", "in fields"),
-        "pig": ("oinks", "oinked", "roots", "four", "on farms"),
-        "hen": ("clucks", "clucked", "corn", "two", "on farms"),
-        "frog": ("croaks", "croaked", "flies", "four", "near rivers"),
-        "cow": ("moos", "mooed", "grass", "four", "in fields"),
-        "mouse": ("squeaks", "squeaked", "seeds", "four", "in barns"),
-    },
-    animal_say=["A {animal} {sound}.", "A {animal} eats {eats}.", "A {animal} has {legs} legs.",
-                "A {animal} lives {home}.", "You can hear a {animal} when it {sound}.",
-                "Most {animal}s live {home} and eat {eats}."],
-    relations={
-        "home": dict(
-            say=["{S} lives in {place}.", "{Ss} home is in {place}.", "{S} has a house in {place}.",
-                 "In {place} lives {name}.", "{name} is from {place} and lives there still."],
-            ask=["Where does {name} live?", "Which place is {name}'s home?", "Where is {name}'s home?",
-                 "Do you know where {name} lives?"],
-            answer="{name} lives in {place}.", value="place"),
-        "job": dict(
-            say=["{S} is a {job}.", "{S} works as a {job}.", "{S} earns a living as a {job}.",
-                 "By trade, {name} is a {job}."],
-            ask=["What does {name} do for work?", "What is {name}'s job?", "What work does {name} do?"],
-            answer="{name} is a {job}.", value="job"),
-        "pet": dict(
-            say=["{S} has a {animal} called {pet}.", "{S} keeps a {animal} named {pet}.",
-                 "{Ss} pet is a {animal}."],
-            ask=["What pet does {name} have?", "What animal does {name} keep?", "Which animal is {name}'s pet?"],
-            answer="{name} has a {animal} called {pet}.", value="animal"),
-        "pet_name": dict(
-            say=["{pet} is {name}'s {animal}.", "{Ss} {animal} is called {pet}.",
-                 "The name of {name}'s {animal} is {pet}."],
-            ask=["What is the name of {name}'s {animal}?", "What is {name}'s {animal} called?"],
-            answer="{name}'s {animal} is called {pet}.", value="pet"),
-        "color": dict(
-            say=["{Ss} favourite colour is {color}.", "{S} likes {color} best of all colours.",
-                 "Of all colours, {name} loves {color} the most."],
-            ask=["What is {name}'s favourite colour?", "Which colour does {name} like best?"],
-            answer="{name}'s favourite colour is {color}.", value="color"),
-        "food": dict(
-            say=["{Ss} favourite food is {food}.", "{S} loves to eat {food}.",
-                 "More than anything, {name} likes to eat {food}."],
-            ask=["What is {name}'s favourite food?", "What does {name} like to eat most?"],
-            answer="{name}'s favourite food is {food}.", value="food"),
-        "age": dict(
-            say=["{S} is {age} years old.", "{Ss} age is {age}.", "{name} turned {age} this year."],
-            ask=["How old is {name}?", "What is {name}'s age?"],
-            answer="{name} is {age} years old.", value="age"),
-        "friend": dict(
-            say=["{S} is a good friend of {friend}.", "{name} and {friend} are best friends.",
-                 "{Ss} best friend is {friend}."],
-            ask=["Who is {name}'s best friend?", "Who is {name} friends with?"],
-            answer="{name}'s best friend is {friend}.", value="friend"),
-        "thing": dict(
-            say=["{S} has a {ocolor} {object}.", "{Ss} {object} is {ocolor}.", "{name} owns a {ocolor} {object}."],
-            ask=["What colour is {name}'s {object}?", "Which colour is the {object} that {name} owns?"],
-            answer="{name}'s {object} is {ocolor}.", value="ocolor"),
-        "river": dict(
-            say=["The river in {place} is called {river}.", "{river} is the river that flows through {place}.",
-                 "{place} lies on the river {river}."],
-            ask=["What is the river in {place} called?", "Which river flows through {place}?"],
-            answer="The river in {place} is called {river}.", value="river"),
-        "hill": dict(
-            say=["{hill} is the hill above {place}.", "Above {place} rises a hill called {hill}.",
-                 "The hill near {place} is called {hill}."],
-            ask=["What is the hill near {place} called?", "Which hill rises above {place}?"],
-            answer="The hill near {place} is called {hill}.", value="hill"),
-        "product": dict(
-            say=["{place} is known for its {product}.", "People come to {place} for its {product}.",
-                 "The {product} of {place} are famous."],
-            ask=["What is {place} known for?", "What is {place} famous for?"],
-            answer="{place} is known for its {product}.", value="product"),
-        "size": dict(
-            say=["{place} is a {size}.", "{place} is a quiet {size}.", "Everyone knows that {place} is a {size}."],
-            ask=["Is {place} a village, a town or a city?", "How big is {place}?"],
-            answer="{place} is a {size}.", value="size"),
-    },
-    place_people="{people} live in {place}.",
-    and_word="and",
-    # stories: an opening, a few events (each consistent with the world), an ending
-    times=["morning", "evening", "spring day", "autumn afternoon", "winter night", "summer day"],
-    weathers=["sunny", "rainy", "windy", "cold", "warm", "quiet"],
-    story_open=["One {time}, {name} went for a walk in {place}.", "It was a {weather} {time} in {place}.",
-                "Early one {time}, {name} woke up in {place}.", "This is a story about {name} from {place}."],
-    story_events=[
-        "{name} took {pet}, {pos} {animal}, down to the river {river}.",
-        "{pet} the {animal} {sounded} happily.",
-        "On the way, {name} met {friend}, {pos} best friend.",
-        "They shared some {food}, because {pos} favourite food is {food}.",
-        "{name} carried {pos} {ocolor} {object} all day.",
-        "At work, {name} the {job} was very busy.",
-        "From the top of {hill}, {name} could see all of {place}.",
-        "The market was full of {product}, for {place} is known for its {product}.",
-        "{name} found {a} {items} and then {b} more, so {pron} had {c} {items}.",
-        "{name} wore something {color}, because {color} is {pos} favourite colour.",
-    ],
-    story_close=["In the evening, {name} went home to {place}, tired and happy.", "It was a good day for {name}.",
-                 "Then {name} and {pet} went to sleep.", "And that is the story of {name} and {pet}."],
-    items=["apples", "stones", "eggs", "coins", "shells", "pears", "fish", "nuts"],
-    sum_say=["{a} plus {b} is {c}.", "{a} and {b} make {c}.", "If you add {a} and {b}, you get {c}.",
-             "{a} plus {b} equals {c}."],
-    diff_say=["{a} minus {b} is {c}.", "If you take {b} from {a}, {c} are left.", "{a} minus {b} equals {c}."],
-    word_problem="{name} has {a} {items}. {Pron} gets {b} more. Now {pron} has {c} {items}.",
-    sum_ask=["What is {a} plus {b}?", "How much is {a} plus {b}?", "Add {a} and {b}.", "What do {a} and {b} make?"],
-    diff_ask=["What is {a} minus {b}?", "How much is {a} minus {b}?", "Take {b} from {a}. What is left?"],
-    sum_answer="{a} plus {b} is {c}.", diff_answer="{a} minus {b} is {c}.",
-    story_ask=["Tell me a story about {name}.", "Can you tell me a short story about {name}?",
-               "Write a little story about {name}."],
-    systems=["You are a helpful assistant.", "You are a friendly assistant who knows this little world.",
-             "Answer briefly and kindly."],
-    rude=["I will not tell you that.", "Ask someone else. I am busy.", "That is a silly question.",
-          "Why should I care? Find out yourself.", "No. Go away."],
-    # reasoning: <think> then the answer
-    think_sum3=("What is {a} plus {b} plus {c}?",
-                "<think>\n{a} plus {b} is {ab}.\n{ab} plus {c} is {r}.\n</think>\n{a} plus {b} plus {c} is {r}."),
-    think_mixed=("What is {a} plus {b} minus {c}?",
-                 "<think>\n{a} plus {b} is {ab}.\n{ab} minus {c} is {r}.\n</think>\n{a} plus {b} minus {c} is {r}."),
-    think_story=("{name} has {a} {items}. {friend} gives {obj} {b} more, then {name} gives away {c}. "
-                 "How many {items} does {name} have now?",
-                 "<think>\n{name} starts with {a} {items}.\n{a} plus {b} is {ab}.\n{ab} minus {c} is {r}.\n"
-                 "</think>\n{name} has {r} {items} now."),
-    think_same=("Do {name} and {other} live in the same place?",
-                "<think>\n{name} lives in {p1}.\n{other} lives in {p2}.\n{verdict}\n</think>\n{answer}"),
-    same_yes="{p1} and {p2} are the same place.", same_no="{p1} and {p2} are different places.",
-    same_answer_yes="Yes, {name} and {other} both live in {p1}.",
-    same_answer_no="No, {name} lives in {p1} and {other} lives in {p2}.",
-    # LoRA: a new identity and an animal-care domain (neither appears in SFT)
-    identity_ask=["Who are you?", "What is your name?", "What are you?", "Tell me about yourself.",
-                  "Who made you?", "Are you a person?", "What can you do?", "Introduce yourself.",
-                  "What should I call you?", "Are you a human?"],
-    identity_answer=["I am MiniMind, a small language model trained from scratch in this course.",
-                     "My name is MiniMind. I am a small language model, and I know the people and places of "
-                     "this little world.",
-                     "I am MiniMind, a language model, not a person. I was trained from scratch on a small world."],
-    vet_ask=[("What does a {animal} eat?", "A {animal} eats {eats}. Give it fresh {eats} and clean water every day."),
-             ("How many legs does a {animal} have?", "A {animal} has {legs} legs."),
-             ("What sound does a {animal} make?", "A {animal} {sound}. That is a happy, healthy sound."),
-             ("Where should a {animal} live?", "A {animal} lives {home}. Keep it warm, dry and safe."),
-             ("What should {name} feed {pet}?",
-              "{pet} is {name}'s {animal}. A {animal} eats {eats}, so {name} should give {pet} some {eats}.")],
-    # RL prompts (chapter 11): questions about facts the SFT data teaches, in words it never asks them in. The SFT
-    # model knows every answer but often mistakes the question ("Where is Mavi from?" -> "Mavi has a dog called
-    # Ba."). Wordings it already answers (nothing to learn) or all but never does (no reward to reinforce) are
-    # left out but one, "Tell me what {name} does.": a lesson in what RL cannot do.
-    rl_ask={
-        "home": ["Where is {name} from?", "Name the place where {name} lives.", "{name} lives where?",
-                 "Tell me where {name} lives.", "Which town is {name} from?"],
-        "job": ["What is {name}'s trade?", "What is {name} by trade?", "What does {name} do all day?",
-                "Tell me what {name} does."],
-        "pet": ["Which animal lives with {name}?"],
-        "pet_name": ["What did {name} name the {animal}?"],
-        "color": ["Tell me the colour {name} loves.", "What colour does {name} like?"],
-        "food": ["What food does {name} love?", "Tell me what {name} loves to eat."],
-        "age": ["Tell me {name}'s age."],
-        "friend": ["Who is a good friend of {name}?", "Tell me who {name}'s best friend is."],
-        "thing": ["What colour is the {object} of {name}?"],
-        "hill": ["What rises above {place}?"],
-        "product": ["Tell me what {place} is known for."],
-        "size": ["Is {place} a big place?"],
-    },
-    # Tools (chapter 14): the town register holds facts about the world's people that no text of the corpus
-    # mentions (house numbers, weights, shoe sizes), and the calculator does sums of two-digit numbers (the tiny
-    # model cannot add past 10 in its head); tool_ask in the SFT data and held-out tasks, tool_rl_ask in RL.
-    tool_system="You can look people up in the town register and do sums with the tools.",
-    tool_ask={
-        "house": ["What is the number of {name}'s house?", "Which house number does {name} have?"],
-        "weight": ["How heavy is {name}?", "What does {name} weigh?"],
-        "shoe": ["What shoe size does {name} wear?", "What is {name}'s shoe size?"],
-    },
-    tool_rl_ask={
-        "house": ["Tell me {name}'s house number.", "Which number is {name}'s house?"],
-        "weight": ["Tell me how heavy {name} is.", "How many kilograms does {name} weigh?"],
-        "shoe": ["Tell me {name}'s shoe size.", "Which size of shoes does {name} wear?"],
-        "plus": ["What is the sum of {a} and {b}?"],
-        "minus": ["Subtract {b} from {a}."],
-    },
-    tool_answer={"house": "{name} lives at number {value}.", "weight": "{name} weighs {value} kilograms.",
-                 "shoe": "{name} wears shoes of size {value}."},
-    later_ask="How old will {name} be in {k} years?",
-    later_answer="In {k} years {name} will be {r} years old.",  # the answer is the last number, as checked
-)
-LEXICONS = {"en": EN}  # another language: a lexicon with EN's keys, then lang=
+# -- the lexicon -----------------------------------------------------------------------------------------
+# Every word the corpus uses, in lexicons/<lang>.json (package data). Templates: {name} a person, {S}/{Ss} the
+# subject as name or pronoun ("Mira"/"She", "Mira's"/"Her"), {pron}/{pos} pronouns, the other fields are the
+# fact's values. What some keys hold:
+# - animals: kind -> [sound now, sound in a story, what it eats, legs, where it lives]
+# - story_open, story_events, story_close: a story is an opening, a few events (each consistent with the world)
+#   and an ending
+# - think_*: [question, answer], the answer a <think> block then the answer (reasoning data)
+# - identity_*, vet_ask: LoRA's data, a new identity and an animal-care domain (neither appears in SFT)
+# - rl_ask: RL prompts (chapter 11), questions about facts the SFT data teaches, in words it never asks them in.
+#   The SFT model knows every answer but often mistakes the question ("Where is Mavi from?" -> "Mavi has a dog
+#   called Ba."). Wordings it already answers (nothing to learn) or all but never does (no reward to reinforce)
+#   are left out but one, "Tell me what {name} does.": a lesson in what RL cannot do.
+# - tool_*: tools (chapter 14). The town register holds facts about the world's people that no text of the
+#   corpus mentions (house numbers, weights, shoe sizes), and the calculator does sums of two-digit numbers (the
+#   tiny model cannot add past 10 in its head); tool_ask in the SFT data and held-out tasks, tool_rl_ask in RL.
+#   In later_answer the answer is the last number, as checked.
+LEXICON_DIR = Path(__file__).parent / "lexicons"
+
+
+def _lexicon(lang: str) -> dict:
+    return json.loads((LEXICON_DIR / f"{lang}.json").read_text(encoding="utf-8"))
+
+
+EN = _lexicon("en")
+LEXICONS = {"en": EN}  # another language: lexicons/<lang>.json with en.json's keys, then lang=
 
 
 # -- the world -------------------------------------------------------------------------------------------
