@@ -116,7 +116,7 @@ def test_course_rl_prompts_ask_known_facts_in_new_words_about_held_out_subjects(
     from course_helpers import course
 
     from minimind.data.corpus import LEXICONS
-    from minimind.data.datasets import read_jsonl
+    from minimind.data.records import read_jsonl
     paths = course("mini")
     world = json.loads(paths["world"].read_text())
     known = {(f["subject"], f["value"]) for f in world["facts"] if f["split"] == "sft"}

@@ -3,7 +3,7 @@ import pytest
 from course_helpers import FIXTURES, course, tokenizer
 
 from minimind.cli import main
-from minimind.data.datasets import iter_texts, read_jsonl
+from minimind.data.records import iter_texts, read_jsonl
 from minimind.data.tokenizer import MiniMindTokenizer, bytes_per_token, render_chat, train_tokenizer
 
 transformers = pytest.importorskip("transformers")

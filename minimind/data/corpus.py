@@ -149,7 +149,7 @@ def course_tokenizer_texts(paths: dict) -> list:
 
 
 def ensure_course_tokenizer(paths: dict, tok_dir, vocab_size: int = 6400, retrain: bool = False):
-    from .datasets import iter_texts
+    from .records import iter_texts
     from .tokenizer import MiniMindTokenizer, train_tokenizer
     tok_dir = Path(tok_dir)
     meta = tok_dir / "training.json"
