@@ -129,7 +129,7 @@ if world:
 
 # %% [markdown]
 # The course's RL prompts are a task with room: **questions about facts the SFT model knows, in words it
-# was never asked them in** (`rl_ask` in `minimind/data/corpus.py`). Asked "Where does Mavi live?" it
+# was never asked them in** (`rl_ask` in `minimind/data/lexicons/en.json`). Asked "Where does Mavi live?" it
 # answers; asked "Where is Mavi from?" it often answers another question about Mavi (the pet, say). It
 # knows every answer; what RL has to teach is which question is being asked. The prompts are split by
 # **subject**: the held-out file (`rl_val.jsonl`) asks about people and places that no training prompt

@@ -322,7 +322,7 @@ def test_interleaved_samples_the_same_number_of_calls_for_every_side():
 def test_data_bench_makes_valid_files_and_measures_them(tmp_path):
     from course_helpers import course
 
-    from minimind.data.datasets import check_file
+    from minimind.data.records import check_file
     from minimind.use.bench_data import bench_file, make_file
     paths = course()
     for kind in ("sft", "pretrain"):

@@ -10,7 +10,7 @@ import pytest
 from minimind.cli import main
 from minimind.data import convert as convert_module
 from minimind.data.convert import convert, detect_format
-from minimind.data.datasets import DataError, check_file
+from minimind.data.records import DataError, check_file
 
 
 def write_jsonl(path, records):

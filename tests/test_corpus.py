@@ -7,7 +7,7 @@ from course_helpers import course, tokenizer
 
 from minimind.cli import main
 from minimind.data.corpus import LEXICONS, SIZES, build_world, corpus_paths, ensure_course_data, write_course_corpus
-from minimind.data.datasets import check_file, iter_texts, read_jsonl
+from minimind.data.records import check_file, iter_texts, read_jsonl
 from minimind.use.eval import answer_matches
 
 KINDS = dict(pretrain="pretrain", pretrain_val="pretrain", sft="sft", sft_val="sft", lora="sft", reason="sft",

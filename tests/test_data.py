@@ -11,18 +11,15 @@ from course_helpers import FIXTURES, course, tokenizer
 import minimind.data.download as dl
 from minimind.cli import main
 from minimind.data.datasets import (
-    DataError,
     DPODataset,
     PretrainDataset,
     RLPromptDataset,
     SFTDataset,
     chat_labels,
-    check_file,
     pad_collate,
-    read_jsonl,
-    to_hf_dataset,
     tokenize_pretrain,
 )
+from minimind.data.records import DataError, check_file, read_jsonl, to_hf_dataset
 
 GOOD_SFT = {"conversations": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 

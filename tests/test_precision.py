@@ -20,7 +20,7 @@ DATA = {"pretrain": "pretrain", "sft": "sft", "reason": "reason", "lora": "lora"
 @pytest.fixture(scope="module")
 def tool_tokenizer(tmp_path_factory):
     """A course tokenizer with minimind-3's template (the agent stage needs tools in its template)."""
-    from minimind.data.datasets import iter_texts
+    from minimind.data.records import iter_texts
     from minimind.data.tokenizer import train_tokenizer
     out = tmp_path_factory.mktemp("tool_tok")
     train_tokenizer(list(iter_texts([course()["pretrain"]]))[:2000], vocab_size=600,

@@ -4,7 +4,7 @@ import transformers
 from course_helpers import FIXTURES, course, tokenizer
 
 from minimind.cli import main
-from minimind.data.datasets import iter_texts, read_jsonl
+from minimind.data.records import iter_texts, read_jsonl
 from minimind.data.tokenizer import MiniMindTokenizer, bytes_per_token, render_chat, train_tokenizer
 
 

@@ -6,7 +6,8 @@ import torch
 from course_helpers import course, tokenizer
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.data.datasets import iter_texts, read_jsonl, render_record
+from minimind.data.datasets import render_record
+from minimind.data.records import iter_texts, read_jsonl
 from minimind.data.tokenizer import MiniMindTokenizer, extend_tokenizer
 from minimind.model.tools import course_tools
 

@@ -5,17 +5,8 @@ import re
 
 import pytest
 
-from minimind.data.datasets import (
-    DataError,
-    DPODataset,
-    RLPromptDataset,
-    SFTDataset,
-    chat_labels,
-    chat_tools,
-    check_file,
-    iter_jsonl,
-    read_jsonl,
-)
+from minimind.data.datasets import DPODataset, RLPromptDataset, SFTDataset, chat_labels, chat_tools
+from minimind.data.records import DataError, check_file, iter_jsonl, read_jsonl
 from minimind.data.tokenizer import render_chat, train_tokenizer
 
 WEATHER = {"type": "function", "function": {"name": "weather", "description": "the weather in a city",

@@ -100,7 +100,7 @@ def add_data(sub):
     k.add_argument("--skip-bad", action="store_true", help="count and list bad lines instead of stopping")
 
     def run_check(args):
-        from ..data.datasets import check_file
+        from ..data.records import check_file
         summary = check_file(args.file, args.kind, skip_bad=args.skip_bad)
         for line, problem in summary["bad_lines"]:
             print(f"{args.file}:{line}: {problem}")
@@ -158,7 +158,7 @@ def add_tokenizer(sub):
         import itertools
         import time
 
-        from ..data.datasets import iter_texts
+        from ..data.records import iter_texts
         from ..data.tokenizer import bytes_per_token, train_tokenizer
         held: list = []
 

@@ -30,8 +30,9 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .datasets import _FIXES, PROGRESS_BYTES, DataError, detect_kind, validate_record
+from .datasets import PROGRESS_BYTES
 from .files import atomic_path
+from .records import _FIXES, DataError, detect_kind, validate_record
 
 FORMATS = ("alpaca", "sharegpt", "openai", "minimind", "text")
 TARGETS = ("pretrain", "sft", "dpo", "rl")

@@ -95,7 +95,7 @@ def download_dataset(name: str, out_dir, repo_id: str = REPO_ID, revision: str |
         if path.resolve() != target.resolve():
             os.replace(path, target)
     if check:
-        from .datasets import check_file
+        from .records import check_file
         check_file(target, kind, limit=1000)
     return target
 

@@ -21,7 +21,7 @@ from typing import Optional
 def make_file(out, kind: str, size_mb: float, corpus_dir, seed: int = 0) -> Path:
     """Write about size_mb MB of `kind` ("sft" or "pretrain") records made from the course corpus in corpus_dir
     (its pretrain.jsonl and sft.jsonl), streamed: memory stays flat at any size."""
-    from ..data.datasets import iter_jsonl
+    from ..data.records import iter_jsonl
     corpus_dir, out = Path(corpus_dir), Path(out)
     docs = [r["text"] for r in iter_jsonl(corpus_dir / "pretrain.jsonl", "pretrain")]
     questions = [r["conversations"][0]["content"] for r in iter_jsonl(corpus_dir / "sft.jsonl", "sft")]
@@ -108,7 +108,7 @@ def bench_data(sizes_mb, kinds=("pretrain", "sft"), corpus_dir=None, tokenizer=N
     results = []
     if files:
         for f in files:
-            from ..data.datasets import detect_kind
+            from ..data.records import detect_kind
             first = json.loads(Path(f).open(encoding="utf-8").readline())
             kind = "pretrain" if detect_kind(first) == "pretrain" else "sft"
             results.append(bench_file(f, kind, tokenizer, seq_len, preset, step=step))

@@ -429,7 +429,7 @@ def rl_accuracy(model, tokenizer, rl_jsonl, max_new_tokens: int = 24, batch_size
                 limit: Optional[int] = None) -> dict:
     """Greedy accuracy (`answer_matches`) on RL prompts with a checkable "answer" (rl.jsonl, rl_val.jsonl).
     Prompts without one are skipped; if none has one: {"accuracy": nan, "n": 0, "rows": []}."""
-    from ..data.datasets import read_jsonl
+    from ..data.records import read_jsonl
     records = []
     for i, rec in enumerate(read_jsonl(rl_jsonl, "rl")):
         answer = rec.get("answer")
@@ -449,7 +449,8 @@ def tool_task_accuracy(model, tokenizer, tasks, toolbox=None, max_turns: int = 3
     the question alone, answered from what the model knows. Greedy unless sampling says otherwise.
     -> {"accuracy", "n", "by_kind": {kind: accuracy}, "rows": [...], "episodes": [messages per task]}."""
     from ..align.agent import agent_rollouts
-    from ..data.datasets import read_jsonl, template_of
+    from ..data.datasets import template_of
+    from ..data.records import read_jsonl
     from ..model.generation import generate_replies
     records = list(read_jsonl(tasks, "rl")) if isinstance(tasks, (str, Path)) else list(tasks)
     replies, episodes = [], []
