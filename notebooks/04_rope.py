@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -42,6 +42,7 @@ from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.course import record, runs_dir
 from minimind.model.attention import explicit_attention
 from minimind.model.rope import apply_rope, inv_freq_for, rope_cos_sin, rope_inv_freq, yarn_inv_freq
+from minimind.use.bench_minimind_code import minimind_rope_scaling
 
 run_dir = runs_dir(preset, out_dir)
 cfg = MiniMindConfig.from_preset(preset)
@@ -204,14 +205,14 @@ except ValueError as err:
 # - pairs that turn less than `beta_slow` times are interpolated: $\theta_i / s$;
 # - pairs in between are blended with a linear ramp.
 #
-# MiniMind2's YaRN setting is printed below; `yarn_inv_freq` computes the new speeds from it.
+# MiniMind2's YaRN setting, read from MiniMind's own config class (its model file ships with the package,
+# `minimind/use/minimind_code`), is printed below; `yarn_inv_freq` computes the new speeds from it.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-scaling = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": trained_len,
-           "beta_fast": 32.0, "beta_slow": 1.0}
-yarn_freq, attention_factor = yarn_inv_freq(d, theta, scaling["factor"], trained_len,
-                                            scaling["beta_fast"], scaling["beta_slow"])
+scaling = minimind_rope_scaling()  # MiniMindConfig(inference_rope_scaling=True).rope_scaling, in MiniMind's code
+yarn_freq, attention_factor = yarn_inv_freq(d, theta, scaling["factor"], scaling["original_max_position_embeddings"],
+                                            scaling["beta_fast"], scaling["beta_slow"], scaling["attention_factor"])
 print("rope_scaling =", scaling)
 ratio = yarn_freq / inv_freq                      # 1: kept, 1/s: interpolated
 kept, squeezed = int((ratio > 0.999).sum()), int((ratio < 1 / scaling["factor"] + 1e-6).sum())
@@ -251,21 +252,26 @@ print(f"fastest pair, angle between neighbours: RoPE {inv_freq[0].item():.3f}, Y
 # %% [markdown]
 # ## The attention factor
 # Interpolation crowds positions together, which makes attention distributions flatter (more spread
-# out) on long inputs. YaRN compensates with a temperature: cos and sin are multiplied by
+# out) on long inputs. The YaRN paper compensates with a temperature: cos and sin are multiplied by
 # $0.1 \ln s + 1$, so both query and key grow by that factor and every score by its square, sharpening
-# the softmax again. A config with `rope_scaling` gives MiniMind exactly these frequencies and factor:
+# the softmax again. MiniMind does not: its setting above says `attention_factor: 1.0`, so its long
+# contexts get YaRN's frequencies and no sharpening. Our `yarn_inv_freq` (like transformers') takes the
+# factor a config names and falls back to the paper's only when it names none. Both, through our model:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-long_cfg = MiniMindConfig.from_preset(preset, rope_scaling=scaling, max_position_embeddings=long_len)
-with torch.device("meta"):
-    long_model = MiniMindForCausalLM(long_cfg)
-print(f"attention_factor = 0.1 ln {scaling['factor']:g} + 1 = {attention_factor:.4f};",
-      "model uses it:", long_model.model.attention_factor == attention_factor,
-      "| and YaRN's frequencies:", torch.equal(inv_freq_for(long_cfg)[0], yarn_freq))
-S_yarn = rope_scores(qv, kv, torch.arange(32), yarn_freq, attention_factor)
-print(f"scores scale by attention_factor^2 = {attention_factor ** 2:.4f}:",
-      torch.allclose(S_yarn, rope_scores(qv, kv, torch.arange(32), yarn_freq) * attention_factor ** 2, atol=1e-4))
+paper = {k: v for k, v in scaling.items() if k != "attention_factor"}  # no factor named: the paper's
+for name, setting in (("MiniMind2", scaling), ("the YaRN paper", paper)):
+    long_cfg = MiniMindConfig.from_preset(preset, rope_scaling=setting, max_position_embeddings=long_len)
+    with torch.device("meta"):
+        long_model = MiniMindForCausalLM(long_cfg)
+    print(f"{name:15}: attention_factor {long_model.model.attention_factor:.4f}, YaRN's frequencies: "
+          f"{torch.equal(inv_freq_for(long_cfg)[0], yarn_freq)}")
+paper_factor = inv_freq_for(long_cfg)[1]
+print(f"the paper's factor is 0.1 ln {scaling['factor']:g} + 1 = {0.1 * math.log(scaling['factor']) + 1:.4f}")
+S_yarn = rope_scores(qv, kv, torch.arange(32), yarn_freq, paper_factor)
+print(f"with it, scores scale by attention_factor^2 = {paper_factor ** 2:.4f}:",
+      torch.allclose(S_yarn, rope_scores(qv, kv, torch.arange(32), yarn_freq) * paper_factor ** 2, atol=1e-4))
 
 # %% [markdown]
 # ## Explore
@@ -297,11 +303,13 @@ widgets.interact(show_rotation, position=widgets.IntSlider(value=12, min=0, max=
 # - The score between two tokens depends only on their distance, checked above to float precision.
 # - Speeds form a geometric spectrum: fast pairs resolve neighbours, slow pairs carry long range.
 # - Past the trained length the slow pairs meet unseen angles; YaRN interpolates those, keeps the fast
-#   ones, ramps in between, and scales the scores by the square of its attention factor.
+#   ones and ramps in between. The paper also scales the scores by the square of an attention factor;
+#   MiniMind sets that factor to 1.
 #
 # Next, chapter 05 assembles attention, RoPE, RMSNorm and SwiGLU into the whole MiniMind model.
 
 # %%
 record(run_dir, "04_rope", channel_pairs=d // 2, pairs_without_full_turn=partial,
        relative_property_spread=float(f"{spread:.2e}"), yarn_factor=scaling["factor"],
-       yarn_pairs_kept=kept, yarn_pairs_interpolated=squeezed, attention_factor=round(attention_factor, 4))
+       yarn_pairs_kept=kept, yarn_pairs_interpolated=squeezed, attention_factor=round(attention_factor, 4),
+       attention_factor_paper=round(paper_factor, 4))

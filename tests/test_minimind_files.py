@@ -6,6 +6,7 @@ transformers folder. Our model must load them through from_pretrained and `minim
 logits MiniMind's forward gives.
 """
 import importlib.util
+import math
 import json
 from pathlib import Path
 
@@ -197,3 +198,15 @@ def test_load_checkpoint_brings_minimind3s_tokenizer_and_generates_as_minimind(t
     assert torch.equal(model.generate(ids, max_new_tokens=12), expected)  # greedy: MiniMind's own tokens
     reply = ChatSession(model, tok, temperature=0, max_new_tokens=8).ask("你好")
     assert isinstance(reply, str)
+
+
+def test_minimind_rope_scaling_is_read_from_its_own_config_and_gives_our_yarn():
+    from minimind.model.rope import inv_freq_for
+    from minimind.use.bench_minimind_code import minimind_rope_scaling
+    scaling = minimind_rope_scaling()
+    assert scaling["attention_factor"] == 1.0 and scaling["factor"] == 16  # MiniMind: YaRN without the paper's factor
+    config = MiniMindConfig.from_preset("tiny", rope_scaling=scaling, max_position_embeddings=32768)
+    assert inv_freq_for(config)[1] == 1.0
+    paper = {k: v for k, v in scaling.items() if k != "attention_factor"}
+    config = MiniMindConfig.from_preset("tiny", rope_scaling=paper, max_position_embeddings=32768)
+    assert inv_freq_for(config)[1] == pytest.approx(0.1 * math.log(16) + 1)

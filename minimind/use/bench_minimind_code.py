@@ -27,8 +27,8 @@ def find_minimind_code(given: Optional[str] = None) -> tuple[Optional[Path], Opt
     return None, f"{MINIMIND_CODE_FILE} not found: pass --minimind-code PATH"
 
 
-def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0) -> torch.nn.Module:
-    """MiniMind's own MiniMindForCausalLM from its model file, with our config's shape; weights random."""
+def minimind_code_module(path: str | Path = MINIMIND_CODE_FILE):
+    """MiniMind's model file imported as a module (its MiniMindConfig, MiniMindForCausalLM, ...)."""
     import hashlib
     import importlib.util
     path = Path(path)
@@ -37,6 +37,15 @@ def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():  # its config's deprecated transformers keys (rope_scaling)
+        warnings.simplefilter("ignore")
+        spec.loader.exec_module(module)
+    return module
+
+
+def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0) -> torch.nn.Module:
+    """MiniMind's own MiniMindForCausalLM from its model file, with our config's shape; weights random."""
+    module = minimind_code_module(path)
     fields = dict(hidden_size=config.hidden_size, num_hidden_layers=config.num_hidden_layers,
                   num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
                   head_dim=config.head_dim, vocab_size=config.vocab_size, intermediate_size=config.intermediate_size,
@@ -44,9 +53,18 @@ def minimind_code_model(path: str | Path, config: MiniMindConfig, seed: int = 0)
                   rms_norm_eps=config.rms_norm_eps, dropout=config.dropout, bos_token_id=config.bos_token_id,
                   eos_token_id=config.eos_token_id, tie_word_embeddings=config.tie_word_embeddings,
                   use_moe=False, flash_attn=True)
-    with warnings.catch_warnings():  # its config's deprecated transformers keys (rope_scaling)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        spec.loader.exec_module(module)
         torch.manual_seed(seed)
         return module.MiniMindForCausalLM(module.MiniMindConfig(**fields))
 
+
+
+def minimind_rope_scaling(path: str | Path = MINIMIND_CODE_FILE) -> dict:
+    """MiniMind's own YaRN setting, read from its config class (`inference_rope_scaling=True`): the keys that
+    decide the frequencies and the attention factor."""
+    with warnings.catch_warnings():  # transformers warns that rope_scaling is deprecated
+        warnings.simplefilter("ignore")
+        theirs = minimind_code_module(path).MiniMindConfig(inference_rope_scaling=True).rope_scaling
+    keys = ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "attention_factor")
+    return {"rope_type": "yarn", **{k: theirs[k] for k in keys}}
