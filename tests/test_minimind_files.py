@@ -6,8 +6,8 @@ transformers folder. Our model must load them through from_pretrained and `minim
 logits MiniMind's forward gives.
 """
 import importlib.util
-import math
 import json
+import math
 from pathlib import Path
 
 import pytest
