@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -51,6 +51,7 @@ import minimind
 from minimind import MiniMindConfig, MiniMindForCausalLM, PRESETS
 from minimind.course import record, runs_dir
 from minimind.train.runtime import environment, pick_device
+from minimind.use.bench_flops import PRETRAIN_HQ_TOKENS
 
 run_dir = runs_dir(preset, out_dir)
 dev = pick_device(device)
@@ -111,8 +112,34 @@ for budget in (1e6, 1e7, 1e8):
     print(f"  {budget:>12,.0f} tokens would take {budget / tokens_per_s / 60:8.1f} min")
 
 # %% [markdown]
-# MiniMind2-small's pretraining reads about 1.6 billion tokens; that is why the real presets belong on
-# a GPU, and why the CPU course trains the `tiny` model on a small generated corpus.
+# MiniMind2-small's pretraining is one epoch of MiniMind's `pretrain_hq.jsonl` (1.6 GB of text): its own
+# training log shows 44,160 steps of 32 samples, each padded or cut to 512 positions. At the rate measured
+# above, in FLOP/s, this machine would need:
+
+# %%
+small = MiniMindConfig.from_preset("minimind2-small")
+with torch.device("meta"):
+    small_params = MiniMindForCausalLM(small).num_parameters()
+achieved = tokens_per_s * flops_per_token  # FLOP/s this machine reached above
+days = PRETRAIN_HQ_TOKENS * 6 * small_params / achieved / 86400
+print(f"pretrain_hq, one epoch: {PRETRAIN_HQ_TOKENS:.3g} token positions x 6 x {small_params / 1e6:.1f}M parameters "
+      f"= {PRETRAIN_HQ_TOKENS * 6 * small_params:.2g} FLOPs: {days:,.0f} days at {achieved / 1e9:.0f} GFLOP/s")
+
+# %% [markdown]
+# That is why the real presets belong on a GPU, and why the CPU course trains the `tiny` model on a small
+# generated corpus. One more thing about `tiny`'s count in the table above: every preset counts MiniMind's
+# 6,400-token vocabulary, and the embedding (shared with the output head) is a large part of a small model:
+
+# %%
+tiny = MiniMindConfig.from_preset("tiny")
+embedding = tiny.vocab_size * tiny.hidden_size
+print(f"tiny: {counts['tiny'] / 1e6:.2f}M parameters, of which the embedding is {tiny.vocab_size:,} x "
+      f"{tiny.hidden_size} = {embedding / 1e6:.2f}M ({embedding / counts['tiny']:.0%})")
+
+# %% [markdown]
+# The course's own tokenizer (chapter 01 trains it and prints its size) stops at a smaller vocabulary than
+# MiniMind's, since the small generated corpus has few distinct words. The tiny model the course trains is
+# smaller by one embedding row of `hidden_size` numbers for each token its vocabulary lacks.
 #
 # ## The chapters
 #
@@ -131,6 +158,7 @@ for budget in (1e6, 1e7, 1e8):
 # | 11 | RL: PPO, GRPO, SPO | a model trained on verifiable rewards |
 # | 12 | distillation | a student taught by a teacher |
 # | 13 | evaluate and serve | numbers, a chat, an API |
+# | 14 | tool calls and agentic RL | a model that calls tools (minimind-3's chat format) |
 
 # %%
 record(run_dir, "00_setup", device=str(dev), train_tokens_per_s=round(tokens_per_s),
