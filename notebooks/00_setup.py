@@ -17,7 +17,9 @@
 # # 00 · Setup and a tour
 #
 # This course trains **MiniMind**, a small language model, from random weights: tokenizer, pretraining,
-# supervised fine-tuning, LoRA, DPO, reinforcement learning and distillation. Every chapter is a notebook
+# supervised fine-tuning, LoRA, DPO, reinforcement learning and distillation, and then tool calls, taught by
+# SFT and by reinforcement learning over whole tool episodes, in the chat format of minimind-3, MiniMind's
+# current generation. Every chapter is a notebook
 # that calls the same tested package, `minimind`, so the cells stay short and what you read is what runs.
 #
 # The course has one dial, the **preset**. On a laptop CPU you run the `tiny` preset on the generated
