@@ -52,6 +52,7 @@ seed = 0               # the training seed (`minimind course --seed`: do the les
 
 # %%
 import math
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -63,6 +64,7 @@ from minimind.course import data_paths, ensure_stage, record, runs_dir
 from minimind.data import DPODataset, read_jsonl
 from minimind.model.generation import generate_replies
 from minimind.train import load_tokenizer, read_metrics, train_stage
+from minimind.use.answers import answer_matches, extract_numbers
 
 torch.set_num_threads(1)  # the tiny model's matrices are too small to gain from threads
 run_dir = runs_dir(preset, out_dir)
@@ -163,8 +165,9 @@ plt.show()
 # ## After: held-out pairs and answers
 # The SFT model was already polite (it never saw a rude answer), so its greedy replies were mostly on
 # the chosen side before DPO. What DPO changes is the *probability* of the rejected answers, shown in
-# nats below: a fall of 10 nats makes an answer $e^{10} \approx 22{,}000$ times less likely. With a
-# $\beta$ this large the greedy replies stay close to the SFT model's: few of them change.
+# nats below: a fall of 10 nats makes an answer $e^{10} \approx 22{,}000$ times less likely. Then the
+# greedy replies: how many change, and, for the sums among them (the few pairs that set a right sum against
+# a wrong one), whether they were right before and after.
 
 # %%
 heldout = preference_accuracy(dpo, sft, val_items, beta=beta)
@@ -178,11 +181,23 @@ for name, s in (("SFT", sft_sides), ("DPO", dpo_sides)):
 
 # %%
 changed = [i for i, (a, b) in enumerate(zip(sft_replies, dpo_replies)) if a != b]
-print(f"{len(changed)} of {len(prompts)} greedy replies changed; the first few:")
+print(f"{len(changed)} of {len(prompts)} greedy replies changed", end="")
+sums = [i for i in changed if re.search(r"\d+ (plus|minus) \d+ is \d+", val_records[i]["chosen"][-1]["content"])]
+right = {name: sum(answer_matches(replies[i], extract_numbers(val_records[i]["chosen"][-1]["content"])[-1])
+                   for i in sums) for name, replies in (("SFT", sft_replies), ("DPO", dpo_replies))}
+moved = sum(sft_sides[i] != dpo_sides[i] for i in changed)
+print(f"; {moved} of them moved to another side (chosen, rejected, tie); {len(sums)} are sums, "
+      f"right before DPO: {right['SFT']}, after: {right['DPO']}. The first few:")
 for i in changed[:6]:
     rec = val_records[i]
     print(f"Q: {rec['chosen'][-2]['content']}   (chosen: {rec['chosen'][-1]['content'][:60]!r})\n"
           f"   SFT: {sft_replies[i][:80]!r} [{sft_sides[i]}]\n   DPO: {dpo_replies[i][:80]!r} [{dpo_sides[i]}]")
+
+# %% [markdown]
+# The replies that change are mostly sums, and a wrong sum mostly becomes another wrong sum (the counts
+# above). What DPO did here is make the rude answers unlikely, which is what most of its pairs set against
+# the polite ones; the few pairs that set a right sum against a wrong one cannot teach arithmetic to a model
+# that has not learned to add. Preference pairs move a model between answers it can already give.
 
 # %%
 gain = (dpo_c - sft_c) - (dpo_r - sft_r)
