@@ -137,7 +137,10 @@ if world:
 #
 # The rule reward (`minimind.align.reward.RuleReward`) gives 1 when the reply's final answer is right and
 # 0 otherwise: a word must appear as a whole word; for a number, the *last* number in the reply must equal
-# it. A reward anyone can check cannot be fooled the way a learned reward model can.
+# it. Checkable is not the same as ungameable: a reply that names every town contains the right one as a
+# whole word, and the rule pays it in full (the last example below). A policy finds such a hole if sampling
+# ever stumbles into it, since it pays as well as the answer; the per-wording table after training shows
+# what the runs here learned, and what some of them lost.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -151,6 +154,10 @@ rule = RuleReward()
 for reply, answer in [("Mavi lives in Bimur.", "Bimur"), ("Mavi has a dog called Ba.", "Bimur"),
                       ("Mavi is 30 years old.", "30"), ("Mavi is 30, not 31.", "30")]:
     print(f"  {reply!r:30} answer {answer!r:8} -> reward {rule.score(reply, answer)}")
+if world:
+    towns = sorted({f["value"] for f in world["facts"] if f["relation"] == "home"})
+    every = f"Mavi lives in {', '.join(towns[:-1])} or {towns[-1]}."
+    print(f"  {every!r} answer 'Bimur' -> reward {rule.score(every, 'Bimur')}")
 
 # %% [markdown]
 # ## Before: the SFT model on the held-out prompts
