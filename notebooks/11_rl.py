@@ -69,6 +69,7 @@ max_prompt_tokens = None  # None: the loader's default
 temperature = None
 
 # %%
+import math
 import re
 
 import matplotlib.pyplot as plt
@@ -267,6 +268,50 @@ plt.show()
 # zero-variance group ever being thrown away. The price: a prompt needs a few visits before its tracker
 # means anything (until then it meets the global baseline), which a short run over many prompts rarely
 # gives.
+
+# %% [markdown]
+# ### The losses, written out
+# Each line below is one function of `minimind/align/rl.py`, checked on numbers small enough to redo by hand.
+#
+# - **PPO** (Proximal Policy Optimization, Schulman et al. 2017), `ppo_policy_loss`: with the ratio
+#   $\rho_t = \pi_\theta(y_t) / \pi_{\text{old}}(y_t)$ of the token's probability now and when it was sampled,
+#   the loss per token is $-\min(\rho_t A_t,\ \text{clip}(\rho_t, 1-\epsilon, 1+\epsilon)\, A_t)$. The clip
+#   stops the gain, never the loss: a token whose ratio has already moved *in its advantage's direction*
+#   past $1 \pm \epsilon$ gets no more gradient, while one that moved the wrong way keeps its full gradient.
+# - **GAE** (Generalized Advantage Estimation, Schulman et al. 2016), `gae`: from the critic's values $V_t$,
+#   $\delta_t = r_t + \gamma V_{t+1} - V_t$ and $A_t = \delta_t + \gamma \lambda A_{t+1}$ (here $\gamma = 1$,
+#   $\lambda = 0.95$, the reward on the last token); the critic learns $R_t = A_t + V_t$.
+# - **PPO's value loss**, `ppo_value_loss`: $\tfrac12 \max\big((V - R)^2, (V^{\text{clip}} - R)^2\big)$, the
+#   critic's step clipped around its old values like the policy's.
+# - **The KL term** (GRPO, SPO; PPO puts it in the reward), `k3_kl`: with $d = \log \pi_{\text{ref}} - \log
+#   \pi_\theta$, $k_3 = e^{d} - d - 1$ (Schulman's "k3" estimator): never negative, 0 when the two agree.
+# - **GRPO** (Group Relative Policy Optimization, Shao et al. 2024, DeepSeekMath) uses PPO's clipped term
+#   with the group-normalised $A$ above, plus $\beta k_3$; **SPO** (Single-stream Policy Optimization) the
+#   same with $A = r - b$ from its tracker.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from minimind.align.rl import gae, k3_kl, ppo_policy_loss
+
+ones = torch.ones(1, 1)
+for A in (1.0, -1.0):
+    cells = []
+    for ratio in (0.7, 1.0, 1.3):
+        logp = torch.tensor([[math.log(ratio)]], requires_grad=True)  # log pi; log pi_old = 0
+        loss, _ = ppo_policy_loss(logp, torch.zeros(1, 1), A * ones, ones, clip=0.2)
+        loss.backward()
+        cells.append(f"ratio {ratio}: loss {loss.item():+.2f}, gradient {logp.grad.item():+.2f}")
+    print(f"PPO, A = {A:+.0f}:  " + ";  ".join(cells))
+adv, ret = gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.6, 0.8]]), torch.ones(1, 3))
+print(f"GAE, rewards [0, 0, 1], values [0.5, 0.6, 0.8]: delta [0.1, 0.2, 0.2] -> A "
+      f"{[round(a, 4) for a in adv[0].tolist()]}, critic targets {[round(r, 4) for r in ret[0].tolist()]}")
+print(f"k3, pi = 0.5, ref = 0.25: {k3_kl(torch.tensor(math.log(0.5)), torch.tensor(math.log(0.25))).item():.4f} "
+      f"(= 0.5 + ln 2 - 1); pi = ref: {k3_kl(torch.tensor(-1.0), torch.tensor(-1.0)).item():.1f}")
+
+# %% [markdown]
+# By hand: with $A = +1$ the ratio 1.3 is clipped to 1.2 and its gradient is 0 (no more gain), while 0.7 is
+# not clipped; with $A = -1$ it is the other way round. GAE: $A_2 = 0.2$, $A_1 = 0.2 + 0.95 \cdot 0.2 = 0.39$,
+# $A_0 = 0.1 + 0.95 \cdot 0.39 = 0.4705$.
 
 # %% [markdown]
 # ## Train the three side by side
