@@ -17,7 +17,7 @@ import torch
 from ..data.tokenizer import TOOL_TEMPLATES, render_chat
 from ..data.tools import parse_tool_calls
 from ..model.tools import Episode, ToolBox, tool_turns, toolbox
-from ..train.stages import Option, register, shared_length
+from ..train.stages import option, register, shared_length
 from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
 
 MINIMIND2_DEFAULT_SYSTEM = "You are a helpful assistant"  # what MiniMind2's template adds without a system turn
@@ -129,36 +129,36 @@ def agent_collate(items: list[dict], pad_id: int = 0) -> dict:
 
 
 @register
+@dataclass
 class AgentStage(GRPOStage):
     """Multi-turn rollouts with tool calls (tools from a `ToolBox`), the loss on the model's own tokens only;
     GRPO or CISPO. Reward = the task's (the final answer checked) + format_weight when the episode's calls were all
-    well-formed (minus it when one was broken)."""
+    well-formed (minus it when one was broken). Its options are GRPO's and these."""
     name, help = "agent", "agentic RL: multi-turn rollouts that call tools; GRPO or CISPO"
     defaults = dict(lr=1e-4, batch_size=2, log_every=1)
-    options = {**GRPOStage.options,
-               "loss": Option("cispo", "agent: cispo (MiniMind's default) or grpo"),
-               "eps_high": Option(5.0, "agent: CISPO's upper clip of the importance weight"),
-               "max_turns": Option(3, "agent: model turns per rollout"),
-               "format_weight": Option(0.1, "agent: reward for an episode whose tool calls were all well-formed "
-                                                "(minus it for a broken one)"),
-               "tools": Option("calculator", "agent: the toolbox the model may call: calculator, course (the course "
-                                          "world's register, data/course/registry.json), course:PATH, none")}
+    # the option --loss; a field named `loss` would hide the loss method
+    loss_kind: str = option("cispo", "agent: cispo (MiniMind's default) or grpo", name="loss")
+    eps_high: float = option(5.0, "agent: CISPO's upper clip of the importance weight")
+    max_turns: int = option(3, "agent: model turns per rollout")
+    format_weight: float = option(0.1, "agent: reward for an episode whose tool calls were all well-formed "
+                                       "(minus it for a broken one)")
+    tools: str | ToolBox = option("calculator", "agent: the toolbox the model may call: calculator, course (the "
+                                                "course world's register, data/course/registry.json), course:PATH, "
+                                                "none")
     collate_fn = staticmethod(agent_collate)
 
-    def __init__(self, reward_fn="rule", tokenizer=None, tools: str | ToolBox = "calculator", loss: str = "cispo",
-                 eps_high: float = 5.0, max_turns: int = 3, format_weight: float = 0.1, **kw):
-        super().__init__(reward_fn, tokenizer, **kw)
-        if loss not in ("cispo", "grpo"):
-            raise ValueError(f"loss {loss!r}: use cispo or grpo")
-        template = getattr(tokenizer, "template", "minimind")
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_kind not in ("cispo", "grpo"):
+            raise ValueError(f"loss {self.loss_kind!r}: use cispo or grpo")
+        template = getattr(self.tokenizer, "template", "minimind")
         if template not in TOOL_TEMPLATES:
             raise ValueError(f"the agent stage needs a chat template with tools ({' or '.join(TOOL_TEMPLATES)}); "
                              f"this tokenizer has {template!r}: train one with `minimind tokenizer train "
                              "--template minimind3`")
         self.template = template
-        self.toolbox = tools if isinstance(tools, ToolBox) else toolbox(tools)
+        self.toolbox = self.tools if isinstance(self.tools, ToolBox) else toolbox(self.tools)
         self._prompts: dict[str, list[int]] = {}  # prompt text -> its ids with the tools block
-        self.loss_kind, self.eps_high, self.max_turns, self.format_weight = loss, eps_high, max_turns, format_weight
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if prompt not in self._prompts:

@@ -6,12 +6,14 @@ A batch holds the B chosen sequences, then the B rejected ones (`preference_coll
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.datasets import IGNORE_INDEX, pad_sequences
-from ..train.stages import Option, Stage, register
+from ..train.stages import Stage, option, register
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,25 +76,20 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 # The stage
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class DPOStage(Stage):
     """DPO against a frozen copy of the starting (SFT) model, made in setup(): a resumed run must start from the
     same --init. Metrics: implicit rewards, their margin and accuracy (chosen > rejected), the policy's log-probs."""
     name, help, data = "dpo", "direct preference optimisation on chosen/rejected pairs", "dpo"
     defaults = dict(lr=2e-4, warmup_steps=5, batch_size=8)
-    options = {"beta": Option(0.1, "dpo: preference temperature"),
-               "average_logprobs": Option(False, "dpo: average answer log-probs over tokens (MiniMind) instead "
-                                                 "of summing (the paper)", lambda v: v.lower() in ("1", "true"))}
-
-    def __init__(self, beta: float = 0.1, reference=None, average_logprobs: bool = False):
-        self.beta, self.reference, self.average_logprobs = beta, reference, average_logprobs
+    beta: float = option(0.1, "dpo: preference temperature")
+    average_logprobs: bool = option(False, "dpo: average answer log-probs over tokens (MiniMind) instead of "
+                                           "summing (the paper)", lambda v: v.lower() in ("1", "true"))
+    reference: Any = None  # the frozen reference (default: a copy of the model, made in setup)
 
     @staticmethod
     def collate_fn(items):
         return preference_collate(items)
-
-    @classmethod
-    def build(cls, inputs, beta, average_logprobs):
-        return cls(beta=beta, average_logprobs=average_logprobs)
 
     def setup(self, model, device):
         if self.reference is None:

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..data.datasets import pad_sequences
 from ..model.attention import KVCache
 from ..model.transformer import CausalLMOutput
-from ..train.stages import Option, Stage, length_buckets, register, shared_length
+from ..train.stages import Stage, length_buckets, option, register, shared_length
 from .dpo import frozen_copy, token_logprobs
 from .reward import ScalarHeadModel, load_reward
 
@@ -299,40 +299,46 @@ def _metrics(device, **values) -> dict:
     return {k: torch.as_tensor(v, dtype=torch.float32, device=device).detach() for k, v in values.items()}
 
 
-ROLLOUT_OPTIONS = {
-    "reward": Option("rule", "rule | rule+format | a reward-model folder (`train reward` output or a local "
-                             "transformers classifier)"),
-    "max_new_tokens": Option(24, "rollout length in tokens"),
-    "temperature": Option(1.0, "sampling temperature of the rollouts"),
-    "top_k": Option(0, "sample from the k likeliest tokens (0: all)"),
-    "top_p": Option(1.0, "nucleus sampling threshold"),
-}
+def clip_option():
+    """PPO's and GRPO's ratio clip: one default for both."""
+    return option(0.2, "ppo/grpo: ratio clip epsilon")
 
 
+def beta_option():
+    """GRPO's and SPO's KL weight: one default for both."""
+    return option(0.02, "grpo/spo: weight of the k3 KL to the reference")
+
+
+@dataclass
 class RolloutStage(Stage):
     """What PPO, GRPO and SPO share: a frozen reference, a reward function, and rollouts as the micro-batches
     (`step_batches`: grad_accum rollouts before any backward, reused updates_per_rollout times)."""
     data = "rl"
     samples_per_prompt = 1
+    updates_per_rollout = 1
+    reward: Any = option("rule", "rule | rule+format | a reward-model folder (`train reward` output or a local "
+                                 "transformers classifier)")
+    tokenizer: Any = None  # decodes the responses for the reward
+    max_new_tokens: int = option(24, "rollout length in tokens")
+    temperature: float = option(1.0, "sampling temperature of the rollouts")
+    top_k: int = option(0, "sample from the k likeliest tokens (0: all)")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    reference: Any = None  # the frozen reference (default: a copy of the model, made in setup)
+    eos_token_id: Optional[int] = None  # default: the tokenizer's
 
-    def __init__(self, reward_fn="rule", tokenizer=None, max_new_tokens: int = 24, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, updates_per_rollout: int = 1, reference=None,
-                 eos_token_id: Optional[int] = None):
-        if tokenizer is None:
+    def __post_init__(self):
+        if self.tokenizer is None:
             raise ValueError("an RL stage needs the tokenizer, to decode responses for the reward")
-        self.reward_fn = load_reward(reward_fn, tokenizer)
-        self.tokenizer = tokenizer
-        self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
-        self.updates_per_rollout = updates_per_rollout
-        self.reference = reference
-        self.eos_id = eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", 2)
+        self.reward_fn = load_reward(self.reward, self.tokenizer)  # `reward` is its spec (or a function)
+        self.eos_id = self.eos_token_id if self.eos_token_id is not None else getattr(self.tokenizer,
+                                                                                      "eos_token_id", 2)
         self.buffer: list[Rollout] = []
         self.uses = 0
         self.last_rollout: Optional[Rollout] = None
 
     @classmethod
-    def build(cls, inputs, reward, **options):
-        return cls(reward, inputs.tokenizer, **options)  # __init__ loads the reward from its spec
+    def build(cls, inputs, **options):
+        return cls(tokenizer=inputs.tokenizer, **options)
 
     collate_fn = staticmethod(prompt_collate)
 
@@ -403,28 +409,25 @@ class RolloutStage(Stage):
 # PPO
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class PPOStage(RolloutStage):
     """PPO: GAE, clipped policy and value losses, `ppo_epochs` steps per rollout; the critic (a `ScalarHeadModel`,
     its own critic_lr) is saved in OUT/critic. Each token pays kl_coef * (log pi - log ref) in the reward."""
     name, help = "ppo", "PPO: a critic, GAE advantages, clipped policy and value losses"
     defaults = dict(lr=1e-4, batch_size=8, log_every=1)
-    options = {**ROLLOUT_OPTIONS,
-               "ppo_epochs": Option(2, "ppo: optimizer steps on each rollout"),
-               "clip": Option(0.2, "ppo/grpo: ratio clip epsilon"),
-               "value_clip": Option(0.2, "ppo: value clip"),
-               "vf_coef": Option(0.5, "ppo: weight of the value loss"),
-               "kl_coef": Option(0.02, "ppo: per-token KL penalty in the reward"),
-               "gamma": Option(1.0, "ppo: discount"),
-               "lam": Option(0.95, "ppo: GAE lambda"),
-               "critic_lr": Option(None, "ppo: the critic's learning rate (default: --lr)", float)}
+    ppo_epochs: int = option(2, "ppo: optimizer steps on each rollout")
+    clip: float = clip_option()
+    value_clip: float = option(0.2, "ppo: value clip")
+    vf_coef: float = option(0.5, "ppo: weight of the value loss")
+    kl_coef: float = option(0.02, "ppo: per-token KL penalty in the reward")
+    gamma: float = option(1.0, "ppo: discount")
+    lam: float = option(0.95, "ppo: GAE lambda")
+    critic_lr: Optional[float] = option(None, "ppo: the critic's learning rate (default: --lr)", float)
+    critic: Optional[ScalarHeadModel] = None  # default: the policy with a zeroed scalar head, made in setup
 
-    def __init__(self, reward_fn="rule", tokenizer=None, critic: Optional[ScalarHeadModel] = None,
-                 ppo_epochs: int = 2, clip: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.5,
-                 kl_coef: float = 0.02, gamma: float = 1.0, lam: float = 0.95, critic_lr: Optional[float] = None,
-                 **rollout_kw):
-        super().__init__(reward_fn, tokenizer, updates_per_rollout=ppo_epochs, **rollout_kw)
-        self.critic, self.clip, self.value_clip, self.vf_coef = critic, clip, value_clip, vf_coef
-        self.kl_coef, self.gamma, self.lam, self.critic_lr = kl_coef, gamma, lam, critic_lr
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.ppo_epochs
 
     def setup(self, model, device):
         super().setup(model, device)
@@ -482,23 +485,22 @@ class PPOStage(RolloutStage):
 # GRPO
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class GRPOStage(RolloutStage):
     """GRPO: group_size responses per prompt, group-normalised advantages, clipped ratio, beta * k3 KL in the loss.
     With one update per rollout the ratio is 1 (plain policy gradient) and the clip never bites."""
     name, help = "grpo", "GRPO: group-normalised advantages, no critic"
     defaults = dict(lr=1e-4, batch_size=4, log_every=1)
-    options = {**ROLLOUT_OPTIONS,
-               "group_size": Option(4, "grpo: responses sampled per prompt"),
-               "beta": Option(0.02, "grpo/spo: weight of the k3 KL to the reference"),
-               "clip": PPOStage.options["clip"],
-               "updates_per_rollout": Option(1, "grpo: optimizer steps on each rollout")}
+    group_size: int = option(4, "grpo: responses sampled per prompt")
+    beta: float = beta_option()
+    clip: float = clip_option()
+    updates_per_rollout: int = option(1, "grpo: optimizer steps on each rollout")
 
-    def __init__(self, reward_fn="rule", tokenizer=None, group_size: int = 4, beta: float = 0.02,
-                 clip: float = 0.2, **rollout_kw):
-        super().__init__(reward_fn, tokenizer, **rollout_kw)
-        if group_size < 2:
+    def __post_init__(self):
+        super().__post_init__()
+        if self.group_size < 2:
             raise ValueError("GRPO needs group_size >= 2: a group of one is its own baseline (use SPO)")
-        self.samples_per_prompt, self.beta, self.clip = group_size, beta, clip
+        self.samples_per_prompt = self.group_size
 
     def score_rollout(self, model, rollout):
         advantages, zero = grpo_advantages(rollout.rewards, self.samples_per_prompt)
@@ -525,27 +527,24 @@ class GRPOStage(RolloutStage):
 # SPO
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class SPOStage(RolloutStage):
     """SPO: one response per prompt, A = reward - `SPOBaseline` (clipped to +-advantage_clip), loss -log pi * A
     + beta * k3 KL. The tracker sees rewards rescaled to [0, 1] by reward_range (default: the reward's own)."""
     name, help = "spo", "SPO: one response per prompt against a persistent Beta-tracker baseline"
     defaults = dict(lr=1e-4, batch_size=8, log_every=1)
-    options = {**ROLLOUT_OPTIONS,
-               "beta": GRPOStage.options["beta"],
-               "baseline": Option("global", "spo: global (MiniMind2) or per_prompt (the SPO paper)"),
-               "reward_range": Option(None, "spo: LOW HIGH of the rewards (default: the reward's own)", float, 2),
-               "d_half": Option(0.06, "spo: KL at which the tracker's evidence halves"),
-               "rho_min": Option(0.5, "spo: fastest decay of the tracker"),
-               "rho_max": Option(0.96, "spo: slowest decay of the tracker"),
-               "advantage_clip": Option(5.0, "spo: advantages clipped to +-this")}
+    beta: float = beta_option()
+    baseline: str = option("global", "spo: global (MiniMind2) or per_prompt (the SPO paper)")
+    reward_range: Optional[tuple] = option(None, "spo: LOW HIGH of the rewards (default: the reward's own)", float, 2)
+    d_half: float = option(0.06, "spo: KL at which the tracker's evidence halves")
+    rho_min: float = option(0.5, "spo: fastest decay of the tracker")
+    rho_max: float = option(0.96, "spo: slowest decay of the tracker")
+    advantage_clip: float = option(5.0, "spo: advantages clipped to +-this")
 
-    def __init__(self, reward_fn="rule", tokenizer=None, beta: float = 0.02, baseline: str = "global",
-                 reward_range: Optional[tuple] = None, d_half: float = 0.06, rho_min: float = 0.5,
-                 rho_max: float = 0.96, advantage_clip: float = 5.0, **rollout_kw):
-        super().__init__(reward_fn, tokenizer, **{**rollout_kw, "updates_per_rollout": 1})
-        self.beta, self.advantage_clip = beta, advantage_clip
-        self.low, self.high = reward_range or getattr(self.reward_fn, "reward_range", (0.0, 1.0))
-        self.tracker = SPOBaseline(baseline, d_half, rho_min, rho_max)
+    def __post_init__(self):
+        super().__post_init__()
+        self.low, self.high = self.reward_range or getattr(self.reward_fn, "reward_range", (0.0, 1.0))
+        self.tracker = SPOBaseline(self.baseline, self.d_half, self.rho_min, self.rho_max)
         self.last_rho = {"rho": math.nan, "prompt_rho": math.nan}
 
     def rescale(self, rewards: torch.Tensor) -> torch.Tensor:
