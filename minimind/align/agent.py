@@ -165,8 +165,45 @@ class AgentStage(GRPOStage):
             self._prompts[prompt] = self.tokenizer.encode(with_tools(prompt, self.template, self.toolbox.schemas()))
         return self._prompts[prompt]
 
+    # -- the agent's update: rollout() once per rollout, then loss() on each of its updates_per_rollout steps -----
     @torch.no_grad()
-    def generate_rollout(self, model, batch) -> Rollout:
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # G episodes per prompt: the model's turns, the tools' results between them
+        task = self.task_rewards(r)  # R(x, y): the final answer checked, (N,)
+        r.rewards = task + self.format_rewards(r)  # r_i = R + format_weight * (all calls well-formed: 1, broken: -1)
+        r.data["task_reward"] = task
+        # log pi_ref over the episode's tokens; r.mask keeps the model's own (the tools' results are read, not learned)
+        r.data["ref_logp"] = response_logprobs(self.reference, r)[0]  # (N, R)
+        self.group_advantages(r)  # A_i = (r_i - mean_group r) / (std_group r + eps), as GRPO
+        return r
+
+    def loss(self, model, rollout):
+        if self.loss_kind == "grpo":
+            loss, metrics = super().loss(model, rollout)  # GRPO's clipped surrogate + beta KL_k3
+        else:
+            d, mask = rollout.data, rollout.mask
+            logp, out = response_logprobs(model, rollout)  # log pi_theta(y_t | ...), (N, R)
+            old_logp = d.setdefault("old_logp", logp.detach())  # pi_old: the first update's policy is the sampler
+            # CISPO: -sg(min(pi_theta / pi_old, eps_high)) A log pi_theta, + beta KL_k3(pi || ref)
+            per_token = cispo_loss(logp, old_logp, d["advantages"], mask, self.eps_high) \
+                + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
+            loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())  # mean per episode, then over episodes
+            metrics = _metrics(loss.device, **self.common_metrics(rollout, logp),
+                               group_reward_std=d["group_std"].mean(), zero_var_frac=d["zero_variance"].mean())
+        d = rollout.data
+        metrics.update(_metrics(loss.device, task_reward=d["task_reward"].mean(), tool_calls=d["tool_calls"].mean(),
+                                broken_calls=d["broken_calls"].mean(), turns=d["turns"].mean()))
+        return loss, metrics
+
+    def format_rewards(self, r: Rollout) -> torch.Tensor:
+        """call_format_reward of each episode, (N,)."""
+        return torch.tensor([call_format_reward(e, self.format_weight) for e in r.data["episodes"]],
+                            device=r.sequences.device)
+
+    @torch.no_grad()
+    def sample(self, model, batch) -> Rollout:
+        """samples_per_prompt multi-turn episodes per prompt (`agent_rollouts`) as one rollout: prompts left-padded,
+        episodes right-padded, the mask 1 on the tokens the model wrote."""
         policy, g = unwrap(model), self.samples_per_prompt
         start = time.perf_counter()
         prompts = [p for p in batch["prompt"] for _ in range(g)]
@@ -186,32 +223,12 @@ class AgentStage(GRPOStage):
             sequences[i, p_len:p_len + len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
             attention[i, p_len - len(p):p_len + len(r.ids)] = 1
             mask[i, :len(r.own)] = torch.tensor(r.own, dtype=torch.float)
-        finals = [r.answer for r in runs]
-        task = torch.as_tensor(self.reward_fn(prompts, finals, answers), dtype=torch.float32).reshape(-1)
-        form = torch.tensor([call_format_reward(r, self.format_weight) for r in runs])
         device = policy.device
         rollout = Rollout(sequences=sequences.to(device), attention_mask=attention.to(device), mask=mask.to(device),
-                          rewards=(task + form).to(device), prompts=prompts, responses=finals, answers=answers,
+                          rewards=None, prompts=prompts, responses=[r.answer for r in runs], answers=answers,
                           gen_tokens_per_s=float(mask.sum()) / max(seconds, 1e-9))
-        rollout.data.update(task_reward=task.to(device), tool_calls=torch.tensor([float(r.calls) for r in runs]),
+        rollout.data.update(episodes=runs, tool_calls=torch.tensor([float(r.calls) for r in runs]),
                             broken_calls=torch.tensor([float(r.broken) for r in runs]),
                             turns=torch.tensor([float(r.turns) for r in runs]))
         return rollout
-
-    def loss(self, model, rollout):
-        if self.loss_kind == "grpo":
-            loss, metrics = super().loss(model, rollout)
-        else:
-            d, mask = rollout.data, rollout.mask
-            logp, out = response_logprobs(model, rollout)
-            old_logp = d.setdefault("old_logp", logp.detach())
-            per_token = cispo_loss(logp, old_logp, d["advantages"], mask, self.eps_high) \
-                + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
-            loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
-            metrics = _metrics(loss.device, **self.common_metrics(rollout, logp),
-                               group_reward_std=d["group_std"].mean(), zero_var_frac=d["zero_variance"].mean())
-        d = rollout.data
-        metrics.update(_metrics(loss.device, task_reward=d["task_reward"].mean(), tool_calls=d["tool_calls"].mean(),
-                                broken_calls=d["broken_calls"].mean(), turns=d["turns"].mean()))
-        return loss, metrics
 

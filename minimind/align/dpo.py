@@ -99,12 +99,13 @@ class DPOStage(Stage):
     def loss(self, model, batch):
         # right padding needs no attention mask: causal attention never looks right, labels skip the pads
         out = model(batch["input_ids"])  # logits (2B, T, V)
-        logps = sequence_logprobs(out.logits, batch["labels"], self.average_logprobs)  # (2B,)
-        with torch.no_grad():
+        logps = sequence_logprobs(out.logits, batch["labels"], self.average_logprobs)  # log pi(y | x), (2B,)
+        with torch.no_grad():  # log ref(y | x), (2B,)
             ref_logps = sequence_logprobs(self.reference(batch["input_ids"]).logits, batch["labels"],
                                           self.average_logprobs)
         policy_chosen, policy_rejected = logps.chunk(2)  # (B,) each
         ref_chosen, ref_rejected = ref_logps.chunk(2)  # (B,) each
+        # -log sigmoid(beta (log pi/ref(y_w | x) - log pi/ref(y_l | x))); beta log pi/ref: the implicit reward
         loss, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
         return out.with_aux(loss), {"reward_chosen": chosen_r.mean(), "reward_rejected": rejected_r.mean(),
                       "reward_margin": (chosen_r - rejected_r).mean(),

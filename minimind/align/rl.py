@@ -1,8 +1,10 @@
 """RL from rewards: PPO (critic + GAE), GRPO (group baseline) and SPO (persistent Beta-tracker baseline).
 
-Each is a `Stage`: `step_batches()` generates and scores the rollouts of an optimizer step from batches of
-prompts (`prompt_collate`); `loss()` is the policy-gradient loss on one rollout plus a KL term to a frozen
-reference. Chapter 11 explains the baselines.
+Each is a `Stage` whose whole update reads in two adjacent methods: `rollout()` samples responses to a batch
+of prompts (`prompt_collate`) and fixes, without gradients, their rewards, the reference's log-probs and the
+advantages; `loss()` is the policy-gradient loss on one rollout plus a KL term to the frozen reference. They are
+two because an optimizer step makes all its rollouts first, with the policy as it stood (`step_batches`), then
+runs one loss and backward per rollout. Chapter 11 explains the baselines.
 """
 from __future__ import annotations
 
@@ -237,7 +239,7 @@ class Rollout:
     sequences: torch.Tensor        # (N, P + R) prompt then response
     attention_mask: torch.Tensor   # (N, P + R) 0 on the prompt's left padding and after the first EOS
     mask: torch.Tensor             # (N, R) 1.0 on response tokens through the first EOS
-    rewards: torch.Tensor          # (N,)
+    rewards: Optional[torch.Tensor]  # (N,), set by the stage's rollout() after sampling
     prompts: list
     responses: list[str]
     answers: list
@@ -350,8 +352,11 @@ class RolloutStage(Stage):
             self.reward_fn.to(device)
 
     def step_batches(self, model, batches, n):
+        """The step's n rollouts (one per batch of prompts), all made before any backward, reused
+        updates_per_rollout steps."""
         if not self.buffer or self.uses >= self.updates_per_rollout:
-            self.buffer = [self.make_rollout(model, next(batches)) for _ in range(n)]
+            self.buffer = [self.rollout(model, next(batches)) for _ in range(n)]
+            self.last_rollout = self.buffer[-1]
             self.uses = 0
         elif len(self.buffer) != n:
             raise ValueError("grad_accum changed while a rollout was being reused")
@@ -361,10 +366,15 @@ class RolloutStage(Stage):
     def batch_tokens(self, rollout) -> int:
         return int(rollout.mask.sum())  # generated tokens: what RL trains on
 
+    def rollout(self, model, batch) -> Rollout:
+        """Responses to a batch of prompts, with what every update on them needs: each stage's own."""
+        raise NotImplementedError
+
     @torch.no_grad()
-    def generate_rollout(self, model, batch) -> Rollout:
-        """Sample samples_per_prompt responses to each prompt and score them."""
+    def sample(self, model, batch) -> Rollout:
+        """samples_per_prompt responses to each prompt, y ~ pi(. | x), decoded for the reward (not yet given)."""
         policy, g = unwrap(model), self.samples_per_prompt
+        batch = {k: v.to(policy.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         prompt_ids = batch["input_ids"].repeat_interleave(g, 0)  # (N, P), N = B * g
         prompt_mask = batch["attention_mask"].repeat_interleave(g, 0)  # (N, P)
         prompts = [p for p in batch["prompt"] for _ in range(g)]
@@ -381,22 +391,14 @@ class RolloutStage(Stage):
         mask = completion_mask(completion, self.eos_id)  # (N, R)
         responses = [self.tokenizer.decode(c[m.bool()].tolist(), skip_special_tokens=True)
                      for c, m in zip(completion, mask)]
-        rewards = torch.as_tensor(self.reward_fn(prompts, responses, answers), dtype=torch.float32)  # (N,)
         return Rollout(sequences=sequences, attention_mask=torch.cat([prompt_mask, mask.long()], 1), mask=mask,
-                       rewards=rewards.reshape(-1).to(sequences.device), prompts=prompts, responses=responses,
-                       answers=answers, gen_tokens_per_s=mask.sum().item() / max(seconds, 1e-9))
+                       rewards=None, prompts=prompts, responses=responses, answers=answers,
+                       gen_tokens_per_s=mask.sum().item() / max(seconds, 1e-9))
 
-    def make_rollout(self, model, batch) -> Rollout:
-        batch = {k: v.to(unwrap(model).device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        rollout = self.generate_rollout(model, batch)
-        with torch.no_grad():
-            rollout.data["ref_logp"] = response_logprobs(self.reference, rollout)[0]
-            self.score_rollout(model, rollout)
-        self.last_rollout = rollout
-        return rollout
-
-    def score_rollout(self, model, rollout: Rollout) -> None:
-        """Stage-specific numbers computed once per rollout, without gradients."""
+    def task_rewards(self, rollout: Rollout) -> torch.Tensor:
+        """The reward function on each (prompt, response, answer): (N,) on the rollout's device."""
+        rewards = self.reward_fn(rollout.prompts, rollout.responses, rollout.answers)
+        return torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).to(rollout.sequences.device)
 
     def common_metrics(self, rollout: Rollout, logp: torch.Tensor) -> dict:
         mask = rollout.mask
@@ -447,23 +449,33 @@ class PPOStage(RolloutStage):
         n = rollout.response_len
         return self.critic(rollout.sequences, rollout.attention_mask)[:, -n - 1:-1]  # (N, P + R) -> (N, R)
 
-    def score_rollout(self, model, rollout):
-        d, mask = rollout.data, rollout.mask
-        d["old_logp"] = response_logprobs(model, rollout)[0]
-        d["old_values"] = self.values(rollout) * mask
+    # -- PPO's update: rollout() once per rollout, then loss() on each of its ppo_epochs steps --------------
+    @torch.no_grad()
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # y ~ pi_old(. | x), N = B responses of R tokens
+        r.rewards = self.task_rewards(r)  # R(x, y): one number per response, (N,)
+        d, mask = r.data, r.mask
+        d["ref_logp"] = response_logprobs(self.reference, r)[0]  # log pi_ref(y_t | x, y_<t), (N, R)
+        d["old_logp"] = response_logprobs(model, r)[0]  # log pi_old(y_t | x, y_<t): the sampler's, (N, R)
+        d["old_values"] = self.values(r) * mask  # V_old(s_t): the critic before token t, (N, R)
+        # per token, r_t = -kl_coef (log pi_old - log pi_ref); the last token also gets R(x, y)
         token_rewards = -self.kl_coef * (d["old_logp"] - d["ref_logp"]) * mask  # (N, R)
         last = (mask.sum(1).long() - 1).clamp(min=0)  # (N,) each response's last token
-        token_rewards[torch.arange(len(last), device=last.device), last] += rollout.rewards  # reward at the end
+        token_rewards[torch.arange(len(last), device=last.device), last] += r.rewards  # r_T += R(x, y)
+        # A_t = sum_l (gamma lam)^l delta_t+l, delta_t = r_t + gamma V_t+1 - V_t; returns = A + V (the critic's target)
         advantages, d["returns"] = gae(token_rewards, d["old_values"], mask, self.gamma, self.lam)
-        d["advantages"] = whiten(advantages, mask)
+        d["advantages"] = whiten(advantages, mask)  # A <- (A - mean A) / std A over the rollout's tokens
+        return r
 
     def loss(self, model, rollout):
         d, mask = rollout.data, rollout.mask
-        logp, out = response_logprobs(model, rollout)
-        values = self.values(rollout)
+        logp, out = response_logprobs(model, rollout)  # log pi_theta(y_t | x, y_<t), (N, R)
+        values = self.values(rollout)  # V_phi(s_t), (N, R)
+        # -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = pi_theta / pi_old, masked mean over tokens
         policy_loss, clip_frac = ppo_policy_loss(logp, d["old_logp"], d["advantages"], mask, self.clip)
+        # 0.5 max((V - ret)^2, (V_old + clip(V - V_old, +-value_clip) - ret)^2)
         value_loss = ppo_value_loss(values, d["old_values"], d["returns"], mask, self.value_clip)
-        loss = out.with_aux(policy_loss + self.vf_coef * value_loss)
+        loss = out.with_aux(policy_loss + self.vf_coef * value_loss)  # + the MoE balancing loss, if any
         return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), policy_loss=policy_loss,
                               value_loss=value_loss, clip_frac=clip_frac,
                               approx_kl=masked_mean(d["old_logp"] - logp.detach(), mask),
@@ -502,22 +514,31 @@ class GRPOStage(RolloutStage):
             raise ValueError("GRPO needs group_size >= 2: a group of one is its own baseline (use SPO)")
         self.samples_per_prompt = self.group_size
 
-    def score_rollout(self, model, rollout):
-        advantages, zero = grpo_advantages(rollout.rewards, self.samples_per_prompt)
-        groups = rollout.rewards.view(-1, self.samples_per_prompt)  # (N / G, G)
-        rollout.data.update(advantages=advantages, zero_variance=zero.float(), group_std=groups.std(1),
-                            group_mean=groups.mean(1))
+    # -- GRPO's update: rollout() once per rollout, then loss() on each of its updates_per_rollout steps -------
+    @torch.no_grad()
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # G responses y_1..y_G ~ pi_old(. | x) to each prompt: N = B * G
+        r.rewards = self.task_rewards(r)  # r_i = R(x, y_i), (N,)
+        r.data["ref_logp"] = response_logprobs(self.reference, r)[0]  # log pi_ref(y_i,t | x, y_i,<t), (N, R)
+        self.group_advantages(r)  # A_i = (r_i - mean_group r) / (std_group r + eps)
+        return r
+
+    def group_advantages(self, r: Rollout) -> None:
+        advantages, zero = grpo_advantages(r.rewards, self.samples_per_prompt)  # (N,); all-equal groups: A = 0
+        groups = r.rewards.view(-1, self.samples_per_prompt)  # (N / G, G)
+        r.data.update(advantages=advantages, zero_variance=zero.float(), group_std=groups.std(1),
+                      group_mean=groups.mean(1))
 
     def loss(self, model, rollout):
         d, mask = rollout.data, rollout.mask
-        logp, out = response_logprobs(model, rollout)
-        old_logp = d.setdefault("old_logp", logp.detach())  # the first update's policy is the sampler
-        ratio = torch.exp(logp - old_logp)  # (N, R)
+        logp, out = response_logprobs(model, rollout)  # log pi_theta(y_i,t | x, y_i,<t), (N, R)
+        old_logp = d.setdefault("old_logp", logp.detach())  # pi_old: the first update's policy is the sampler
+        ratio = torch.exp(logp - old_logp)  # rho_i,t = pi_theta / pi_old, (N, R)
         adv = d["advantages"][:, None]  # (N, 1): one advantage for all of a response's tokens
-        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
-        per_token = -(surrogate - self.beta * k3_kl(logp, d["ref_logp"]))  # (N, R)
+        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)  # min(rho A, clip(rho) A)
+        per_token = -(surrogate - self.beta * k3_kl(logp, d["ref_logp"]))  # -(surrogate - beta KL_k3(pi || ref))
         # mean over each response's tokens, then over responses: every response weighs the same
-        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())  # + the MoE balancing loss, if any
         return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), group_reward_std=d["group_std"].mean(),
                               zero_var_frac=d["zero_variance"].mean(),
                               clip_frac=masked_mean(((ratio.detach() - 1).abs() > self.clip).float(), mask))
@@ -550,19 +571,25 @@ class SPOStage(RolloutStage):
     def rescale(self, rewards: torch.Tensor) -> torch.Tensor:
         return ((rewards - self.low) / (self.high - self.low)).clamp(0, 1)
 
-    def score_rollout(self, model, rollout):
-        keys = [prompt_key(p) for p in rollout.prompts]
-        base01 = torch.tensor(self.tracker.baselines(keys), device=rollout.rewards.device)  # (N,) in [0, 1]
-        baseline = self.low + base01 * (self.high - self.low)  # (N,) in reward units
-        rollout.data.update(keys=keys, baseline=baseline,
-                            advantages=(rollout.rewards - baseline).clamp(-self.advantage_clip, self.advantage_clip),
-                            own_baseline=torch.tensor([float(self.tracker.has_own(k)) for k in keys]))
+    # -- SPO's update: rollout(), then loss(), which folds the rewards into the tracker once used ------------
+    @torch.no_grad()
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # one response y ~ pi_old(. | x) to each prompt, N = B
+        r.rewards = self.task_rewards(r)  # r = R(x, y), (N,)
+        d = r.data
+        d["ref_logp"] = response_logprobs(self.reference, r)[0]  # log pi_ref(y_t | x, y_<t), (N, R)
+        d["keys"] = [prompt_key(p) for p in r.prompts]
+        base01 = torch.tensor(self.tracker.baselines(d["keys"]), device=r.rewards.device)  # alpha / (alpha + beta)
+        d["baseline"] = self.low + base01 * (self.high - self.low)  # b: the tracker's mean in reward units, (N,)
+        d["advantages"] = (r.rewards - d["baseline"]).clamp(-self.advantage_clip, self.advantage_clip)  # A = r - b
+        d["own_baseline"] = torch.tensor([float(self.tracker.has_own(k)) for k in d["keys"]])
+        return r
 
     def loss(self, model, rollout):
         d, mask = rollout.data, rollout.mask
-        logp, out = response_logprobs(model, rollout)
-        per_token = -logp * d["advantages"][:, None] + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
-        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+        logp, out = response_logprobs(model, rollout)  # log pi_theta(y_t | x, y_<t), (N, R)
+        per_token = -logp * d["advantages"][:, None] + self.beta * k3_kl(logp, d["ref_logp"])  # -A log pi + beta KL_k3
+        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())  # mean per response, then over responses
         if torch.is_grad_enabled() and not d.get("tracked"):  # fold the rewards in once, after use
             seq_logp = masked_mean(logp.detach(), mask, dim=1)
             self.last_rho = self.tracker.update(d["keys"], self.rescale(rollout.rewards).tolist(),
