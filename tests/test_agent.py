@@ -63,11 +63,12 @@ def test_a_rollout_masks_the_tool_results_and_rewards_the_answer(tok):
     policy = ScriptedPolicy(tok, [ADD_CALL, "The answer is 41.", "The answer is 42."])  # row 0, row 1, row 0
     prompt = render_chat([{"role": "user", "content": "What is 17 plus 25?"}], add_generation_prompt=True,
                          template="minimind3")
-    rollout = stage.generate_rollout(policy, {"prompt": [prompt], "prompt_ids": [[0]], "answer": ["42"]})
+    rollout = stage.sample(policy, {"prompt": [prompt], "prompt_ids": [[0]], "answer": ["42"]})
     assert rollout.responses == ["The answer is 42.", "The answer is 41."]
     assert rollout.data["tool_calls"].tolist() == [1.0, 0.0] and rollout.data["turns"].tolist() == [2.0, 1.0]
-    assert rollout.data["task_reward"].tolist() == [1.0, 0.0]
-    assert rollout.rewards.tolist() == pytest.approx([1.1, 0.0])  # + format_weight for the good call
+    task = stage.task_rewards(rollout)
+    assert task.tolist() == [1.0, 0.0]
+    assert (task + stage.format_rewards(rollout)).tolist() == pytest.approx([1.1, 0.0])  # + format_weight: good call
     # what the model wrote is learned; the tool's result (and the template around it) is only read
     p = rollout.sequences.shape[1] - rollout.response_len
     first = rollout.sequences[0, p:][rollout.attention_mask[0, p:].bool()]
@@ -96,10 +97,11 @@ def test_the_call_format_reward_is_per_episode_so_extra_calls_earn_nothing(tok):
     policy = ScriptedPolicy(tok, [ADD_CALL, ADD_CALL, broken, "41", ADD_CALL, "41", "41"])
     prompt = render_chat([{"role": "user", "content": "What is 17 plus 25?"}], add_generation_prompt=True,
                          template="minimind3")
-    rollout = stage.generate_rollout(policy, {"prompt": [prompt], "prompt_ids": [[0]], "answer": ["42"]})
+    rollout = stage.sample(policy, {"prompt": [prompt], "prompt_ids": [[0]], "answer": ["42"]})
     assert rollout.data["tool_calls"].tolist() == [1.0, 2.0, 0.0]
     assert rollout.data["broken_calls"].tolist() == [0.0, 0.0, 1.0]
-    assert rollout.rewards.tolist() == pytest.approx([0.1, 0.1, -0.1])
+    rewards = stage.task_rewards(rollout) + stage.format_rewards(rollout)
+    assert rewards.tolist() == pytest.approx([0.1, 0.1, -0.1])
 
 
 def test_rollouts_run_the_shared_tools_prompt_once_and_write_the_same_tokens(tok):

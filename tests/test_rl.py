@@ -157,7 +157,7 @@ def test_response_logprobs_ignore_left_padding():
     batch = prompt_collate(prompt_items(tok, 8)[::5])   # prompts of different lengths
     assert (batch["attention_mask"] == 0).any()
     torch.manual_seed(0)
-    rollout = stage.generate_rollout(model, batch)
+    rollout = stage.sample(model, batch)
     assert rollout.sequences.shape[0] == 4 and len(rollout.responses) == 4
     with torch.no_grad():
         batched, _ = response_logprobs(model, rollout)
@@ -165,7 +165,7 @@ def test_response_logprobs_ignore_left_padding():
             keep = rollout.attention_mask[row].bool()
             n = int(rollout.mask[row].sum())
             alone = Rollout(rollout.sequences[row:row + 1, keep], torch.ones(1, int(keep.sum()), dtype=torch.long),
-                            torch.ones(1, n), rollout.rewards[:1], [], [], [], 0.0)
+                            torch.ones(1, n), None, [], [], [], 0.0)
             torch.testing.assert_close(response_logprobs(model, alone)[0][0], batched[row, :n], rtol=1e-4, atol=1e-4)
 
 
@@ -233,8 +233,8 @@ def test_ppo_reuses_each_rollout_for_its_epochs_and_trains_the_critic(tmp_path):
     model = toy_model(tok)
     stage = PPOStage(RuleReward(answer=1.0, length=0.5, max_words=2), tok, ppo_epochs=2, max_new_tokens=4)
     rollouts = []
-    real = stage.make_rollout
-    stage.make_rollout = lambda m, b: rollouts.append(real(m, b)) or rollouts[-1]
+    real = stage.rollout
+    stage.rollout = lambda m, b: rollouts.append(real(m, b)) or rollouts[-1]
     stage.setup(model, torch.device("cpu"))
     critic_start = {k: v.clone() for k, v in stage.critic.state_dict().items()}
     ref_start = {k: v.clone() for k, v in stage.reference.state_dict().items()}
@@ -304,12 +304,12 @@ def test_rollouts_are_a_visible_step_split_by_grad_accum(tmp_path):
     model = toy_model(tok)
     stage = GRPOStage(RuleReward(answer=1.0, length=0.5, max_words=2), tok, group_size=2, max_new_tokens=4)
     made = []
-    real = stage.make_rollout
+    real = stage.rollout
 
     def spy(m, batch):
         made.append((sum(p.detach().sum().item() for p in m.parameters()), batch["prompt"], real(m, batch)))
         return made[-1][2]
-    stage.make_rollout = spy
+    stage.rollout = spy
     summary = train(model, stage, prompt_items(tok, 8), TrainArgs(max_steps=2, grad_accum=2, log_every=1,
                                                                     progress=False, **FAST), tmp_path)
     assert len(made) == 4                                  # 2 steps x 2 micro-batches

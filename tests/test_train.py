@@ -110,7 +110,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 def test_lora_trains_adapters_only_and_merges_exactly(tmp_path):
     model = random_model(small_config())
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    stage = LoRAStage(rank=4, alpha=8)
+    stage = LoRAStage(lora_rank=4, lora_alpha=8)
     train(model, stage, toy_data(), TrainArgs(max_steps=5, **ARGS), tmp_path, collate_fn=stack_collate)
     for k, v in model.state_dict().items():  # the base did not move
         if "lora_" not in k:

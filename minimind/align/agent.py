@@ -17,7 +17,7 @@ import torch
 from ..data.tokenizer import TOOL_TEMPLATES, render_chat
 from ..data.tools import parse_tool_calls
 from ..model.tools import Episode, ToolBox, tool_turns, toolbox
-from ..train.stages import Option, register, shared_length
+from ..train.stages import option, register, shared_length
 from .rl import GRPOStage, Rollout, _metrics, k3_kl, masked_mean, response_logprobs, unwrap
 
 MINIMIND2_DEFAULT_SYSTEM = "You are a helpful assistant"  # what MiniMind2's template adds without a system turn
@@ -129,44 +129,81 @@ def agent_collate(items: list[dict], pad_id: int = 0) -> dict:
 
 
 @register
+@dataclass
 class AgentStage(GRPOStage):
     """Multi-turn rollouts with tool calls (tools from a `ToolBox`), the loss on the model's own tokens only;
     GRPO or CISPO. Reward = the task's (the final answer checked) + format_weight when the episode's calls were all
-    well-formed (minus it when one was broken)."""
+    well-formed (minus it when one was broken). Its options are GRPO's and these."""
     name, help = "agent", "agentic RL: multi-turn rollouts that call tools; GRPO or CISPO"
     defaults = dict(lr=1e-4, batch_size=2, log_every=1)
-    options = {**GRPOStage.options,
-               "loss": Option("cispo", "agent: cispo (MiniMind's default) or grpo"),
-               "eps_high": Option(5.0, "agent: CISPO's upper clip of the importance weight"),
-               "max_turns": Option(3, "agent: model turns per rollout"),
-               "format_weight": Option(0.1, "agent: reward for an episode whose tool calls were all well-formed "
-                                                "(minus it for a broken one)"),
-               "tools": Option("calculator", "agent: the toolbox the model may call: calculator, course (the course "
-                                          "world's register, data/course/registry.json), course:PATH, none")}
+    # the option --loss; a field named `loss` would hide the loss method
+    loss_kind: str = option("cispo", "agent: cispo (MiniMind's default) or grpo", name="loss")
+    eps_high: float = option(5.0, "agent: CISPO's upper clip of the importance weight")
+    max_turns: int = option(3, "agent: model turns per rollout")
+    format_weight: float = option(0.1, "agent: reward for an episode whose tool calls were all well-formed "
+                                       "(minus it for a broken one)")
+    tools: str | ToolBox = option("calculator", "agent: the toolbox the model may call: calculator, course (the "
+                                                "course world's register, data/course/registry.json), course:PATH, "
+                                                "none")
     collate_fn = staticmethod(agent_collate)
 
-    def __init__(self, reward_fn="rule", tokenizer=None, tools: str | ToolBox = "calculator", loss: str = "cispo",
-                 eps_high: float = 5.0, max_turns: int = 3, format_weight: float = 0.1, **kw):
-        super().__init__(reward_fn, tokenizer, **kw)
-        if loss not in ("cispo", "grpo"):
-            raise ValueError(f"loss {loss!r}: use cispo or grpo")
-        template = getattr(tokenizer, "template", "minimind")
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_kind not in ("cispo", "grpo"):
+            raise ValueError(f"loss {self.loss_kind!r}: use cispo or grpo")
+        template = getattr(self.tokenizer, "template", "minimind")
         if template not in TOOL_TEMPLATES:
             raise ValueError(f"the agent stage needs a chat template with tools ({' or '.join(TOOL_TEMPLATES)}); "
                              f"this tokenizer has {template!r}: train one with `minimind tokenizer train "
                              "--template minimind3`")
         self.template = template
-        self.toolbox = tools if isinstance(tools, ToolBox) else toolbox(tools)
+        self.toolbox = self.tools if isinstance(self.tools, ToolBox) else toolbox(self.tools)
         self._prompts: dict[str, list[int]] = {}  # prompt text -> its ids with the tools block
-        self.loss_kind, self.eps_high, self.max_turns, self.format_weight = loss, eps_high, max_turns, format_weight
 
     def prompt_ids(self, prompt: str) -> list[int]:
         if prompt not in self._prompts:
             self._prompts[prompt] = self.tokenizer.encode(with_tools(prompt, self.template, self.toolbox.schemas()))
         return self._prompts[prompt]
 
+    # -- the agent's update: rollout() once per rollout, then loss() on each of its updates_per_rollout steps -----
     @torch.no_grad()
-    def generate_rollout(self, model, batch) -> Rollout:
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # G episodes per prompt: the model's turns, the tools' results between them
+        task = self.task_rewards(r)  # R(x, y): the final answer checked, (N,)
+        r.rewards = task + self.format_rewards(r)  # r_i = R + format_weight * (all calls well-formed: 1, broken: -1)
+        r.data["task_reward"] = task
+        # log pi_ref over the episode's tokens; r.mask keeps the model's own (the tools' results are read, not learned)
+        r.data["ref_logp"] = response_logprobs(self.reference, r)[0]  # (N, R)
+        self.group_advantages(r)  # A_i = (r_i - mean_group r) / (std_group r + eps), as GRPO
+        return r
+
+    def loss(self, model, rollout):
+        if self.loss_kind == "grpo":
+            loss, metrics = super().loss(model, rollout)  # GRPO's clipped surrogate + beta KL_k3
+        else:
+            d, mask = rollout.data, rollout.mask
+            logp, out = response_logprobs(model, rollout)  # log pi_theta(y_t | ...), (N, R)
+            old_logp = d.setdefault("old_logp", logp.detach())  # pi_old: the first update's policy is the sampler
+            # CISPO: -sg(min(pi_theta / pi_old, eps_high)) A log pi_theta, + beta KL_k3(pi || ref)
+            per_token = cispo_loss(logp, old_logp, d["advantages"], mask, self.eps_high) \
+                + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
+            loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())  # mean per episode, then over episodes
+            metrics = _metrics(loss.device, **self.common_metrics(rollout, logp),
+                               group_reward_std=d["group_std"].mean(), zero_var_frac=d["zero_variance"].mean())
+        d = rollout.data
+        metrics.update(_metrics(loss.device, task_reward=d["task_reward"].mean(), tool_calls=d["tool_calls"].mean(),
+                                broken_calls=d["broken_calls"].mean(), turns=d["turns"].mean()))
+        return loss, metrics
+
+    def format_rewards(self, r: Rollout) -> torch.Tensor:
+        """call_format_reward of each episode, (N,)."""
+        return torch.tensor([call_format_reward(e, self.format_weight) for e in r.data["episodes"]],
+                            device=r.sequences.device)
+
+    @torch.no_grad()
+    def sample(self, model, batch) -> Rollout:
+        """samples_per_prompt multi-turn episodes per prompt (`agent_rollouts`) as one rollout: prompts left-padded,
+        episodes right-padded, the mask 1 on the tokens the model wrote."""
         policy, g = unwrap(model), self.samples_per_prompt
         start = time.perf_counter()
         prompts = [p for p in batch["prompt"] for _ in range(g)]
@@ -186,32 +223,12 @@ class AgentStage(GRPOStage):
             sequences[i, p_len:p_len + len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
             attention[i, p_len - len(p):p_len + len(r.ids)] = 1
             mask[i, :len(r.own)] = torch.tensor(r.own, dtype=torch.float)
-        finals = [r.answer for r in runs]
-        task = torch.as_tensor(self.reward_fn(prompts, finals, answers), dtype=torch.float32).reshape(-1)
-        form = torch.tensor([call_format_reward(r, self.format_weight) for r in runs])
         device = policy.device
         rollout = Rollout(sequences=sequences.to(device), attention_mask=attention.to(device), mask=mask.to(device),
-                          rewards=(task + form).to(device), prompts=prompts, responses=finals, answers=answers,
+                          rewards=None, prompts=prompts, responses=[r.answer for r in runs], answers=answers,
                           gen_tokens_per_s=float(mask.sum()) / max(seconds, 1e-9))
-        rollout.data.update(task_reward=task.to(device), tool_calls=torch.tensor([float(r.calls) for r in runs]),
+        rollout.data.update(episodes=runs, tool_calls=torch.tensor([float(r.calls) for r in runs]),
                             broken_calls=torch.tensor([float(r.broken) for r in runs]),
                             turns=torch.tensor([float(r.turns) for r in runs]))
         return rollout
-
-    def loss(self, model, rollout):
-        if self.loss_kind == "grpo":
-            loss, metrics = super().loss(model, rollout)
-        else:
-            d, mask = rollout.data, rollout.mask
-            logp, out = response_logprobs(model, rollout)
-            old_logp = d.setdefault("old_logp", logp.detach())
-            per_token = cispo_loss(logp, old_logp, d["advantages"], mask, self.eps_high) \
-                + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
-            loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
-            metrics = _metrics(loss.device, **self.common_metrics(rollout, logp),
-                               group_reward_std=d["group_std"].mean(), zero_var_frac=d["zero_variance"].mean())
-        d = rollout.data
-        metrics.update(_metrics(loss.device, task_reward=d["task_reward"].mean(), tool_calls=d["tool_calls"].mean(),
-                                broken_calls=d["broken_calls"].mean(), turns=d["turns"].mean()))
-        return loss, metrics
 

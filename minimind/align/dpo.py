@@ -6,12 +6,14 @@ A batch holds the B chosen sequences, then the B rejected ones (`preference_coll
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..data.datasets import IGNORE_INDEX, pad_sequences
-from ..train.stages import Option, Stage, register
+from ..train.stages import Stage, option, register
 
 
 # --------------------------------------------------------------------------------------------------
@@ -74,25 +76,20 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 # The stage
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class DPOStage(Stage):
     """DPO against a frozen copy of the starting (SFT) model, made in setup(): a resumed run must start from the
     same --init. Metrics: implicit rewards, their margin and accuracy (chosen > rejected), the policy's log-probs."""
     name, help, data = "dpo", "direct preference optimisation on chosen/rejected pairs", "dpo"
     defaults = dict(lr=2e-4, warmup_steps=5, batch_size=8)
-    options = {"beta": Option(0.1, "dpo: preference temperature"),
-               "average_logprobs": Option(False, "dpo: average answer log-probs over tokens (MiniMind) instead "
-                                                 "of summing (the paper)", lambda v: v.lower() in ("1", "true"))}
-
-    def __init__(self, beta: float = 0.1, reference=None, average_logprobs: bool = False):
-        self.beta, self.reference, self.average_logprobs = beta, reference, average_logprobs
+    beta: float = option(0.1, "dpo: preference temperature")
+    average_logprobs: bool = option(False, "dpo: average answer log-probs over tokens (MiniMind) instead of "
+                                           "summing (the paper)", lambda v: v.lower() in ("1", "true"))
+    reference: Any = None  # the frozen reference (default: a copy of the model, made in setup)
 
     @staticmethod
     def collate_fn(items):
         return preference_collate(items)
-
-    @classmethod
-    def build(cls, inputs, beta, average_logprobs):
-        return cls(beta=beta, average_logprobs=average_logprobs)
 
     def setup(self, model, device):
         if self.reference is None:
@@ -102,12 +99,13 @@ class DPOStage(Stage):
     def loss(self, model, batch):
         # right padding needs no attention mask: causal attention never looks right, labels skip the pads
         out = model(batch["input_ids"])  # logits (2B, T, V)
-        logps = sequence_logprobs(out.logits, batch["labels"], self.average_logprobs)  # (2B,)
-        with torch.no_grad():
+        logps = sequence_logprobs(out.logits, batch["labels"], self.average_logprobs)  # log pi(y | x), (2B,)
+        with torch.no_grad():  # log ref(y | x), (2B,)
             ref_logps = sequence_logprobs(self.reference(batch["input_ids"]).logits, batch["labels"],
                                           self.average_logprobs)
         policy_chosen, policy_rejected = logps.chunk(2)  # (B,) each
         ref_chosen, ref_rejected = ref_logps.chunk(2)  # (B,) each
+        # -log sigmoid(beta (log pi/ref(y_w | x) - log pi/ref(y_l | x))); beta log pi/ref: the implicit reward
         loss, chosen_r, rejected_r = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.beta)
         return out.with_aux(loss), {"reward_chosen": chosen_r.mean(), "reward_rejected": rejected_r.mean(),
                       "reward_margin": (chosen_r - rejected_r).mean(),

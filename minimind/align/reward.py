@@ -9,6 +9,7 @@ import copy
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -318,6 +319,7 @@ def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tenso
 
 
 @register
+@dataclass
 class RewardStage(Stage):
     """Train a `ScalarHeadModel` (the SFT model with a scalar head) to score chosen answers above rejected ones on
     the DPO pairs (`preference_collate`); saves a folder that `load_reward` reads."""

@@ -1,8 +1,10 @@
 """RL from rewards: PPO (critic + GAE), GRPO (group baseline) and SPO (persistent Beta-tracker baseline).
 
-Each is a `Stage`: `step_batches()` generates and scores the rollouts of an optimizer step from batches of
-prompts (`prompt_collate`); `loss()` is the policy-gradient loss on one rollout plus a KL term to a frozen
-reference. Chapter 11 explains the baselines.
+Each is a `Stage` whose whole update reads in two adjacent methods: `rollout()` samples responses to a batch
+of prompts (`prompt_collate`) and fixes, without gradients, their rewards, the reference's log-probs and the
+advantages; `loss()` is the policy-gradient loss on one rollout plus a KL term to the frozen reference. They are
+two because an optimizer step makes all its rollouts first, with the policy as it stood (`step_batches`), then
+runs one loss and backward per rollout. Chapter 11 explains the baselines.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from ..data.datasets import pad_sequences
 from ..model.attention import KVCache
 from ..model.transformer import CausalLMOutput
-from ..train.stages import Option, Stage, length_buckets, register, shared_length
+from ..train.stages import Stage, length_buckets, option, register, shared_length
 from .dpo import frozen_copy, token_logprobs
 from .reward import ScalarHeadModel, load_reward
 
@@ -237,7 +239,7 @@ class Rollout:
     sequences: torch.Tensor        # (N, P + R) prompt then response
     attention_mask: torch.Tensor   # (N, P + R) 0 on the prompt's left padding and after the first EOS
     mask: torch.Tensor             # (N, R) 1.0 on response tokens through the first EOS
-    rewards: torch.Tensor          # (N,)
+    rewards: Optional[torch.Tensor]  # (N,), set by the stage's rollout() after sampling
     prompts: list
     responses: list[str]
     answers: list
@@ -299,40 +301,46 @@ def _metrics(device, **values) -> dict:
     return {k: torch.as_tensor(v, dtype=torch.float32, device=device).detach() for k, v in values.items()}
 
 
-ROLLOUT_OPTIONS = {
-    "reward": Option("rule", "rule | rule+format | a reward-model folder (`train reward` output or a local "
-                             "transformers classifier)"),
-    "max_new_tokens": Option(24, "rollout length in tokens"),
-    "temperature": Option(1.0, "sampling temperature of the rollouts"),
-    "top_k": Option(0, "sample from the k likeliest tokens (0: all)"),
-    "top_p": Option(1.0, "nucleus sampling threshold"),
-}
+def clip_option():
+    """PPO's and GRPO's ratio clip: one default for both."""
+    return option(0.2, "ppo/grpo: ratio clip epsilon")
 
 
+def beta_option():
+    """GRPO's and SPO's KL weight: one default for both."""
+    return option(0.02, "grpo/spo: weight of the k3 KL to the reference")
+
+
+@dataclass
 class RolloutStage(Stage):
     """What PPO, GRPO and SPO share: a frozen reference, a reward function, and rollouts as the micro-batches
     (`step_batches`: grad_accum rollouts before any backward, reused updates_per_rollout times)."""
     data = "rl"
     samples_per_prompt = 1
+    updates_per_rollout = 1
+    reward: Any = option("rule", "rule | rule+format | a reward-model folder (`train reward` output or a local "
+                                 "transformers classifier)")
+    tokenizer: Any = None  # decodes the responses for the reward
+    max_new_tokens: int = option(24, "rollout length in tokens")
+    temperature: float = option(1.0, "sampling temperature of the rollouts")
+    top_k: int = option(0, "sample from the k likeliest tokens (0: all)")
+    top_p: float = option(1.0, "nucleus sampling threshold")
+    reference: Any = None  # the frozen reference (default: a copy of the model, made in setup)
+    eos_token_id: Optional[int] = None  # default: the tokenizer's
 
-    def __init__(self, reward_fn="rule", tokenizer=None, max_new_tokens: int = 24, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, updates_per_rollout: int = 1, reference=None,
-                 eos_token_id: Optional[int] = None):
-        if tokenizer is None:
+    def __post_init__(self):
+        if self.tokenizer is None:
             raise ValueError("an RL stage needs the tokenizer, to decode responses for the reward")
-        self.reward_fn = load_reward(reward_fn, tokenizer)
-        self.tokenizer = tokenizer
-        self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
-        self.updates_per_rollout = updates_per_rollout
-        self.reference = reference
-        self.eos_id = eos_token_id if eos_token_id is not None else getattr(tokenizer, "eos_token_id", 2)
+        self.reward_fn = load_reward(self.reward, self.tokenizer)  # `reward` is its spec (or a function)
+        self.eos_id = self.eos_token_id if self.eos_token_id is not None else getattr(self.tokenizer,
+                                                                                      "eos_token_id", 2)
         self.buffer: list[Rollout] = []
         self.uses = 0
         self.last_rollout: Optional[Rollout] = None
 
     @classmethod
-    def build(cls, inputs, reward, **options):
-        return cls(reward, inputs.tokenizer, **options)  # __init__ loads the reward from its spec
+    def build(cls, inputs, **options):
+        return cls(tokenizer=inputs.tokenizer, **options)
 
     collate_fn = staticmethod(prompt_collate)
 
@@ -344,8 +352,11 @@ class RolloutStage(Stage):
             self.reward_fn.to(device)
 
     def step_batches(self, model, batches, n):
+        """The step's n rollouts (one per batch of prompts), all made before any backward, reused
+        updates_per_rollout steps."""
         if not self.buffer or self.uses >= self.updates_per_rollout:
-            self.buffer = [self.make_rollout(model, next(batches)) for _ in range(n)]
+            self.buffer = [self.rollout(model, next(batches)) for _ in range(n)]
+            self.last_rollout = self.buffer[-1]
             self.uses = 0
         elif len(self.buffer) != n:
             raise ValueError("grad_accum changed while a rollout was being reused")
@@ -355,10 +366,15 @@ class RolloutStage(Stage):
     def batch_tokens(self, rollout) -> int:
         return int(rollout.mask.sum())  # generated tokens: what RL trains on
 
+    def rollout(self, model, batch) -> Rollout:
+        """Responses to a batch of prompts, with what every update on them needs: each stage's own."""
+        raise NotImplementedError
+
     @torch.no_grad()
-    def generate_rollout(self, model, batch) -> Rollout:
-        """Sample samples_per_prompt responses to each prompt and score them."""
+    def sample(self, model, batch) -> Rollout:
+        """samples_per_prompt responses to each prompt, y ~ pi(. | x), decoded for the reward (not yet given)."""
         policy, g = unwrap(model), self.samples_per_prompt
+        batch = {k: v.to(policy.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         prompt_ids = batch["input_ids"].repeat_interleave(g, 0)  # (N, P), N = B * g
         prompt_mask = batch["attention_mask"].repeat_interleave(g, 0)  # (N, P)
         prompts = [p for p in batch["prompt"] for _ in range(g)]
@@ -375,22 +391,14 @@ class RolloutStage(Stage):
         mask = completion_mask(completion, self.eos_id)  # (N, R)
         responses = [self.tokenizer.decode(c[m.bool()].tolist(), skip_special_tokens=True)
                      for c, m in zip(completion, mask)]
-        rewards = torch.as_tensor(self.reward_fn(prompts, responses, answers), dtype=torch.float32)  # (N,)
         return Rollout(sequences=sequences, attention_mask=torch.cat([prompt_mask, mask.long()], 1), mask=mask,
-                       rewards=rewards.reshape(-1).to(sequences.device), prompts=prompts, responses=responses,
-                       answers=answers, gen_tokens_per_s=mask.sum().item() / max(seconds, 1e-9))
+                       rewards=None, prompts=prompts, responses=responses, answers=answers,
+                       gen_tokens_per_s=mask.sum().item() / max(seconds, 1e-9))
 
-    def make_rollout(self, model, batch) -> Rollout:
-        batch = {k: v.to(unwrap(model).device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        rollout = self.generate_rollout(model, batch)
-        with torch.no_grad():
-            rollout.data["ref_logp"] = response_logprobs(self.reference, rollout)[0]
-            self.score_rollout(model, rollout)
-        self.last_rollout = rollout
-        return rollout
-
-    def score_rollout(self, model, rollout: Rollout) -> None:
-        """Stage-specific numbers computed once per rollout, without gradients."""
+    def task_rewards(self, rollout: Rollout) -> torch.Tensor:
+        """The reward function on each (prompt, response, answer): (N,) on the rollout's device."""
+        rewards = self.reward_fn(rollout.prompts, rollout.responses, rollout.answers)
+        return torch.as_tensor(rewards, dtype=torch.float32).reshape(-1).to(rollout.sequences.device)
 
     def common_metrics(self, rollout: Rollout, logp: torch.Tensor) -> dict:
         mask = rollout.mask
@@ -403,28 +411,25 @@ class RolloutStage(Stage):
 # PPO
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class PPOStage(RolloutStage):
     """PPO: GAE, clipped policy and value losses, `ppo_epochs` steps per rollout; the critic (a `ScalarHeadModel`,
     its own critic_lr) is saved in OUT/critic. Each token pays kl_coef * (log pi - log ref) in the reward."""
     name, help = "ppo", "PPO: a critic, GAE advantages, clipped policy and value losses"
     defaults = dict(lr=1e-4, batch_size=8, log_every=1)
-    options = {**ROLLOUT_OPTIONS,
-               "ppo_epochs": Option(2, "ppo: optimizer steps on each rollout"),
-               "clip": Option(0.2, "ppo/grpo: ratio clip epsilon"),
-               "value_clip": Option(0.2, "ppo: value clip"),
-               "vf_coef": Option(0.5, "ppo: weight of the value loss"),
-               "kl_coef": Option(0.02, "ppo: per-token KL penalty in the reward"),
-               "gamma": Option(1.0, "ppo: discount"),
-               "lam": Option(0.95, "ppo: GAE lambda"),
-               "critic_lr": Option(None, "ppo: the critic's learning rate (default: --lr)", float)}
+    ppo_epochs: int = option(2, "ppo: optimizer steps on each rollout")
+    clip: float = clip_option()
+    value_clip: float = option(0.2, "ppo: value clip")
+    vf_coef: float = option(0.5, "ppo: weight of the value loss")
+    kl_coef: float = option(0.02, "ppo: per-token KL penalty in the reward")
+    gamma: float = option(1.0, "ppo: discount")
+    lam: float = option(0.95, "ppo: GAE lambda")
+    critic_lr: Optional[float] = option(None, "ppo: the critic's learning rate (default: --lr)", float)
+    critic: Optional[ScalarHeadModel] = None  # default: the policy with a zeroed scalar head, made in setup
 
-    def __init__(self, reward_fn="rule", tokenizer=None, critic: Optional[ScalarHeadModel] = None,
-                 ppo_epochs: int = 2, clip: float = 0.2, value_clip: float = 0.2, vf_coef: float = 0.5,
-                 kl_coef: float = 0.02, gamma: float = 1.0, lam: float = 0.95, critic_lr: Optional[float] = None,
-                 **rollout_kw):
-        super().__init__(reward_fn, tokenizer, updates_per_rollout=ppo_epochs, **rollout_kw)
-        self.critic, self.clip, self.value_clip, self.vf_coef = critic, clip, value_clip, vf_coef
-        self.kl_coef, self.gamma, self.lam, self.critic_lr = kl_coef, gamma, lam, critic_lr
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.ppo_epochs
 
     def setup(self, model, device):
         super().setup(model, device)
@@ -444,23 +449,33 @@ class PPOStage(RolloutStage):
         n = rollout.response_len
         return self.critic(rollout.sequences, rollout.attention_mask)[:, -n - 1:-1]  # (N, P + R) -> (N, R)
 
-    def score_rollout(self, model, rollout):
-        d, mask = rollout.data, rollout.mask
-        d["old_logp"] = response_logprobs(model, rollout)[0]
-        d["old_values"] = self.values(rollout) * mask
+    # -- PPO's update: rollout() once per rollout, then loss() on each of its ppo_epochs steps --------------
+    @torch.no_grad()
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # y ~ pi_old(. | x), N = B responses of R tokens
+        r.rewards = self.task_rewards(r)  # R(x, y): one number per response, (N,)
+        d, mask = r.data, r.mask
+        d["ref_logp"] = response_logprobs(self.reference, r)[0]  # log pi_ref(y_t | x, y_<t), (N, R)
+        d["old_logp"] = response_logprobs(model, r)[0]  # log pi_old(y_t | x, y_<t): the sampler's, (N, R)
+        d["old_values"] = self.values(r) * mask  # V_old(s_t): the critic before token t, (N, R)
+        # per token, r_t = -kl_coef (log pi_old - log pi_ref); the last token also gets R(x, y)
         token_rewards = -self.kl_coef * (d["old_logp"] - d["ref_logp"]) * mask  # (N, R)
         last = (mask.sum(1).long() - 1).clamp(min=0)  # (N,) each response's last token
-        token_rewards[torch.arange(len(last), device=last.device), last] += rollout.rewards  # reward at the end
+        token_rewards[torch.arange(len(last), device=last.device), last] += r.rewards  # r_T += R(x, y)
+        # A_t = sum_l (gamma lam)^l delta_t+l, delta_t = r_t + gamma V_t+1 - V_t; returns = A + V (the critic's target)
         advantages, d["returns"] = gae(token_rewards, d["old_values"], mask, self.gamma, self.lam)
-        d["advantages"] = whiten(advantages, mask)
+        d["advantages"] = whiten(advantages, mask)  # A <- (A - mean A) / std A over the rollout's tokens
+        return r
 
     def loss(self, model, rollout):
         d, mask = rollout.data, rollout.mask
-        logp, out = response_logprobs(model, rollout)
-        values = self.values(rollout)
+        logp, out = response_logprobs(model, rollout)  # log pi_theta(y_t | x, y_<t), (N, R)
+        values = self.values(rollout)  # V_phi(s_t), (N, R)
+        # -min(rho A, clip(rho, 1 - eps, 1 + eps) A), rho = pi_theta / pi_old, masked mean over tokens
         policy_loss, clip_frac = ppo_policy_loss(logp, d["old_logp"], d["advantages"], mask, self.clip)
+        # 0.5 max((V - ret)^2, (V_old + clip(V - V_old, +-value_clip) - ret)^2)
         value_loss = ppo_value_loss(values, d["old_values"], d["returns"], mask, self.value_clip)
-        loss = out.with_aux(policy_loss + self.vf_coef * value_loss)
+        loss = out.with_aux(policy_loss + self.vf_coef * value_loss)  # + the MoE balancing loss, if any
         return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), policy_loss=policy_loss,
                               value_loss=value_loss, clip_frac=clip_frac,
                               approx_kl=masked_mean(d["old_logp"] - logp.detach(), mask),
@@ -482,40 +497,48 @@ class PPOStage(RolloutStage):
 # GRPO
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class GRPOStage(RolloutStage):
     """GRPO: group_size responses per prompt, group-normalised advantages, clipped ratio, beta * k3 KL in the loss.
     With one update per rollout the ratio is 1 (plain policy gradient) and the clip never bites."""
     name, help = "grpo", "GRPO: group-normalised advantages, no critic"
     defaults = dict(lr=1e-4, batch_size=4, log_every=1)
-    options = {**ROLLOUT_OPTIONS,
-               "group_size": Option(4, "grpo: responses sampled per prompt"),
-               "beta": Option(0.02, "grpo/spo: weight of the k3 KL to the reference"),
-               "clip": PPOStage.options["clip"],
-               "updates_per_rollout": Option(1, "grpo: optimizer steps on each rollout")}
+    group_size: int = option(4, "grpo: responses sampled per prompt")
+    beta: float = beta_option()
+    clip: float = clip_option()
+    updates_per_rollout: int = option(1, "grpo: optimizer steps on each rollout")
 
-    def __init__(self, reward_fn="rule", tokenizer=None, group_size: int = 4, beta: float = 0.02,
-                 clip: float = 0.2, **rollout_kw):
-        super().__init__(reward_fn, tokenizer, **rollout_kw)
-        if group_size < 2:
+    def __post_init__(self):
+        super().__post_init__()
+        if self.group_size < 2:
             raise ValueError("GRPO needs group_size >= 2: a group of one is its own baseline (use SPO)")
-        self.samples_per_prompt, self.beta, self.clip = group_size, beta, clip
+        self.samples_per_prompt = self.group_size
 
-    def score_rollout(self, model, rollout):
-        advantages, zero = grpo_advantages(rollout.rewards, self.samples_per_prompt)
-        groups = rollout.rewards.view(-1, self.samples_per_prompt)  # (N / G, G)
-        rollout.data.update(advantages=advantages, zero_variance=zero.float(), group_std=groups.std(1),
-                            group_mean=groups.mean(1))
+    # -- GRPO's update: rollout() once per rollout, then loss() on each of its updates_per_rollout steps -------
+    @torch.no_grad()
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # G responses y_1..y_G ~ pi_old(. | x) to each prompt: N = B * G
+        r.rewards = self.task_rewards(r)  # r_i = R(x, y_i), (N,)
+        r.data["ref_logp"] = response_logprobs(self.reference, r)[0]  # log pi_ref(y_i,t | x, y_i,<t), (N, R)
+        self.group_advantages(r)  # A_i = (r_i - mean_group r) / (std_group r + eps)
+        return r
+
+    def group_advantages(self, r: Rollout) -> None:
+        advantages, zero = grpo_advantages(r.rewards, self.samples_per_prompt)  # (N,); all-equal groups: A = 0
+        groups = r.rewards.view(-1, self.samples_per_prompt)  # (N / G, G)
+        r.data.update(advantages=advantages, zero_variance=zero.float(), group_std=groups.std(1),
+                      group_mean=groups.mean(1))
 
     def loss(self, model, rollout):
         d, mask = rollout.data, rollout.mask
-        logp, out = response_logprobs(model, rollout)
-        old_logp = d.setdefault("old_logp", logp.detach())  # the first update's policy is the sampler
-        ratio = torch.exp(logp - old_logp)  # (N, R)
+        logp, out = response_logprobs(model, rollout)  # log pi_theta(y_i,t | x, y_i,<t), (N, R)
+        old_logp = d.setdefault("old_logp", logp.detach())  # pi_old: the first update's policy is the sampler
+        ratio = torch.exp(logp - old_logp)  # rho_i,t = pi_theta / pi_old, (N, R)
         adv = d["advantages"][:, None]  # (N, 1): one advantage for all of a response's tokens
-        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
-        per_token = -(surrogate - self.beta * k3_kl(logp, d["ref_logp"]))  # (N, R)
+        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)  # min(rho A, clip(rho) A)
+        per_token = -(surrogate - self.beta * k3_kl(logp, d["ref_logp"]))  # -(surrogate - beta KL_k3(pi || ref))
         # mean over each response's tokens, then over responses: every response weighs the same
-        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())  # + the MoE balancing loss, if any
         return loss, _metrics(loss.device, **self.common_metrics(rollout, logp), group_reward_std=d["group_std"].mean(),
                               zero_var_frac=d["zero_variance"].mean(),
                               clip_frac=masked_mean(((ratio.detach() - 1).abs() > self.clip).float(), mask))
@@ -525,45 +548,48 @@ class GRPOStage(RolloutStage):
 # SPO
 # --------------------------------------------------------------------------------------------------
 @register
+@dataclass
 class SPOStage(RolloutStage):
     """SPO: one response per prompt, A = reward - `SPOBaseline` (clipped to +-advantage_clip), loss -log pi * A
     + beta * k3 KL. The tracker sees rewards rescaled to [0, 1] by reward_range (default: the reward's own)."""
     name, help = "spo", "SPO: one response per prompt against a persistent Beta-tracker baseline"
     defaults = dict(lr=1e-4, batch_size=8, log_every=1)
-    options = {**ROLLOUT_OPTIONS,
-               "beta": GRPOStage.options["beta"],
-               "baseline": Option("global", "spo: global (MiniMind2) or per_prompt (the SPO paper)"),
-               "reward_range": Option(None, "spo: LOW HIGH of the rewards (default: the reward's own)", float, 2),
-               "d_half": Option(0.06, "spo: KL at which the tracker's evidence halves"),
-               "rho_min": Option(0.5, "spo: fastest decay of the tracker"),
-               "rho_max": Option(0.96, "spo: slowest decay of the tracker"),
-               "advantage_clip": Option(5.0, "spo: advantages clipped to +-this")}
+    beta: float = beta_option()
+    baseline: str = option("global", "spo: global (MiniMind2) or per_prompt (the SPO paper)")
+    reward_range: Optional[tuple] = option(None, "spo: LOW HIGH of the rewards (default: the reward's own)", float, 2)
+    d_half: float = option(0.06, "spo: KL at which the tracker's evidence halves")
+    rho_min: float = option(0.5, "spo: fastest decay of the tracker")
+    rho_max: float = option(0.96, "spo: slowest decay of the tracker")
+    advantage_clip: float = option(5.0, "spo: advantages clipped to +-this")
 
-    def __init__(self, reward_fn="rule", tokenizer=None, beta: float = 0.02, baseline: str = "global",
-                 reward_range: Optional[tuple] = None, d_half: float = 0.06, rho_min: float = 0.5,
-                 rho_max: float = 0.96, advantage_clip: float = 5.0, **rollout_kw):
-        super().__init__(reward_fn, tokenizer, **{**rollout_kw, "updates_per_rollout": 1})
-        self.beta, self.advantage_clip = beta, advantage_clip
-        self.low, self.high = reward_range or getattr(self.reward_fn, "reward_range", (0.0, 1.0))
-        self.tracker = SPOBaseline(baseline, d_half, rho_min, rho_max)
+    def __post_init__(self):
+        super().__post_init__()
+        self.low, self.high = self.reward_range or getattr(self.reward_fn, "reward_range", (0.0, 1.0))
+        self.tracker = SPOBaseline(self.baseline, self.d_half, self.rho_min, self.rho_max)
         self.last_rho = {"rho": math.nan, "prompt_rho": math.nan}
 
     def rescale(self, rewards: torch.Tensor) -> torch.Tensor:
         return ((rewards - self.low) / (self.high - self.low)).clamp(0, 1)
 
-    def score_rollout(self, model, rollout):
-        keys = [prompt_key(p) for p in rollout.prompts]
-        base01 = torch.tensor(self.tracker.baselines(keys), device=rollout.rewards.device)  # (N,) in [0, 1]
-        baseline = self.low + base01 * (self.high - self.low)  # (N,) in reward units
-        rollout.data.update(keys=keys, baseline=baseline,
-                            advantages=(rollout.rewards - baseline).clamp(-self.advantage_clip, self.advantage_clip),
-                            own_baseline=torch.tensor([float(self.tracker.has_own(k)) for k in keys]))
+    # -- SPO's update: rollout(), then loss(), which folds the rewards into the tracker once used ------------
+    @torch.no_grad()
+    def rollout(self, model, batch) -> Rollout:
+        r = self.sample(model, batch)  # one response y ~ pi_old(. | x) to each prompt, N = B
+        r.rewards = self.task_rewards(r)  # r = R(x, y), (N,)
+        d = r.data
+        d["ref_logp"] = response_logprobs(self.reference, r)[0]  # log pi_ref(y_t | x, y_<t), (N, R)
+        d["keys"] = [prompt_key(p) for p in r.prompts]
+        base01 = torch.tensor(self.tracker.baselines(d["keys"]), device=r.rewards.device)  # alpha / (alpha + beta)
+        d["baseline"] = self.low + base01 * (self.high - self.low)  # b: the tracker's mean in reward units, (N,)
+        d["advantages"] = (r.rewards - d["baseline"]).clamp(-self.advantage_clip, self.advantage_clip)  # A = r - b
+        d["own_baseline"] = torch.tensor([float(self.tracker.has_own(k)) for k in d["keys"]])
+        return r
 
     def loss(self, model, rollout):
         d, mask = rollout.data, rollout.mask
-        logp, out = response_logprobs(model, rollout)
-        per_token = -logp * d["advantages"][:, None] + self.beta * k3_kl(logp, d["ref_logp"])  # (N, R)
-        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())
+        logp, out = response_logprobs(model, rollout)  # log pi_theta(y_t | x, y_<t), (N, R)
+        per_token = -logp * d["advantages"][:, None] + self.beta * k3_kl(logp, d["ref_logp"])  # -A log pi + beta KL_k3
+        loss = out.with_aux(masked_mean(per_token, mask, dim=1).mean())  # mean per response, then over responses
         if torch.is_grad_enabled() and not d.get("tracked"):  # fold the rewards in once, after use
             seq_logp = masked_mean(logp.detach(), mask, dim=1)
             self.last_rho = self.tracker.update(d["keys"], self.rescale(rollout.rewards).tolist(),

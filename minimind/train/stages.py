@@ -1,11 +1,13 @@
 """Stages: each is a loss on the one training loop, registered by name with its options and defaults.
 
-`minimind train STAGE`, `train_stage` and the course recipe all read the registry `STAGES`; adding a stage
-is one class with `@register` (the alignment stages register from `minimind.align`).
+A stage is a dataclass whose `option(...)` fields are its settings: each default and help line is written
+once, there. `minimind train STAGE` (its flags and --help), `train_stage` and the course recipe all read the
+registry `STAGES`; adding a stage is one dataclass with `@register` (the alignment stages register from
+`minimind.align`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,13 +22,21 @@ from ..model.lora import DEFAULT_TARGETS, apply_lora, lora_state_dict, save_adap
 from ..model.loss import shift_labels
 
 
+def option(default, help: str, type: Optional[Callable] = None, nargs=None, name: Optional[str] = None):
+    """A stage's setting, as a dataclass field: its default and the line of help the command line shows.
+    type parses the command-line string (default: the default's type); nargs is argparse's, for lists;
+    name is the option's name where it differs from the field's (a field `loss` would hide the method)."""
+    return field(default=default, metadata={"help": help, "type": type, "nargs": nargs, "name": name})
+
+
 @dataclass(frozen=True)
 class Option:
-    """One setting of a stage: its default and a line of help (the command line shows both)."""
+    """One setting of a stage as the command line and `train_stage` see it, read from its `option` field."""
     default: Any
     help: str
-    type: Optional[Callable] = None   # parses the command-line string; default: the default's type
-    nargs: Any = None                 # argparse's nargs, for list-valued options
+    type: Optional[Callable] = None
+    nargs: Any = None
+    field: str = ""  # the dataclass field that holds it
 
 
 @dataclass
@@ -43,7 +53,10 @@ STAGES: dict[str, type["Stage"]] = {}
 
 
 def register(cls):
-    """Add a stage class to the registry under its `name`."""
+    """Add a stage dataclass to the registry under its `name`; its `options` are its `option` fields."""
+    cls.options = {f.metadata["name"] or f.name: Option(f.default, f.metadata["help"], f.metadata["type"],
+                                                        f.metadata["nargs"], f.name)
+                   for f in fields(cls) if "help" in f.metadata}
     STAGES[cls.name] = cls
     return cls
 
@@ -52,7 +65,7 @@ class Stage:
     """Base stage: next-token cross-entropy on `labels` (-100 where nothing is learned).
 
     Class attributes describe it to the registry: `data` is the dataset kind it reads (pretrain, sft, dpo,
-    rl), `defaults` its TrainArgs starting points, `options` its own settings.
+    rl), `defaults` its TrainArgs starting points; `register` fills `options` from its fields.
     """
     name = "base"
     help = ""
@@ -62,16 +75,17 @@ class Stage:
 
     @classmethod
     def build(cls, inputs: StageInputs, **options) -> "Stage":
-        """The stage for a `train_stage` run; options are the stage's own, defaults filled in."""
+        """The stage for a `train_stage` run; options are its fields, defaults filled in (`resolve_options`)."""
         return cls(**options)
 
     @classmethod
     def resolve_options(cls, given: dict) -> dict:
+        """The options given by name (a flag, `stage_kwargs`) -> every option field's value."""
         unknown = sorted(set(given) - set(cls.options))
         if unknown:
             known = ", ".join(cls.options) or "none"
             raise ValueError(f"stage {cls.name!r} has no option {unknown}; its options: {known}")
-        return {**{k: o.default for k, o in cls.options.items()}, **given}
+        return {o.field: given.get(name, o.default) for name, o in cls.options.items()}
 
     collate_fn = None  # None: the loop's pad_collate
 
@@ -117,22 +131,20 @@ def moe_metrics(out) -> dict:
 
 
 @register
+@dataclass
 class PretrainStage(Stage):
     name, help, data = "pretrain", "next-token prediction on packed text", "pretrain"
     defaults = dict(lr=2e-3, warmup_steps=20, batch_size=16)
 
 
 @register
+@dataclass
 class SFTStage(Stage):
     """Same loss as pretraining; the dataset masks the labels to the assistant's turns."""
     name, help = "sft", "supervised fine-tuning on conversations (loss on the assistant's turns)"
     defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
-    options = {"shared_prefix": Option(False, "sft: run the prompt that a batch's conversations share (a system turn "
-                                              "with tools) once per batch, not once per row: the same loss, fewer "
-                                              "tokens")}
-
-    def __init__(self, shared_prefix: bool = False):
-        self.shared_prefix = shared_prefix
+    shared_prefix: bool = option(False, "sft: run the prompt that a batch's conversations share (a system turn "
+                                        "with tools) once per batch, not once per row: the same loss, fewer tokens")
 
     def loss(self, model, batch):
         if self.shared_prefix:
@@ -232,21 +244,22 @@ def shared_prefix_loss(model, input_ids, labels, min_len: int = 32):
 
 
 @register
+@dataclass
 class ReasonStage(Stage):
     """SFT on <think>...</think> traces; positions whose label is a tag token can weigh more (MiniMind: 10)."""
     name, help = "reason", "SFT on <think> reasoning traces, tag tokens weighted"
     defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
-    options = {"tag_weight": Option(1.0, "loss weight of the <think> and </think> tag tokens")}
+    tag_weight: float = option(1.0, "loss weight of the <think> and </think> tag tokens")
+    tag_token_ids: tuple = ()  # the tags' ids in the tokenizer (`build` finds them)
 
-    def __init__(self, tag_token_ids=(), tag_weight: float = 1.0):
-        self.tag_ids = torch.tensor(sorted(set(tag_token_ids)), dtype=torch.long)
-        self.tag_weight = tag_weight
+    def __post_init__(self):
+        self.tag_ids = torch.tensor(sorted(set(self.tag_token_ids)), dtype=torch.long)
 
     @classmethod
     def build(cls, inputs, tag_weight):
         tok = inputs.tokenizer
         tags = [i for t in ("<think>", "</think>") if (i := tok.token_to_id(t)) is not None]
-        return cls(tag_token_ids=tags, tag_weight=tag_weight)
+        return cls(tag_weight=tag_weight, tag_token_ids=tags)
 
     def loss(self, model, batch):
         if self.tag_weight == 1.0 or not len(self.tag_ids):
@@ -263,23 +276,22 @@ class ReasonStage(Stage):
 
 
 @register
+@dataclass
 class LoRAStage(Stage):
     """SFT loss through low-rank adapters on a frozen base; saves the adapters alone."""
     name, help = "lora", "SFT through low-rank adapters on a frozen base"
     defaults = dict(lr=3e-3, warmup_steps=10, batch_size=16)
-    options = {"lora_rank": Option(8, "rank r of each adapter"),
-               "lora_alpha": Option(16.0, "adapter scale alpha (the update is alpha/r * B A)"),
-               "lora_targets": Option(None, "module names to adapt (default: attention and MLP)", str, "*")}
-
-    def __init__(self, rank: int = 8, alpha: float = 16.0, targets=None, base: Optional[str] = None):
-        self.rank, self.alpha, self.targets, self.base = rank, alpha, tuple(targets or DEFAULT_TARGETS), base
+    lora_rank: int = option(8, "rank r of each adapter")
+    lora_alpha: float = option(16.0, "adapter scale alpha (the update is alpha/r * B A)")
+    lora_targets: Optional[list] = option(None, "module names to adapt (default: attention and MLP)", str, "*")
+    base: Optional[str] = None  # the base checkpoint, named in the saved adapter
 
     @classmethod
-    def build(cls, inputs, lora_rank, lora_alpha, lora_targets):
-        return cls(lora_rank, lora_alpha, lora_targets, base=str(inputs.init) if inputs.init else None)
+    def build(cls, inputs, **options):
+        return cls(**options, base=str(inputs.init) if inputs.init else None)
 
     def setup(self, model, device):
-        apply_lora(model, self.rank, self.alpha, self.targets)
+        apply_lora(model, self.lora_rank, self.lora_alpha, tuple(self.lora_targets or DEFAULT_TARGETS))
 
     def state_tensors(self, model):
         return lora_state_dict(model)
@@ -306,21 +318,20 @@ def distillation_loss(student_logits, teacher_logits, labels, alpha: float = 0.5
 
 
 @register
+@dataclass
 class DistillStage(Stage):
     """alpha * CE + (1 - alpha) * T^2 * KL(teacher || student) over labelled (assistant) tokens."""
     name, help = "distill", "white-box distillation from --teacher (same tokenizer)"
     defaults = dict(lr=1e-3, warmup_steps=10, batch_size=16)
-    options = {"alpha": Option(0.5, "distill: weight of the cross-entropy term (1 - alpha on the KL)"),
-               "temperature": Option(1.0, "distill: softmax temperature of teacher and student")}
-
-    def __init__(self, teacher, alpha: float = 0.5, temperature: float = 1.0):
-        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+    teacher: Any = None  # the teacher model (`build` loads it from --teacher)
+    alpha: float = option(0.5, "distill: weight of the cross-entropy term (1 - alpha on the KL)")
+    temperature: float = option(1.0, "distill: softmax temperature of teacher and student")
 
     @classmethod
-    def build(cls, inputs, alpha, temperature):
+    def build(cls, inputs, **options):
         if not inputs.teacher:
             raise ValueError("distill needs --teacher CKPT (a larger model trained on the same tokenizer)")
-        return cls(MiniMindForCausalLM.from_pretrained(inputs.teacher), alpha, temperature)
+        return cls(MiniMindForCausalLM.from_pretrained(inputs.teacher), **options)
 
     def setup(self, model, device):
         if self.teacher.config.vocab_size != model.config.vocab_size:
