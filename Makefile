@@ -45,7 +45,8 @@ robustness: install
 book: install  # the book from the committed reference notebooks, into _build/html
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
-refresh: install  # re-execute every notebook in place: new nbval references (review the diff!)
+refresh: install  # re-execute every notebook in place, in course order, from an empty runs/tiny: new nbval references (review the diff!)
+	rm -rf runs/tiny
 	for nb in $(NOTEBOOKS); do $(PY) -m jupytext --sync --execute $$nb || exit 1; done
 
 sync: install  # re-pair .py and .ipynb after editing either (keeps outputs)
