@@ -88,7 +88,7 @@ print(f"trainable: {trainable:,} of {total + trainable:,} parameters ({trainable
 # A model trained only on new data drifts away from what it could do before ("catastrophic
 # forgetting"), adapters or not: the adapters are free to change every projection's output. The usual
 # remedy is *replay*: mix some of the old training data in. Here `replay` SFT dialogues are added per new
-# dialogue (set `replay = 0` to watch the old answers fade).
+# dialogue; after the main run, the same run without replay shows what it protects.
 
 # %%
 records = read_jsonl(paths["lora"], "sft")
@@ -168,6 +168,54 @@ ax.set_title("LoRA adds a skill and keeps the old ones")
 plt.show()
 
 # %% [markdown]
+# ### Without replay
+# The same run on the new dialogues alone (`replay = 0`), same seed and steps, scored the same way:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+if replay and data == "course":
+    alone = records[len(held):]
+    with open(lora_dir / "train_no_replay.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in alone)
+    train_stage("lora", run_dir / "lora_no_replay", data=lora_dir / "train_no_replay.jsonl", tokenizer=tokenizer,
+                init=sft_dir, max_steps=max_steps, lr=lr, device=device, dtype=dtype,
+                stage_kwargs=dict(lora_rank=rank, lora_alpha=alpha), seed=seed, progress=False)
+    no_replay, _ = load_checkpoint(run_dir / "lora_no_replay")
+    skill_alone = skill_score(no_replay, questions)[0]
+    facts_alone = exact_match_accuracy(no_replay, tokenizer, paths["eval"], max_new_tokens=24)["by_split"]
+    print(f"{'':22} {'SFT model':>10} {'replay ' + format(replay, 'g'):>10} {'replay 0':>10}")
+    print(f"{'new skill':22} {before:10.0%} {after:10.0%} {skill_alone:10.0%}")
+    for split in facts_before:
+        print(f"{'course facts: ' + split:22} {facts_before[split]:10.0%} {facts_after[split]:10.0%} "
+              f"{facts_alone[split]:10.0%}")
+
+# %% [markdown]
+# On the new dialogues alone the adapters learn the skill about as well, every step going to it, and the old
+# answers fade: facts the SFT model knew fall far. The adapters protect nothing by themselves, since they can
+# change every projection's output; what keeps the old answers is the old data in the mix.
+
+# %% [markdown]
+# ## Where we differ from MiniMind
+# MiniMind's `model_lora.py` wraps only the `nn.Linear` layers whose weight is square, and adds $BA\,x$
+# unscaled (rank 8 for its identity data); we wrap all seven projections of every block and scale by
+# $\alpha / r$, as the LoRA paper and PEFT do. Which of this model's projections are square:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+block = MiniMindForCausalLM.from_pretrained(sft_dir).model.layers[0]
+shapes = {n: tuple(m.weight.shape) for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+print("square (MiniMind wraps):", [n for n, s in shapes.items() if s[0] == s[1]])
+print("not square (only we wrap):", [f"{n} {s[1]}->{s[0]}" for n, s in shapes.items() if s[0] != s[1]])
+
+# %% [markdown]
+# With grouped-query attention the key and value projections are narrower than the hidden size, and the MLP's
+# are wider, so MiniMind's rule adapts only the query and output projections: a small adapter, which suits its
+# identity dialogues. We wrap the MLP too because a new skill here means new facts about animals, and the MLP
+# layers are where a transformer keeps much of what it knows (Geva et al. 2021, "Transformer Feed-Forward
+# Layers Are Key-Value Memories"). The $\alpha / r$ scale is the LoRA paper's (Hu et al. 2021): it spares
+# retuning `lr` each time `rank` changes.
+
+# %% [markdown]
 # ## Merging is exact
 # After merging, $W' = W + \frac{\alpha}{r} BA$ is an ordinary weight: the merged model is a plain MiniMind
 # that computes the same function as the base plus adapters, with no extra cost per token.
@@ -190,5 +238,7 @@ print("LoRA modules left after merge:", sum("lora" in n for n, _ in demo.named_p
 # %%
 record(run_dir, "09_lora", trainable_fraction=round(trainable / (total + trainable), 4), skill_before=round(before, 3),
        skill_after=round(after, 3), **{f"facts_{k}_before": round(v, 3) for k, v in facts_before.items()},
-       **{f"facts_{k}_after": round(v, 3) for k, v in facts_after.items()}, steps=summary["steps"],
+       **{f"facts_{k}_after": round(v, 3) for k, v in facts_after.items()},
+       **({"skill_no_replay": round(skill_alone, 3), **{f"facts_{k}_no_replay": round(v, 3) for k, v in facts_alone.items()}}
+          if replay and data == "course" else {}), steps=summary["steps"],
        train_seconds=round(summary["wall_time"], 1))
