@@ -88,6 +88,18 @@ def test_a_chapter_that_failed_in_a_run_does_not_hold(tmp_path):
     assert "failed" in format_robustness(result) and "AssertionError: agentic RL" in format_robustness(result)
 
 
+def test_a_chapter_that_recorded_before_its_check_failed_is_judged_lesson_by_lesson(tmp_path):
+    # chapter 11 records, then asserts that every algorithm learned: one algorithm inside its spread stops the
+    # chapter, and only that algorithm's lesson fails
+    rl = _rl(0.58, 0.80, 0.02)
+    rl.update(grpo_heldout_accuracy=0.74, grpo_heldout_accuracy_spread=0.173)
+    run = _run(tmp_path, "s2", 2, "native", **{"11_rl": rl})
+    (run / "failed.json").write_text(json.dumps({"11_rl": "AssertionError: an algorithm did not beat the SFT model"}))
+    holds = {g["claim"].split()[0]: g["holds"] for g in robustness([run])["groups"]}
+    assert holds == {"PPO": True, "GRPO": False, "SPO": True}
+    assert "AssertionError: an algorithm did not beat" in format_robustness(robustness([run]))
+
+
 def test_runs_are_grouped_by_kernels(tmp_path):
     runs = [_run(tmp_path, f"{k}{s}", s, k, **{"08_sft": {"heldout_exact_match": 0.4 + 0.01 * s,
                                                            "base_heldout_exact_match": 0.08}})

@@ -86,17 +86,20 @@ def _lesson_rows(run: Path) -> list[dict]:
     failed = json.loads((run / "failed.json").read_text()) if (run / "failed.json").exists() else {}
     rows = []
     for lesson in LESSONS:
-        record = card.get(lesson.chapter)
-        if lesson.chapter not in failed and record is None:
+        record, stopped = card.get(lesson.chapter), failed.get(lesson.chapter)
+        if record is None and not stopped:
             continue
         row = {"run": str(run), "seed": info.get("seed"), "kernels": info["kernels"], "cpu": info["cpu"],
-               "lesson": lesson, "gain": None, "own_spread": None, "start": None, "failed": failed.get(lesson.chapter)}
-        if not row["failed"]:  # a chapter its assertion (or anything else) stopped has no gain: it did not hold
-            try:
+               "lesson": lesson, "gain": None, "own_spread": None, "start": None, "failed": stopped}
+        # a chapter that recorded its numbers before its check stopped it is judged lesson by lesson on them;
+        # one stopped before recording has no gain, and its lessons do not hold
+        try:
+            if record is not None:
                 row["gain"] = float(lesson.gain(record))
                 row["own_spread"] = float(lesson.spread(record)) if lesson.spread else None
                 row["start"] = float(lesson.start(record)) if lesson.start else None
-            except KeyError as missing:
+        except KeyError as missing:
+            if not stopped:
                 raise KeyError(f"{run}: the {lesson.chapter} record has no {missing}; re-run that chapter") from None
         rows.append(row)
     return rows
