@@ -172,6 +172,7 @@ def format_robustness(result: dict) -> str:
                      f"{_value(g['spread'], g['unit']).lstrip('+')} | {'yes' if g['holds'] else '**no**'} |")
     failures = [(g["chapter"], f) for g in result["groups"] for f in g.get("failed", [])]
     if failures:
-        lines += ["", "Chapters that stopped on an error (their lesson counts as not holding):"]
+        lines += ["", "Chapters that stopped on an error (one that recorded its numbers first is judged lesson by "
+                  "lesson on them; one that did not counts as not holding):"]
         lines += [f"- {chapter}: {message}" for chapter, message in dict.fromkeys(failures)]
     return "\n".join(lines)
