@@ -442,7 +442,7 @@ for w, rows in sorted(by_wording.items(), key=lambda kv: -len(kv[1])):
     print(f"{w:40} {len(rows):3} " + " ".join(f"{x:5.0%}" for x in right))
 
 # %% [markdown]
-# Each wording is nearly all right or nearly all wrong, before RL and after: a wording is one choice
+# Most wordings are nearly all right or nearly all wrong, before RL and after: a wording is one choice
 # (call or answer from memory, which tool, which fact, which number first), the same for every name. RL can
 # only learn a choice it has sampled: a wording whose episodes all fail gives every episode the same reward,
 # so every advantage is zero and there is no gradient. A wording the start model gets wrong in nearly every
