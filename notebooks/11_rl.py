@@ -84,6 +84,7 @@ from minimind.data import RLPromptDataset, read_jsonl
 from minimind.data.corpus import LEXICONS, load_world
 from minimind.model.generation import generate_replies
 from minimind.train import load_tokenizer, read_metrics, train_stage
+from minimind.train.parallel import side_by_side_workers, train_side_by_side
 from minimind.use.eval import answer_matches, rl_accuracy
 
 RECIPES = {
@@ -325,6 +326,12 @@ print(f"k3, pi = 0.5, ref = 0.25: {k3_kl(torch.tensor(math.log(0.5)), torch.tens
 # visible step of the loop: each optimizer step first asks the stage for its batches (`step_batches`),
 # and an RL stage generates them there, before any backward pass.
 #
+# The nine runs (three algorithms, three seeds) train side by side, one per CPU core, each in its own
+# process with one thread (`train_side_by_side`): a rollout is hundreds of tiny steps that leave a second
+# thread idle, so two one-thread runs get through more than one two-thread run. A run's numbers are those it
+# gives alone on one thread (a test checks it), so they do not depend on how many cores your machine has.
+# On a GPU the runs go one after another.
+#
 # The learning rates and the KL weight were chosen by measurement: `tune=True` reruns the sweep (one seed
 # per setting, held-out greedy accuracy and the final KL). Too high a rate and the policy runs away from the
 # reference and loses what SFT taught it; within the range swept, the KL weight changes the drift more than
@@ -339,14 +346,19 @@ if reward_fn is not reward:
     print("no checkable answers in these prompts: the rule reward is only the length and repetition penalties")
 
 
-def train_rl(name, out, seed, lr, beta, steps=max_steps):
+def rl_job(name, out, seed, lr, beta, steps=max_steps):
+    """train_stage's arguments for one RL run (files and numbers only, so that a worker process can take it)."""
     options = {"ppo": dict(kl_coef=beta, critic_lr=critic_lr), "grpo": dict(group_size=group_size, beta=beta),
                "spo": dict(beta=beta, baseline=spo_baseline)}[name]
     kw = {**options, "reward": reward_fn, "max_new_tokens": max_new_tokens, "temperature": temperature}
-    return train_stage(name, out, data=paths["rl"], tokenizer=tokenizer, init=sft_dir, stage_kwargs=kw,
-                       max_steps=steps, batch_size=responses // group_size if name == "grpo" else responses,
-                       lr=lr, warmup_steps=warmup_steps, seed=seed, seq_len=max_prompt_tokens, device=device, dtype=dtype,
-                       progress=False)
+    return dict(stage=name, out=out, data=paths["rl"], tokenizer=paths["tokenizer"], init=sft_dir, stage_kwargs=kw,
+                max_steps=steps, batch_size=responses // group_size if name == "grpo" else responses,
+                lr=lr, warmup_steps=warmup_steps, seed=seed, seq_len=max_prompt_tokens, device=device, dtype=dtype,
+                progress=False)
+
+
+def train_rl(name, out, seed, lr, beta, steps=max_steps):
+    return train_stage(**rl_job(name, out, seed, lr, beta, steps))
 
 
 if tune:
@@ -359,16 +371,19 @@ if tune:
             print(f"{name:5} {lr_try:7.0e} {beta_try:9.3f} {heldout(s['model'])['greedy']:16.1%} {kl_end:6.3f}")
 
 # %%
-after, metrics, wall = {}, {}, {}
-for name in algorithms:
-    for seed in seeds:
-        # the first seed's checkpoint is the chapter's (and chapter 13's) run_dir/NAME; the others are kept apart
-        out = run_dir / name if seed == seeds[0] else run_dir / "rl_seeds" / f"{name}_seed{seed}"
-        s = train_rl(name, out, seed, lrs[name], kl_beta)
-        after[name, seed], metrics[name, seed], wall[name, seed] = (heldout(s["model"], seed), read_metrics(out),
-                                                                    s["wall_time"])
-        print(f"{name} seed {seed}: {s['steps']} steps in {s['wall_time']:.0f} s; held-out greedy "
-              f"{before['greedy']:.1%} -> {after[name, seed]['greedy']:.1%}")
+# the first seed's checkpoint is the chapter's (and chapter 13's) run_dir/NAME; the others are kept apart
+jobs = {(name, seed): rl_job(name, run_dir / name if seed == seeds[0] else run_dir / "rl_seeds" / f"{name}_seed{seed}",
+                             seed, lrs[name], kl_beta)
+        for name in algorithms for seed in seeds}
+after, metrics, summaries = {}, {}, {}
+for (name, seed), s in train_side_by_side(jobs, workers=side_by_side_workers(device)):
+    out = jobs[name, seed]["out"]  # scored as soon as it is done, while the other runs go on
+    after[name, seed] = heldout(MiniMindForCausalLM.from_pretrained(out), seed)
+    metrics[name, seed], summaries[name, seed] = read_metrics(out), s
+wall = {key: s["wall_time"] for key, s in summaries.items()}
+for name, seed in jobs:
+    print(f"{name} seed {seed}: {summaries[name, seed]['steps']} steps in {wall[name, seed]:.0f} s; held-out greedy "
+          f"{before['greedy']:.1%} -> {after[name, seed]['greedy']:.1%}")
 
 # %% [markdown]
 # ## Reward and KL during training
