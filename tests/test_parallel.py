@@ -12,7 +12,7 @@ def _weights(folder):
     return load_file(folder / "model.safetensors")
 
 
-def test_grpo_runs_side_by_side_equal_the_same_runs_alone(tmp_path):
+def test_grpo_runs_side_by_side_equal_the_same_runs_alone(tmp_path, capsys):
     paths = course()
     init = tmp_path / "sft"
     train_stage("sft", init, data=paths["sft"], tokenizer=paths["tokenizer"], max_steps=2, batch_size=4,
@@ -27,6 +27,9 @@ def test_grpo_runs_side_by_side_equal_the_same_runs_alone(tmp_path):
     together = dict(train_side_by_side({seed: job(seed, "together") for seed in (0, 1)}, workers=2))
     assert torch.get_num_threads() == threads  # the caller's threads come back
     assert sorted(together) == [0, 1] and together[0]["steps"] == 3 and "model" not in together[0]
+    lines = capsys.readouterr().out.strip().splitlines()  # the progress: a head line, then at most one per tenth
+    assert lines[0].startswith("2 runs, 6 steps in all, 2 at a time") and 2 <= len(lines) <= 8
+    assert lines[-1].startswith("6/6 steps, 2/2 runs done")
     torch.set_num_threads(1)
     try:
         for seed in (0, 1):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
 
 def add_info(sub):
@@ -28,6 +29,46 @@ def add_info(sub):
     p.set_defaults(func=run)
 
 
+# TrainArgs' fields on the command line, with their help; defaults are read from TrainArgs (the stage's own
+# defaults, where it has them, come first), so they are written in one place
+TRAIN_ARGS = {
+    "device": "auto (CUDA, then MPS, then CPU), cpu, cuda, mps",
+    "max_steps": "optimizer steps (default: --epochs)",
+    "epochs": "passes over the data",
+    "max_time": "seconds; stop and save when exceeded",
+    "batch_size": "sequences per process and micro-batch",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate (warm-up, then cosine decay)",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "dtype": "autocast dtype; auto: bfloat16 on a GPU or a CPU with bf16 hardware, else float32",
+    "compile": "torch.compile the model",
+    "save_every": "steps between resumable checkpoints (0: only at the end)",
+    "log_every": "steps between metrics.jsonl records",
+    "eval_every": "steps between evaluations (0: only at the end)",
+    "seed": "seed of the weights and the data order",
+    "num_workers": "data loader processes (-1: 4 on CUDA, 0 on CPU)",
+    "group_by_length": "batches of similar lengths (chat data): less padding, faster on a GPU",
+    "logger": "wandb or swanlab, if installed",
+}
+STAGE_DEFAULTS = ("batch_size", "lr", "warmup_steps")  # fields that stages set defaults for
+
+
+def add_train_args(p) -> None:
+    from ..train.loop import TrainArgs
+    defaults = {f.name: f.default for f in fields(TrainArgs)}
+    types = {"max_steps": int, "max_time": float, "logger": str}  # the fields whose default is None
+    for name, help_ in TRAIN_ARGS.items():
+        default, flag = defaults[name], "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=help_)
+            continue
+        if "default" not in help_ and default is not None:
+            shown = "the stage's" if name in STAGE_DEFAULTS else default
+            help_ += f" (default: {shown})"
+        choices = ["auto", "float32", "bfloat16", "float16"] if name == "dtype" else None
+        p.add_argument(flag, type=types.get(name, type(default)), default=None, choices=choices, help=help_)
+
+
 def add_train(sub):
     from ..train.stages import STAGES  # the registry: every stage, its options and defaults
     stages = "\n".join(f"  {name:9s} {cls.help}" for name, cls in STAGES.items())
@@ -45,27 +86,8 @@ def add_train(sub):
     p.add_argument("--teacher", default=None, help="teacher checkpoint (distill)")
     p.add_argument("--out", required=True, help="run folder to write (the new checkpoint)")
     p.add_argument("--resume", action="store_true", help="continue exactly from --out's resume/ state")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: --epochs)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-time", type=float, default=None, help="seconds; stop and save when exceeded")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default 256)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast dtype (auto: bfloat16 on a GPU or a CPU with bf16 hardware, else float32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--save-every", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--eval-every", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=-1, help="data loader processes (default: 4 on CUDA, 0 on "
-                                                              "CPU)")
-    p.add_argument("--group-by-length", action="store_true",
-                   help="batches of similar lengths (chat data): less padding, faster on a GPU")
-    p.add_argument("--logger", default=None, help="wandb or swanlab, if installed")
+    add_train_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     by_name: dict = {}  # option name -> [(stage, Option)]: one flag for each, its help naming every stage
     for stage_cls in STAGES.values():
@@ -86,14 +108,10 @@ def add_train(sub):
         from ..train import train_stage
         stage_kwargs = {k[len("stage__"):]: v for k, v in vars(args).items()
                         if k.startswith("stage__") and v is not None}
-        train_args = dict(max_steps=args.max_steps, epochs=args.epochs, max_time=args.max_time,
-                          grad_accum=args.grad_accum, dtype=args.dtype, compile=args.compile,
-                          save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every,
-                          seed=args.seed, device=args.device, num_workers=args.num_workers, logger=args.logger,
-                          progress=not args.no_progress, group_by_length=args.group_by_length)
-        for name in ("batch_size", "lr", "warmup_steps"):
-            if getattr(args, name) is not None:
-                train_args[name] = getattr(args, name)
+        # only what was given: the rest keeps the stage's defaults, then TrainArgs'
+        train_args = {name: getattr(args, name) for name in TRAIN_ARGS if getattr(args, name) is not None}
+        if args.no_progress:
+            train_args["progress"] = False
         summary = train_stage(args.stage, args.out, data=args.data, tokenizer=args.tokenizer, preset=args.preset,
                               init=args.init, teacher=args.teacher, val_data=args.val_data, seq_len=args.seq_len,
                               resume=args.resume, stage_kwargs=stage_kwargs, **train_args)

@@ -69,7 +69,8 @@ def train_side_by_side(jobs: dict[Hashable, dict], workers: Optional[int] = None
     processes (default: one per core) and yield (key, summary) as each run finishes, in the order they finish.
     A job holds only picklable values: paths, numbers, names, not a model or a tokenizer object. While the runs
     go on, this process runs one thread too (what the caller does between yields must not crowd the workers
-    out) and prints about ten lines with the steps done and the time left.
+    out) and prints about ten lines with the steps done and the time left. The workers are spawned: from a
+    script, call it under `if __name__ == "__main__":`.
     With one worker (or one job) the runs go one after another in this process, on the caller's threads."""
     for key, job in jobs.items():
         if job.get("out") is None or job.get("stage") is None:
@@ -89,7 +90,9 @@ def train_side_by_side(jobs: dict[Hashable, dict], workers: Optional[int] = None
           + f", {workers} at a time (one thread each)", flush=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    start, shown, every, since = time.perf_counter(), 0.0, None, time.time()
+    start, since = time.perf_counter(), time.time()
+    tenth = max(1, total // 10)
+    mark = tenth
     # spawn, not fork: a forked child of a process that has used OpenMP threads can hang
     context = multiprocessing.get_context("spawn")
     try:
@@ -102,13 +105,12 @@ def train_side_by_side(jobs: dict[Hashable, dict], workers: Optional[int] = None
                 finished |= {pending[f] for f in done}
                 steps = sum(job["max_steps"] if key in finished else _steps_done(job["out"], since)
                             for key, job in jobs.items()) if total else 0
-                if every is None and steps:  # about ten lines over the whole
-                    every = max(5.0, elapsed / steps * total / 10)
-                if (every and elapsed - shown >= every) or len(finished) == len(jobs):
+                # a line at every tenth of the steps (or, without step counts, at every finished run)
+                if (steps >= mark if total else done) or len(finished) == len(jobs):
                     left = f", {elapsed / steps * (total - steps):.0f} s left" if steps else ""
                     print(f"{steps}/{total} steps, " if total else "", end="")
                     print(f"{len(finished)}/{len(jobs)} runs done, {elapsed:.0f} s{left}", flush=True)
-                    shown = elapsed
+                    mark = (steps // tenth + 1) * tenth if total else 0
                 for future in done:
                     yield pending.pop(future), future.result()
     finally:
