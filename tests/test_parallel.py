@@ -58,7 +58,7 @@ def test_a_job_names_its_stage_and_folder_and_passes_no_objects(tmp_path):
 
 def test_a_failing_run_raises_in_the_caller(tmp_path):
     jobs = {k: dict(stage="sft", out=tmp_path / k, data=tmp_path / "missing.jsonl", tokenizer=tmp_path, max_steps=1)
-            for k in ("a", "b")}
+            for k in "abcdef"}
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         list(train_side_by_side(jobs, workers=2))
 

@@ -112,6 +112,10 @@ def train_side_by_side(jobs: dict[Hashable, dict], workers: Optional[int] = None
                     print(f"{len(finished)}/{len(jobs)} runs done, {elapsed:.0f} s{left}", flush=True)
                     mark = (steps // tenth + 1) * tenth if total else 0
                 for future in done:
-                    yield pending.pop(future), future.result()
+                    key = pending.pop(future)
+                    if future.exception() is not None:  # stop here: the runs not yet started are cancelled
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        raise future.exception()
+                    yield key, future.result()
     finally:
         torch.set_num_threads(threads)
