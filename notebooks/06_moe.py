@@ -253,7 +253,7 @@ share = {f"temperature {T:g}": expert_load(choose_experts(collapsed, k, temperat
 same = all(torch.equal(choose_experts(collapsed, k, temperature=T)[1], choose_experts(collapsed, k)[1])
            for T in (0.1, 10))
 share["noise std 3"] = expert_load(choose_experts(collapsed, k, noise=3.0)[1], n)
-bias = balance_bias(collapsed, k, steps=30, rate=rate)[-1]
+bias = balance_bias(collapsed, k, steps=30, rate=rate)
 share["bias, 30 steps"] = expert_load(choose_experts(collapsed, k, bias=bias)[1], n)
 print(f"{len(collapsed)} tokens, top-{k}  " + " ".join(f"expert {e}" for e in range(n)) + "   largest / balanced")
 for name, load in share.items():
@@ -281,7 +281,7 @@ import ipywidgets as widgets
 
 def show_routing(temperature=1.0, top_k=2, noise=0.0, bias_steps=0):
     lg = collapsed[:32]
-    bias = balance_bias(lg, top_k, steps=bias_steps, rate=rate)[-1] if bias_steps else None
+    bias = balance_bias(lg, top_k, steps=bias_steps, rate=rate) if bias_steps else None
     p, idx = choose_experts(lg, top_k, temperature, bias=bias, noise=noise)
     plot_routing(p, idx, [str(i) for i in range(len(lg))],
                  title=f"temperature {temperature:g}, top-{top_k}, noise {noise:g}, bias after {bias_steps} steps")

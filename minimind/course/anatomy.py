@@ -163,16 +163,15 @@ def choose_experts(logits: torch.Tensor, top_k: int, temperature: float = 1.0, b
     return F.softmax(logits.float() / temperature, dim=-1), idx
 
 
-def balance_bias(logits: torch.Tensor, top_k: int, steps: int = 30, rate: float = 0.05) -> list[torch.Tensor]:
+def balance_bias(logits: torch.Tensor, top_k: int, steps: int = 30, rate: float = 0.05) -> torch.Tensor:
     """Auxiliary-loss-free balancing on fixed logits: after each step every overloaded expert's bias goes
-    down by `rate`, every underloaded one's up. The bias (n,) after each step."""
+    down by `rate`, every underloaded one's up. The bias (n,) after `steps` steps."""
     n = logits.shape[-1]
-    bias, history = torch.zeros(n), []
+    bias = torch.zeros(n)
     for _ in range(steps):
         _, idx = choose_experts(logits, top_k, bias=bias)
         bias = bias + rate * torch.sign(1 / n - expert_load(idx, n))
-        history.append(bias)
-    return history
+    return bias
 
 
 @torch.no_grad()
