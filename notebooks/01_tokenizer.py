@@ -236,3 +236,85 @@ print(repr(tok.apply_chat_template(dialogue[:1], add_generation_prompt=True, ena
 record(run_dir, "01_tokenizer", data=data, vocab_size=tok.vocab_size, train_texts=len(train_texts),
        train_seconds=round(train_seconds, 2), corpus_seconds=round(corpus_seconds, 2),
        held_out_bytes_per_token=round(held_out_bpt, 3))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. One merge (implement).** BPE training repeats one step: replace every occurrence of the chosen pair
+# of ids by a new id. Write `merge(ids, pair, new_id)`, left to right and without overlaps: a token used by
+# one merge cannot start the next, so `merge([1, 1, 1], (1, 1), 9)` is `[9, 1]`.
+
+# %%
+def merge(ids, pair, new_id):
+    ...  # your code: a new list
+
+
+check("01.merge", merge)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def merge(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
+            out.append(new_id)  # the pair becomes one token
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+assert check("01.merge", merge)
+
+# %% [markdown]
+# **2. Which pair (implement).** The step merges the most frequent adjacent pair. Write
+# `most_frequent_pair(ids)`: among equal counts the pair that occurs first; `None` for fewer than two ids.
+# With `merge`, that is a whole BPE trainer: find the pair, merge it, give it the next id, repeat
+# (`train_tokenizer` does the same in Rust, over pre-split words, much faster).
+
+# %%
+def most_frequent_pair(ids):
+    ...  # your code: a tuple (a, b), or None
+
+
+check("01.most_frequent_pair", most_frequent_pair)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+from collections import Counter
+
+
+def most_frequent_pair(ids):
+    counts = Counter(zip(ids, ids[1:]))  # a Counter keeps first-seen order, so max() breaks ties by it
+    return max(counts, key=counts.get) if counts else None
+
+
+assert check("01.most_frequent_pair", most_frequent_pair)
+
+# %% [markdown]
+# **3. What the template costs (predict, then count).** A one-word user message, rendered with the chat
+# template and the generation prompt: how many tokens does the template add around the word? Write your
+# guess down, then count it with the course tokenizer (`tok` above, for `data="course"`).
+
+# %%
+template_tokens = None  # your count
+check("01.template_overhead", template_tokens)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+from minimind.course import data_paths
+from minimind.data.tokenizer import MiniMindTokenizer
+
+course_tok = MiniMindTokenizer.from_pretrained(data_paths("course")["tokenizer"])
+text = course_tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+template_tokens = len(course_tok.encode(text)) - len(course_tok.encode("hello"))
+print(repr(text), "->", template_tokens, "tokens around the word")
+assert check("01.template_overhead", template_tokens)

@@ -260,3 +260,70 @@ record(run_dir, "02_data", generation_seconds=round(generation_seconds, 2), pret
        pretrain_tokens=sizes["pretrain"][1], sft_dialogues=sizes["sft"][0], sft_tokens=sizes["sft"][1],
        dpo_pairs=sizes["dpo"][0], rl_prompts=sizes["rl"][0], eval_questions=sizes["eval"][0],
        packed_windows=len(windows), padding_fraction=windows.padding_fraction)
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. Pack (implement).** Pretraining reads one long stream of tokens cut into windows. Write
+# `pack(docs, seq_len)`: the documents (lists of ids, each already ending in its end-of-text id) joined into
+# one stream, cut into consecutive windows of `seq_len` ids; a last piece shorter than `seq_len` is left out.
+# That is what `PretrainDataset` does over the token file, without copying it.
+
+# %%
+def pack(docs, seq_len):
+    ...  # your code: a list of windows (lists of ids)
+
+
+check("02.pack", pack)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def pack(docs, seq_len):
+    stream = [t for doc in docs for t in doc]
+    return [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+
+
+assert check("02.pack", pack)
+
+# %% [markdown]
+# **2. How much does SFT learn from (predict, then measure).** Guess first: of all the tokens in the course
+# SFT file, what share does the loss learn from (the assistant's)? More or less than half? Then measure it
+# over every row of `SFTDataset(paths["sft"], tokenizer, max_len=512)`: labels that are not -100, over all
+# labels.
+
+# %%
+learned_share = None  # your measurement, e.g. 0.5
+check("02.learned_fraction", learned_share)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+from minimind.course import data_paths
+from minimind.data.datasets import IGNORE_INDEX, SFTDataset
+from minimind.data.tokenizer import MiniMindTokenizer
+
+course = data_paths("course")
+chats = SFTDataset(course["sft"], MiniMindTokenizer.from_pretrained(course["tokenizer"]), max_len=512)
+learned = sum(int((chats[i]["labels"] != IGNORE_INDEX).sum()) for i in range(len(chats)))
+learned_share = learned / sum(len(chats[i]["labels"]) for i in range(len(chats)))
+print(f"{learned_share:.1%} of the SFT tokens are learned from")
+assert check("02.learned_fraction", learned_share)
+
+# %% [markdown]
+# **3. Predictions per window (predict).** The model is scored at position $t$ on token $t + 1$. How many
+# predictions does the loss make in one packed window of 256 tokens?
+
+# %%
+predictions = None  # your answer
+check("02.predictions_per_window", predictions)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: every position but the last, whose next token is in the next window
+predictions = 256 - 1
+assert check("02.predictions_per_window", predictions)

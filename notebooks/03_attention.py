@@ -396,3 +396,79 @@ record(run_dir, "03_attention", sdpa_matches_explicit=bool(torch.allclose(out_ex
        gqa_cache_saving=f"{cfg.num_attention_heads // cfg.num_key_value_heads}x",
        kv_cache_speedup=round(speedup, 2), copy_task_loss=round(toy_loss, 4),
        copy_head_looks_back=copy_back, copy_head_weight=round(copy_weight, 3))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. Causal attention (implement).** Write `attention(q, k, v)` for tensors of shape (B, H, T, d): the
+# formula at the top of the chapter, with the causal mask. The check compares it with PyTorch's fused kernel,
+# and tells you if a token can see the future.
+
+# %%
+def attention(q, k, v):
+    ...  # your code: (B, H, T, d)
+
+
+check("03.causal_attention", attention)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def attention(q, k, v):
+    t, d = q.shape[-2], q.shape[-1]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d)                   # (B, H, T, T)
+    future = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)  # True above the diagonal
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+
+
+assert check("03.causal_attention", attention)
+
+# %% [markdown]
+# **2. Share the keys (implement).** With GQA, query head $h$ reads KV head $h \,//\, n_{rep}$. Write
+# `repeat_kv(x, n_rep)`: (B, KV heads, T, d) to (B, KV heads × n_rep, T, d), each KV head repeated
+# `n_rep` times in a row.
+
+# %%
+def repeat_kv(x, n_rep):
+    ...  # your code
+
+
+check("03.repeat_kv", repeat_kv)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def repeat_kv(x, n_rep):
+    return x.repeat_interleave(n_rep, dim=1)  # heads 0, 0, 1, 1, ...; x.repeat would tile 0, 1, 0, 1
+
+
+assert check("03.repeat_kv", repeat_kv)
+
+# %% [markdown]
+# **3. One step with the cache (implement).** Generation feeds one new token at a time. Write
+# `step(q, k_cache, v_cache, k_new, v_new)`: q, k_new and v_new are the new token's (B, H, 1, d), the caches
+# the earlier tokens' (B, H, T, d). Return the new token's attention output and the caches with its key and
+# value appended. The check compares it with attention recomputed over the whole sequence: the cache
+# changes the cost, never the result.
+
+# %%
+def step(q, k_cache, v_cache, k_new, v_new):
+    ...  # your code: (out, k_cache, v_cache)
+
+
+check("03.kv_cache_step", step)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def step(q, k_cache, v_cache, k_new, v_new):
+    k_cache, v_cache = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)  # (B, H, T + 1, d)
+    weights = torch.softmax(q @ k_cache.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, H, 1, T + 1)
+    return weights @ v_cache, k_cache, v_cache  # no mask: the newest token may look at every earlier one
+
+
+assert check("03.kv_cache_step", step)

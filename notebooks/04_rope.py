@@ -313,3 +313,68 @@ record(run_dir, "04_rope", channel_pairs=d // 2, pairs_without_full_turn=partial
        relative_property_spread=float(f"{spread:.2e}"), yarn_factor=scaling["factor"],
        yarn_pairs_kept=kept, yarn_pairs_interpolated=squeezed, attention_factor=round(attention_factor, 4),
        attention_factor_paper=round(paper_factor, 4))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. The rotation (implement).** Write `rope(x, positions, theta)` for x of shape (T, d): channel $i$ pairs
+# with channel $i + d/2$, and the pair turns by the angle $m \cdot \theta^{-2i/d}$ at position $m$. The check
+# compares it with `apply_rope`, and tells you if you paired adjacent channels (GPT-J's layout, not Llama's).
+
+# %%
+def rope(x, positions, theta):
+    ...  # your code: (T, d)
+
+
+check("04.rope", rope)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def rope(x, positions, theta):
+    d = x.shape[-1]
+    freq = theta ** (-torch.arange(0, d, 2).float() / d)  # (d/2,): one speed per pair
+    angle = positions.float()[:, None] * freq              # (T, d/2)
+    cos, sin = angle.cos(), angle.sin()
+    a, b = x[:, : d // 2], x[:, d // 2:]                    # the two halves of each pair
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+
+
+assert check("04.rope", rope)
+
+# %% [markdown]
+# **2. Only the distance (predict).** Rotate a query at position 5 and a key at position 3, and take their
+# dot product; then the same two vectors at positions 105 and 103. Are the two scores equal or different?
+# Answer "equal" or "different"; the check computes both.
+
+# %%
+scores_are = None  # "equal" or "different"
+check("04.relative", scores_are)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: both pairs are 2 positions apart, and a rotation by m and one by n leave only m - n in the score
+scores_are = "equal"
+assert check("04.relative", scores_are)
+
+# %% [markdown]
+# **3. The slowest pair (compute).** How many tokens does the slowest pair of the tiny preset's RoPE take to
+# turn one full circle? (Its head width and theta are in `MiniMindConfig.from_preset("tiny")`.) Compare it
+# with the 1,024 positions the tiny model is built for.
+
+# %%
+slowest_turn = None  # tokens
+check("04.longest_wavelength", slowest_turn)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+tiny = MiniMindConfig.from_preset("tiny")
+slowest = tiny.rope_theta ** (-(tiny.head_dim - 2) / tiny.head_dim)  # the last pair's angle per position
+slowest_turn = 2 * math.pi / slowest
+print(f"{slowest_turn:,.0f} tokens: far more than {tiny.max_position_embeddings:,}, so it never completes a turn")
+assert check("04.longest_wavelength", slowest_turn)

@@ -405,3 +405,75 @@ record(run_dir, "05_model", params=total, params_embedding_share=round(breakdown
        max_logit_diff_vs_transformers=float(f"{diff:.2e}"),
        minimind3_hf_class=hf3_class, minimind3_max_logit_diff=float(f"{diff3:.2e}"),
        qk_norm_logit_growth_plain=round(growth_ratio, 1))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. RMSNorm (implement).** Write `rms_norm(x, weight, eps)`: x over the root of its mean square (last
+# dimension), times the weight. The check compares it with MiniMind's `RMSNorm`, and tells you if you wrote
+# LayerNorm instead.
+
+# %%
+def rms_norm(x, weight, eps):
+    ...  # your code
+
+
+check("05.rms_norm", rms_norm)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def rms_norm(x, weight, eps):
+    return weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # no mean subtracted, no bias
+
+
+assert check("05.rms_norm", rms_norm)
+
+# %% [markdown]
+# **2. SwiGLU (implement).** Write `swiglu(x, gate_w, up_w, down_w)` from the three weight matrices, as
+# `nn.Linear` stores them (out × in).
+
+# %%
+def swiglu(x, gate_w, up_w, down_w):
+    ...  # your code
+
+
+check("05.swiglu", swiglu)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def swiglu(x, gate_w, up_w, down_w):
+    return (torch.nn.functional.silu(x @ gate_w.T) * (x @ up_w.T)) @ down_w.T
+
+
+assert check("05.swiglu", swiglu)
+
+# %% [markdown]
+# **3. Count the parameters (implement).** Write `count_parameters(config)` from the config's numbers alone
+# (no model): the attention and SwiGLU matrices and the two norms of each layer, the embedding (shared with
+# the output head), the final norm. The check builds tiny, MiniMind2-small and MiniMind2 and compares.
+
+# %%
+def count_parameters(config):
+    ...  # your code: an int
+
+
+check("05.count_parameters", count_parameters)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def count_parameters(c):
+    h, d = c.hidden_size, c.head_dim
+    attention = 2 * h * c.num_attention_heads * d + 2 * h * c.num_key_value_heads * d  # q, o; k, v
+    layer = attention + 3 * h * c.intermediate_size + 2 * h                          # + SwiGLU + two norms
+    head = 0 if c.tie_word_embeddings else c.vocab_size * h
+    return c.num_hidden_layers * layer + c.vocab_size * h + head + h                 # + embedding, final norm
+
+
+assert check("05.count_parameters", count_parameters)

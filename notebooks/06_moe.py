@@ -343,3 +343,70 @@ record(run_dir, "06_moe", moe_preset=moe_cfg.preset, total_params=sum(parameter_
        busiest_expert_vs_balanced_alpha_0_1=imbalance[0.1],
        toy_cross_entropy=round(out.loss.item() - out.aux_loss.item(), 3),
        qwen2_moe_max_logit_diff=float(f"{diff:.2e}"))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. Route (implement).** Write `top_k_route(logits, k)` for router logits (tokens, experts): each token's
+# `k` experts and their weights, renormalised to sum to 1 over the chosen ones. Return `(weights, idx)`.
+
+# %%
+def top_k_route(logits, k):
+    ...  # your code: (weights, idx), each (tokens, k)
+
+
+check("06.route", top_k_route)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def top_k_route(logits, k):
+    weights, idx = torch.softmax(logits, dim=-1).topk(k, dim=-1)  # (tokens, k) each
+    return weights / weights.sum(-1, keepdim=True), idx
+
+
+assert check("06.route", top_k_route)
+
+# %% [markdown]
+# **2. The balancing loss (implement).** Write `aux_loss(probs, idx, n, alpha)` for probabilities (B, T, n)
+# and chosen experts (B, T, k): per sequence, $f_i$ is expert $i$'s share of the $kT$ picks times $n$ and
+# $P_i$ its mean probability; the loss is $\alpha \sum_i f_i P_i$, averaged over the sequences. Before you run
+# the check, predict: what does a router that gives every expert probability $1/n$ score?
+
+# %%
+def aux_loss(probs, idx, n, alpha):
+    ...  # your code: a scalar
+
+
+check("06.aux_loss", aux_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def aux_loss(probs, idx, n, alpha):
+    b, t, k = idx.shape
+    picks = torch.nn.functional.one_hot(idx, n).float().sum(dim=(1, 2))  # (B, n): picks per expert
+    f = picks / (k * t) * n                                              # 1 for every expert when even
+    return alpha * (f * probs.mean(dim=1)).sum(-1).mean()                # uniform probabilities: alpha exactly
+
+
+assert check("06.aux_loss", aux_loss)
+
+# %% [markdown]
+# **3. Temperature (predict).** Divide the router's logits by a temperature of 5 before the softmax. Does any
+# token go to other experts? Answer "yes" or "no"; the check routes 50 tokens both ways. (The chapter's
+# section "What evens the load, and what does not" says why.)
+
+# %%
+experts_change = None  # "yes" or "no"
+check("06.temperature", experts_change)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: dividing by T > 0 keeps the logits' order, and top-k reads only the order
+experts_change = "no"
+assert check("06.temperature", experts_change)
