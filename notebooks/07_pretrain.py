@@ -253,3 +253,75 @@ print("resumed == uninterrupted:", same)
 record(run_dir, "07_pretrain", val_loss=round(val_loss, 4), unigram_loss=round(unigram_loss, 4),
        steps=summary["steps"], tokens=summary["tokens"], tokens_per_s=round(float(np.median(tps))),
        train_seconds=round(summary["wall_time"], 1), precision=summary["precision"], resume_exact=same)
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. The loss (implement).** Write `next_token_loss(logits, ids)` for logits (B, T, V) and the input ids
+# (B, T): the mean cross-entropy of every position's prediction of the *next* token. The check tells you if a
+# position is scored on its own token instead.
+
+# %%
+def next_token_loss(logits, ids):
+    ...  # your code: a scalar tensor
+
+
+check("07.next_token_loss", next_token_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def next_token_loss(logits, ids):
+    v = logits.shape[-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, v), ids[:, 1:].reshape(-1))
+
+
+assert check("07.next_token_loss", next_token_loss)
+
+# %% [markdown]
+# **2. The schedule (implement).** Write `lr_at(step, total, lr, warmup, min_ratio)`: a linear warm-up over
+# `warmup` steps, then a cosine from `lr` down to `lr * min_ratio` at step `total` (and flat after it). The
+# check compares every step with the loop's own `lr_at`; plot yours to see the curve the training log shows.
+
+# %%
+def lr_at(step, total, lr, warmup, min_ratio):
+    ...  # your code: a float
+
+
+check("07.lr_schedule", lr_at)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+import math
+
+
+def lr_at(step, total, lr, warmup, min_ratio):
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = lr * min_ratio
+    return floor + 0.5 * (lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+assert check("07.lr_schedule", lr_at)
+
+# %% [markdown]
+# **3. Accumulation (predict).** A step over 16 windows, or two micro-batches of 8 whose losses are each
+# divided by 2 before `backward()` (`--grad-accum 2`): is the gradient the same? Answer "yes" or "no"; the
+# check computes both. (It holds here because every packed window has the same number of tokens; think about
+# what changes for chat rows with different numbers of learned tokens.)
+
+# %%
+same_gradient = None  # "yes" or "no"
+check("07.grad_accum", same_gradient)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: the mean over 16 equals the mean of two means over 8, and backward() adds the gradients up
+same_gradient = "yes"
+assert check("07.grad_accum", same_gradient)

@@ -135,3 +135,48 @@ plt.show()
 record(run_dir, "08_sft", val_loss=round(summary["val_loss"], 4), heldout_exact_match=round(sft_acc, 3),
        base_heldout_exact_match=round(base_acc, 3), seen_exact_match=round(seen_acc, 3), steps=summary["steps"],
        train_seconds=round(summary["wall_time"], 1))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. The masked loss (implement).** Write `sft_loss(logits, labels)`: the next-token loss of chapter 07,
+# where labels of -100 (the prompt, the padding) are not learned from, and the mean runs over the learned
+# tokens only.
+
+# %%
+def sft_loss(logits, labels):
+    ...  # your code: a scalar tensor
+
+
+check("08.sft_loss", sft_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def sft_loss(logits, labels):
+    v = logits.shape[-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100)
+
+
+assert check("08.sft_loss", sft_loss)
+
+# %% [markdown]
+# **2. Whose mean (predict).** A batch of two conversations: one whose reply has 10 learned tokens at a mean
+# loss of 1.0, one with 90 learned tokens at a mean loss of 2.0. What loss does the batch report, as this
+# course (and MiniMind) compute it?
+
+# %%
+batch_loss = None  # your answer
+check("08.mean_over_tokens", batch_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: every learned token counts once, so the long reply weighs nine times the short one
+batch_loss = (10 * 1.0 + 90 * 2.0) / (10 + 90)
+assert check("08.mean_over_tokens", batch_loss)

@@ -242,3 +242,51 @@ record(run_dir, "09_lora", trainable_fraction=round(trainable / (total + trainab
        **({"skill_no_replay": round(skill_alone, 3), **{f"facts_{k}_no_replay": round(v, 3) for k, v in facts_alone.items()}}
           if replay and data == "course" else {}), steps=summary["steps"],
        train_seconds=round(summary["wall_time"], 1))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. Merge (implement).** After training, an adapter can be folded into its layer so that inference costs
+# nothing extra. Write `merge(W, A, B, alpha, r)` for the frozen weight W (out, in), A (r, in) and B (out, r).
+# The check also runs the merged layer against the adapted one.
+
+# %%
+def merge(W, A, B, alpha, r):
+    ...  # your code: (out, in)
+
+
+check("09.lora_merge", merge)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def merge(W, A, B, alpha, r):
+    return W + (alpha / r) * (B @ A)
+
+
+assert check("09.lora_merge", merge)
+
+# %% [markdown]
+# **2. What it trains (count).** How many parameters do rank-8 adapters on all seven projections of the tiny
+# preset train? Count them from the shapes, then compare with the whole model's parameters.
+
+# %%
+adapter_parameters = None  # your count
+check("09.lora_parameters", adapter_parameters)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: r * (in + out) per adapted Linear
+from minimind import MiniMindConfig
+
+c = MiniMindConfig.from_preset("tiny")
+h, i, q, kv = c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+shapes = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
+adapter_parameters = c.num_hidden_layers * sum(8 * (a + b) for a, b in shapes)
+print(f"{adapter_parameters:,} adapter parameters")
+assert check("09.lora_parameters", adapter_parameters)

@@ -256,3 +256,45 @@ record(run_dir, "10_dpo", heldout_pref_accuracy=round(heldout["accuracy"], 4), h
        replies_chosen_side_sft=sft_sides.count("chosen"), replies_chosen_side_dpo=dpo_sides.count("chosen"),
        beta=beta, steps=summary["steps"], train_seconds=round(summary["wall_time"], 1),
        **{f"beta_{b}_logp_drift_rejected": round(v["rejected"], 3) for b, v in sweep.items()})
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. The loss (implement).** Write `dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+# beta)` from the four sequence log-probabilities of each pair (shape (B,) each): the mean loss.
+
+# %%
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    ...  # your code: a scalar tensor
+
+
+check("10.dpo_loss", dpo_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    margin = beta * (policy_chosen - ref_chosen) - beta * (policy_rejected - ref_rejected)  # (B,)
+    return -torch.nn.functional.logsigmoid(margin).mean()
+
+
+assert check("10.dpo_loss", dpo_loss)
+
+# %% [markdown]
+# **2. Where it starts (predict).** At the first step the policy is a copy of the reference. What is the DPO
+# loss then, whatever the pairs? (Compare with the first point of the loss curve above.)
+
+# %%
+first_loss = None  # your answer
+check("10.loss_at_start", first_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: both implicit rewards are 0, and -log sigmoid(0) = log 2
+first_loss = math.log(2)
+assert check("10.loss_at_start", first_loss)

@@ -70,7 +70,6 @@ temperature = None
 
 # %%
 import math
-import re
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,6 +79,8 @@ from minimind import MiniMindForCausalLM
 from minimind.align.reward import RuleReward
 from minimind.align.rl import grpo_advantages, spo_baseline_trace
 from minimind.course import data_paths, ensure_stage, record, runs_dir
+from minimind.course.recipe import fill_in
+from minimind.course.wordings import wording  # the rl_ask template a question was written from
 from minimind.data import RLPromptDataset, read_jsonl
 from minimind.data.corpus import LEXICONS, load_world
 from minimind.model.generation import generate_replies
@@ -89,14 +90,17 @@ from minimind.use.eval import answer_matches, rl_accuracy
 
 RECIPES = {
     "tiny": dict(seeds=3, max_steps=60, responses=32, group_size=8,
-                 lr={"ppo": 1e-4, "grpo": 2e-4, "spo": 2e-4}, critic_lr=1e-3, kl_beta=0.1, warmup_steps=5,
+                 lr={"ppo": 1e-4, "grpo": 1e-4, "spo": 2e-4}, critic_lr=1e-3, kl_beta=0.1, warmup_steps=5,
                  max_new_tokens=16, max_prompt_tokens=None, temperature=1.0),
     "minimind": dict(seeds=1, max_steps=None, responses=16, group_size=8,
                      lr={"ppo": 8e-8, "grpo": 8e-8, "spo": 1e-7}, critic_lr=8e-8, kl_beta=0.02, warmup_steps=0,
                      max_new_tokens=1536, max_prompt_tokens=66, temperature=0.8),
 }
 recipe = RECIPES["tiny" if preset == "tiny" else "minimind"]
-globals().update({key: value for key, value in recipe.items() if globals()[key] is None})
+(seeds, max_steps, responses, group_size, lr, critic_lr, kl_beta, warmup_steps, max_new_tokens, max_prompt_tokens,
+ temperature) = fill_in(recipe, seeds=seeds, max_steps=max_steps, responses=responses, group_size=group_size, lr=lr,
+                        critic_lr=critic_lr, kl_beta=kl_beta, warmup_steps=warmup_steps,
+                        max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens, temperature=temperature)
 lrs = lr if isinstance(lr, dict) else {name: lr for name in algorithms}
 seeds = tuple(range(seed, seed + seeds)) if isinstance(seeds, int) else tuple(seeds)  # a count, or the seeds
 
@@ -168,17 +172,6 @@ if world:
 # asked in the SFT data's own words show that the model knows them.
 
 # %%
-RL_ASK = LEXICONS["en"]["rl_ask"]
-PATTERNS = [(rel, tpl, re.compile(re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>.+?)", re.escape(tpl)) + "$"))
-            for rel, tpls in RL_ASK.items() for tpl in tpls]
-
-
-def wording(question):
-    """(relation, template, fields) of a course RL question: which `rl_ask` template it fills in, and with what."""
-    return next(((rel, tpl, m.groupdict()) for rel, tpl, pat in PATTERNS if (m := pat.match(question))),
-                (None, None, {}))
-
-
 def heldout(model, seed=0):
     """Greedy (rl_accuracy) and sampled accuracy on the held-out prompts; rows: each greedy reply."""
     if not val_records or not any(r.get("answer") for r in val_records):
@@ -319,7 +312,7 @@ print(f"k3, pi = 0.5, ref = 0.25: {k3_kl(torch.tensor(math.log(0.5)), torch.tens
 # Same SFT start, same prompts, same rule reward and the same number of generated responses per step
 # (`responses`): PPO and SPO answer that many prompts once each, GRPO answers `responses // group_size`
 # prompts `group_size` times each. PPO reuses each rollout for two optimizer steps and trains a critic
-# beside the policy, so it generates half as many responses in all, and takes half the learning rate:
+# beside the policy, so it generates half as many responses in all, and takes half SPO's learning rate:
 # two steps on one rollout move it about as far as one step at the full rate. Reuse is safe because of
 # the clip: once a token's probability has moved more than $\epsilon$ (0.2) away from the policy that
 # sampled it, the clipped ratio stops rewarding further moves in that direction. The rollouts are a
@@ -335,9 +328,11 @@ print(f"k3, pi = 0.5, ref = 0.25: {k3_kl(torch.tensor(math.log(0.5)), torch.tens
 # The learning rates and the KL weight were chosen by measurement: `tune=True` reruns the sweep (one seed
 # per setting, held-out greedy accuracy and the final KL). Too high a rate and the policy runs away from the
 # reference and loses what SFT taught it; within the range swept, the KL weight changes the drift more than
-# the accuracy. A short warm-up matters for GRPO: Adam's first steps are as large as the learning rate
-# whatever the gradient's noise, and a gradient from 4 prompts is noisy enough to set the policy back
-# before it learns.
+# the accuracy. GRPO's gradient is the noisiest of the three: it comes from 4 prompts a step (PPO and SPO
+# see 32), and at SPO's rate one of its runs in one course run lost reward halfway and ended inside its
+# seeds' spread; at PPO's rate, 1e-4, its gain cleared its seeds' spread in each of the six course runs
+# tried (book/robustness.md). A short warm-up matters for the same reason: Adam's first steps are as large
+# as the learning rate whatever the gradient's noise.
 
 # %%
 has_answers = bool(val_records) and any(r.get("answer") for r in val_records)
@@ -607,3 +602,68 @@ if world and before["rows"]:
 # a larger KL weight (`kl_beta`) holds it closer. On a GPU the same chapter runs MiniMind's recipe
 # (`preset="minimind2-small", data="minimind"`): rlaif-mini's open prompts, scored by a reward model, with
 # MiniMind's group size, lengths and learning rates (the parameters cell).
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. GRPO's advantages (implement).** Write `grpo_advantages(rewards, group_size)` for rewards laid out group
+# by group: each reward minus its group's mean, over the group's standard deviation (+ 1e-4), and 0 for a group
+# whose rewards are all equal. The check uses the rewards of "Advantages by hand" above.
+
+# %%
+def grpo_advantages(rewards, group_size):
+    ...  # your code: (N,)
+
+
+check("11.grpo_advantages", grpo_advantages)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def grpo_advantages(rewards, group_size):
+    groups = rewards.float().view(-1, group_size)                # (groups, G)
+    mean, std = groups.mean(1, keepdim=True), groups.std(1, keepdim=True)
+    adv = torch.where(std < 1e-6, torch.zeros_like(groups), (groups - mean) / (std + 1e-4))
+    return adv.reshape(-1)
+
+
+assert check("11.grpo_advantages", grpo_advantages)
+
+# %% [markdown]
+# **2. The KL estimate (implement).** Write `k3(logp, ref_logp)`, the per-token estimate of KL(π ‖ ref) the
+# chapter uses. The check tells you if some of your estimates are negative (a KL never is).
+
+# %%
+def k3(logp, ref_logp):
+    ...  # your code
+
+
+check("11.k3", k3)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def k3(logp, ref_logp):
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1  # exp(d) - 1 >= d, so never negative
+
+
+assert check("11.k3", k3)
+
+# %% [markdown]
+# **3. The clip (predict).** A token with advantage +1 whose probability ratio has reached 1.3, with the clip at
+# 0.2: what is the gradient of PPO's loss with respect to its log-probability?
+
+# %%
+clipped_gradient = None  # your answer
+check("11.clipped_gradient", clipped_gradient)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: past 1 + 0.2 in the direction the advantage pushes, the clipped term (constant in r) is the one taken
+clipped_gradient = 0.0
+assert check("11.clipped_gradient", clipped_gradient)

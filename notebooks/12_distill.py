@@ -217,3 +217,48 @@ record(run_dir, "12_distill", teacher_val_loss=round(val_teacher, 4), student_va
        traces_minus_direct_low=round(diff - 1.96 * se, 3), trace_steps_all_right=round(every_step, 3),
        answer_follows_trace=round(follows, 3),
        train_seconds=round(plain["wall_time"] + kd["wall_time"] + sum(r["wall_time"] for r in runs.values()), 1))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. The distillation loss (implement).** Write `kd_loss(student, teacher, targets, alpha, T)` for logits
+# (N, V) and targets (N,): alpha times the student's cross-entropy, plus (1 - alpha) times the KL from the
+# teacher's softened distribution to the student's, both at temperature T, times T².
+
+# %%
+def kd_loss(student, teacher, targets, alpha, T):
+    ...  # your code: a scalar tensor
+
+
+check("12.kd_loss", kd_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def kd_loss(student, teacher, targets, alpha, T):
+    F = torch.nn.functional
+    kl = F.kl_div(F.log_softmax(student / T, -1), F.log_softmax(teacher / T, -1), log_target=True,
+                  reduction="batchmean") * T ** 2
+    return alpha * F.cross_entropy(student, targets) + (1 - alpha) * kl
+
+
+assert check("12.kd_loss", kd_loss)
+
+# %% [markdown]
+# **2. Softer (predict).** At temperature 4, is the teacher's most likely token's probability higher or lower
+# than at temperature 1? Answer "higher" or "lower".
+
+# %%
+top_probability = None  # "higher" or "lower"
+check("12.softer", top_probability)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution: dividing by T > 1 shrinks the gaps between logits, so the distribution spreads out
+top_probability = "lower"
+assert check("12.softer", top_probability)

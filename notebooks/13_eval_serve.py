@@ -408,3 +408,51 @@ record(run_dir, "13_eval_serve", stages=",".join(by_stage), **metrics,
        server_first_token_ms=round(first * 1000), server_tokens_per_s=round(server_tps, 1),
        hf_logits_equal=bool(torch.allclose(ours, theirs, atol=1e-4)), eval_seconds=round(eval_seconds, 1),
        **({"published": published, "published_perplexity": round(published_ppl, 2)} if published_ppl else {}))
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. Perplexity (implement).** Write `perplexity(texts)` where each text is a list of its tokens' negative
+# log-likelihoods (nats): one number for all the texts together, as `minimind eval` reports it.
+
+# %%
+def perplexity(texts):
+    ...  # your code: a float
+
+
+check("13.perplexity", perplexity)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+import math
+
+
+def perplexity(texts):
+    tokens = [nll for text in texts for nll in text]
+    return math.exp(sum(tokens) / len(tokens))  # pool the tokens: a long text weighs more than a short one
+
+
+assert check("13.perplexity", perplexity)
+
+# %% [markdown]
+# **2. A request (write).** Write the JSON body a client sends to the server's `/v1/chat/completions`: a
+# system message, a user question, greedy decoding, at most 32 new tokens. The check parses it as the server
+# does.
+
+# %%
+body = None  # your dict
+check("13.request", body)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+body = {"model": "minimind", "temperature": 0, "max_tokens": 32,
+        "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "Where does Rusar live?"}]}
+assert check("13.request", body)

@@ -58,7 +58,6 @@ agent_temperature = 1.0  # the rollouts' sampling temperature
 
 # %%
 import json
-import re
 from collections import Counter
 
 import matplotlib.pyplot as plt
@@ -68,7 +67,8 @@ from IPython.display import HTML, display
 
 from minimind import MiniMindForCausalLM
 from minimind.course import data_paths, ensure_stage, record, runs_dir
-from minimind.course.recipe import stage_done
+from minimind.course.recipe import fill_in, stage_done
+from minimind.course.wordings import TOOL_RL_KINDS, wording
 from minimind.data import read_jsonl
 from minimind.data.datasets import SFTDataset, pad_collate, render_record
 from minimind.data.tokenizer import extend_tokenizer, tokens_html
@@ -81,7 +81,8 @@ from minimind.use.eval import tool_task_accuracy
 RECIPES = {"tiny": dict(sft_seeds=1, sft_steps=600, sft_batch=32, agent_steps=40),
            "gpu": dict(sft_seeds=1, sft_steps=2000, sft_batch=32, agent_steps=90)}
 recipe = RECIPES["tiny" if preset == "tiny" else "gpu"]
-globals().update({key: value for key, value in recipe.items() if globals()[key] is None})
+sft_seeds, sft_steps, sft_batch, agent_steps = fill_in(recipe, sft_seeds=sft_seeds, sft_steps=sft_steps,
+                                                       sft_batch=sft_batch, agent_steps=agent_steps)
 sft_seeds = tuple(range(seed, seed + sft_seeds)) if isinstance(sft_seeds, int) else tuple(sft_seeds)
 rl_seeds = tuple(range(seed, seed + rl_seeds)) if isinstance(rl_seeds, int) else tuple(rl_seeds)
 if preset == "tiny":
@@ -424,18 +425,13 @@ print(f"agentic RL gain: greedy {rl_gain:+.1%} (seeds spread {np.ptp(rl_accs):.1
 
 # %% [markdown]
 # The gain is not the same kind of result as tool SFT's. Break the held-out prompts down by wording (the
-# name and the numbers blanked out), before RL and after each run:
+# lexicon template each was written from, `minimind.course.wordings`), before RL and after each run:
 
 # %%
-def wording(question):
-    """The question with its names and numbers blanked out: X and N."""
-    first, rest = question.split(" ", 1)
-    return re.sub(r"\d+", "N", f"{first} {re.sub(r'[A-Z][a-z]+', 'X', rest)}")
-
-
 by_wording = {}
 for i, task in enumerate(rl_val):
-    by_wording.setdefault(wording(task["conversations"][-1]["content"]), []).append(i)
+    _, template, _ = wording(task["conversations"][-1]["content"], TOOL_RL_KINDS)
+    by_wording.setdefault(template, []).append(i)
 print(f"{'wording':40} {'n':>3} {'SFT':>5} " + " ".join(f"{f'RL {s}':>5}" for s in rl_seeds))
 for w, rows in sorted(by_wording.items(), key=lambda kv: -len(kv[1])):
     right = [np.mean([r["rows"][i]["correct"] for i in rows]) for r in [before, *after.values()]]
@@ -521,3 +517,51 @@ record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(with
 #   It learns a choice a new wording leaves open (call or not, which tool, which fact) once a sample has found
 #   it; at this size, whether a run finds a wording the start model never calls for is luck, so its gain is
 #   measured here, not promised.
+
+# %% [markdown]
+# ## Exercises
+# Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
+# wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
+# it to open; in the book, "Show code cell source").
+
+# %%
+from minimind.course.exercises import check
+
+# %% [markdown]
+# **1. Run a call (use the toolbox).** The model writes a call; the loop runs it and puts the result in a
+# tool turn. Run `add` with a = 27 and b = 15 through the course toolbox (`course_tools()`,
+# `ToolCall(name, arguments)` from `minimind.model.tools`) and pass the text it returns.
+
+# %%
+tool_result = None  # the toolbox's answer
+check("14.run_call", tool_result)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+from minimind.model.tools import ToolCall, course_tools
+
+tool_result = course_tools().run(ToolCall("add", {"a": 27, "b": 15}))
+print(tool_result)
+assert check("14.run_call", tool_result)
+
+# %% [markdown]
+# **2. CISPO's loss (implement).** Write `cispo_loss(logp, old_logp, advantages, mask, eps_high)` for
+# log-probabilities (N, R) and one advantage per episode (N,): per token, minus the capped probability ratio
+# (no gradient through it) times the advantage times the log-probability. The check compares the losses and
+# their gradients with the agent stage's.
+
+# %%
+def cispo_loss(logp, old_logp, advantages, mask, eps_high):
+    ...  # your code: (N, R)
+
+
+check("14.cispo_loss", cispo_loss)
+
+# %% tags=["hide-input"] jupyter={"source_hidden": true}
+# Solution
+def cispo_loss(logp, old_logp, advantages, mask, eps_high):
+    weight = torch.exp(logp - old_logp).clamp(max=eps_high).detach()  # (N, R): a weight, not a path for gradient
+    return -(weight * advantages[:, None] * logp)
+
+
+assert check("14.cispo_loss", cispo_loss)

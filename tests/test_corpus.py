@@ -3,6 +3,7 @@ import hashlib
 import json
 import re
 
+import pytest
 from course_helpers import course, tokenizer
 
 from minimind.cli import main
@@ -187,3 +188,22 @@ def test_course_rl_prompts_ask_known_facts_in_new_words_about_held_out_subjects(
             seen[name].add(subject)
     assert seen["train"] and seen["val"] and not seen["train"] & seen["val"]
     assert set(LEXICONS["en"]["rl_ask"]) <= set(LEXICONS["en"]["relations"])
+
+
+def test_every_rl_question_names_the_template_and_fields_it_was_written_from():
+    from minimind.course.wordings import RL_KINDS, TOOL_RL_KINDS, wording
+    from minimind.data import read_jsonl
+    paths = course()
+    for kind, files in ((RL_KINDS, ("rl", "rl_val")), (TOOL_RL_KINDS, ("tool_rl", "tool_rl_val"))):
+        for name in files:
+            for r in read_jsonl(paths[name], "rl"):
+                question = r["conversations"][-1]["content"]
+                key, template, fields = wording(question, kind)
+                assert template is not None, (kind, question)
+                assert template.format(**fields) == question  # the template, filled in, gives the question back
+                if "name" in fields:
+                    assert fields["name"] in question and fields["name"][0].isupper()
+    assert wording("Where is Mavi from?") == ("home", "Where is {name} from?", {"name": "Mavi"})
+    assert wording("What colour is the sky?") == (None, None, {})
+    with pytest.raises(ValueError, match="no 'nope' templates"):
+        wording("x", "nope")

@@ -62,12 +62,40 @@ WRONG = {
     "06.route": lambda logits, k: tuple(torch.softmax(logits, -1).topk(k, -1)),  # not renormalised
     "06.aux_loss": lambda probs, idx, n, alpha: alpha * probs.mean(),
     "06.temperature": "yes",
+    "07.next_token_loss": lambda logits, ids: torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten()),
+    "07.lr_schedule": lambda step, total, lr, warmup, ratio: lr,
+    "07.grad_accum": "no",
+    "08.sft_loss": lambda logits, labels: torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten().clamp(min=0)),
+    "08.mean_over_tokens": 1.5,
+    "09.lora_merge": lambda W, A, B, alpha, r: W + B @ A,
+    "09.lora_parameters": 1000,
+    "10.dpo_loss": lambda pc, pr, rc, rr, beta: -torch.nn.functional.logsigmoid(beta * (pr - rr - pc + rc)).mean(),
+    "10.loss_at_start": 0.0,
+    "11.grpo_advantages": lambda r, g: r - r.view(-1, g).mean(1).repeat_interleave(g),
+    "11.k3": lambda logp, ref: logp - ref,
+    "11.clipped_gradient": -1.3,
+    "12.kd_loss": lambda s, t, y, alpha, T: torch.nn.functional.cross_entropy(s, y),
+    "12.softer": "higher",
+    "13.perplexity": lambda texts: sum(math.exp(sum(t) / len(t)) for t in texts) / len(texts),
+    "13.request": {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 32},
+    "14.run_call": '{"result": 41}',
+    "14.cispo_loss": lambda logp, old, adv, mask, eps: -(torch.exp(logp - old).clamp(max=eps) * adv[:, None] * logp),
 }
 TOLD = {  # what the check says to some of the usual mistakes
     "03.causal_attention": "see the future",
     "03.repeat_kv": "tiled",
     "05.rms_norm": "LayerNorm",
     "06.route": "sum to 1",
+    "07.next_token_loss": "next one",
+    "08.mean_over_tokens": "mean of the two conversations",
+    "09.lora_merge": "unscaled",
+    "10.dpo_loss": "swapped",
+    "11.grpo_advantages": "expected [0.866",  # not divided by the group's standard deviation
+    "11.k3": "negative",
+    "13.perplexity": "pool every token",
+    "13.request": "roles",
+    "14.cispo_loss": "detach",
 }
 
 

@@ -79,3 +79,13 @@ def sample_callback(tokenizer, prompts: list[str], max_new_tokens: int = 40, cha
             samples.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
         return {"samples": samples}
     return callback
+
+
+def fill_in(recipe: dict, **given) -> tuple:
+    """The values of `given`, in order, each None replaced by the recipe's value for that name: a chapter's
+    parameters left unset take its preset's recipe, e.g. `steps, lr = fill_in(recipe, steps=steps, lr=lr)`."""
+    missing = [name for name, value in given.items() if value is None and name not in recipe]
+    if missing:
+        raise KeyError(f"the recipe has no value for {', '.join(missing)}: set it as a parameter, or add it to the "
+                       f"recipe (which has {', '.join(recipe)})")
+    return tuple(recipe[name] if value is None else value for name, value in given.items())

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-CHAPTERS = ("ch01", "ch02", "ch03", "ch04", "ch05", "ch06")
+CHAPTERS = tuple(f"ch{n:02d}" for n in range(1, 15))
 
 
 @dataclass
