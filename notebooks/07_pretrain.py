@@ -255,6 +255,18 @@ record(run_dir, "07_pretrain", val_loss=round(val_loss, 4), unigram_loss=round(u
        train_seconds=round(summary["wall_time"], 1), precision=summary["precision"], resume_exact=same)
 
 # %% [markdown]
+# ## Where we differ from MiniMind
+# MiniMind's `trainer/train_pretrain.py` (read at its minimind-3 commit d65ef2c) gives each document a row of
+# its own, between `<|im_start|>` and `<|im_end|>`, cut or padded to 340 tokens, and masks the padding out of
+# the loss. We pack the token stream into windows instead, as described above: no step is spent
+# on padding, and a document may run on into the next window. Its optimizer is `AdamW` with PyTorch's defaults
+# (betas 0.9 and 0.999, weight decay 0.01 on every parameter), and its learning rate falls along a cosine from
+# `lr` to a tenth of it with no warm-up, recomputed at every micro-batch. Ours has betas 0.9 and 0.95 and weight
+# decay 0.1 on the weight matrices only (nanoGPT's and Llama's settings), a short linear warm-up, and a
+# schedule over optimizer steps, so that `--grad-accum` leaves the curve as it is. MiniMind trains its 64M
+# model at 5e-4 for two epochs of its data; the tiny model here trains at `lr` (2e-3) for `max_steps` steps.
+
+# %% [markdown]
 # ## Exercises
 # Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
 # wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click

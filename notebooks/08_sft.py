@@ -137,6 +137,16 @@ record(run_dir, "08_sft", val_loss=round(summary["val_loss"], 4), heldout_exact_
        train_seconds=round(summary["wall_time"], 1))
 
 # %% [markdown]
+# ## Where we differ from MiniMind
+# MiniMind's `trainer/train_full_sft.py` (at its minimind-3 commit d65ef2c) learns from the same tokens as this
+# chapter: every assistant turn through its closing `<|im_end|>` (MiniMind also learns the newline after it),
+# the loss a mean over those tokens. Its dataset does two things ours does not: it adds a random system prompt
+# to a fifth of the conversations, and removes an empty `<think></think>` block from most (80%) of those that
+# carry one, so that its model answers with or without either; the course's dialogues have neither. Its
+# learning rate is 1e-5, for a 64M model that pretraining on real text has made fluent; the tiny model here
+# trains at `lr` (1e-3).
+
+# %% [markdown]
 # ## Exercises
 # Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
 # wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click

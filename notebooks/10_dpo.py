@@ -258,6 +258,15 @@ record(run_dir, "10_dpo", heldout_pref_accuracy=round(heldout["accuracy"], 4), h
        **{f"beta_{b}_logp_drift_rejected": round(v["rejected"], 3) for b, v in sweep.items()})
 
 # %% [markdown]
+# ## Where we differ from MiniMind
+# MiniMind's `trainer/train_dpo.py` has the same loss, with a frozen copy of the SFT model as the reference.
+# Its minimind-3 version (commit d65ef2c) sums each answer's token log-probabilities, as we do by default;
+# MiniMind2's averaged them over the answer's tokens (`average_logprobs=True` here does that), which keeps a
+# long answer's implicit reward on the scale of a short one's. It uses beta 0.15 (MiniMind2: 0.1) and a
+# learning rate of 4e-8, which on its real data leaves the SFT model's answers nearly as they were. This
+# chapter's `beta` and `lr` are the tiny model's; the sweep above shows what beta changes here.
+
+# %% [markdown]
 # ## Exercises
 # Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
 # wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click

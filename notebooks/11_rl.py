@@ -604,6 +604,24 @@ if world and before["rows"]:
 # MiniMind's group size, lengths and learning rates (the parameters cell).
 
 # %% [markdown]
+# ## Where we differ from MiniMind
+# - **PPO.** MiniMind's `trainer/train_ppo.py` (at its minimind-3 commit d65ef2c) has what this chapter's PPO
+#   has: a separate critic (the SFT model with a value head), GAE with $\gamma = 1$ and $\lambda = 0.95$,
+#   advantages whitened over the batch, the policy and the value clipped at 0.2, two passes over each rollout.
+#   It adds the KL to the reference (the k3 estimate, weight 0.02) to the *loss*; we put a per-token KL
+#   penalty into the *reward* (InstructGPT's form, `kl_coef`), so our critic learns the penalised return. It
+#   also stops a rollout's updates early when their approximate KL passes 0.25; ours does not.
+# - **GRPO.** MiniMind's `trainer/train_grpo.py` now defaults to CISPO's loss (chapter 14); its
+#   `--loss_type grpo` is the clipped surrogate used here, with the same k3 KL term and the same mean over each
+#   answer's tokens, then over answers. It divides by the group's population standard deviation, where we
+#   take the sample one (larger by $\sqrt{G/(G-1)}$: 7% for groups of 8), and samples 6 answers per prompt.
+# - **SPO.** minimind-3 removed MiniMind2's `train_spo.py`; ours keeps its global baseline as the default
+#   (`spo_baseline`), and the SPO paper's per-prompt one as the alternative.
+# - **Rewards.** MiniMind scores open-ended replies with a reward model (InternLM2-1.8B-Reward) plus terms for
+#   length, the think format and repetition; this chapter uses the rule reward on checkable answers, which a
+#   CPU can afford, and which `reward=FOLDER` swaps for a reward model.
+
+# %% [markdown]
 # ## Exercises
 # Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
 # wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click

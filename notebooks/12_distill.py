@@ -43,7 +43,7 @@ dtype = "auto"         # auto: bf16 autocast on a GPU or a CPU with bf16 hardwar
 out_dir = None
 kd_steps = 150         # steps for each student
 reason_steps = 150     # steps for each of the two reasoning runs
-alpha = 0.0            # weight of the cross-entropy term (MiniMind distils with the KL term alone)
+alpha = 0.0            # weight of the cross-entropy term (MiniMind2 as released: 0, the KL alone; today 0.5)
 temperature = 1.0      # T > 1 softens both distributions; for a tiny student T = 1 worked best here
 seed = 0               # the training seed (`minimind course --seed`: do the lessons hold for other seeds?)
 
@@ -217,6 +217,16 @@ record(run_dir, "12_distill", teacher_val_loss=round(val_teacher, 4), student_va
        traces_minus_direct_low=round(diff - 1.96 * se, 3), trace_steps_all_right=round(every_step, 3),
        answer_follows_trace=round(follows, 3),
        train_seconds=round(plain["wall_time"] + kd["wall_time"] + sum(r["wall_time"] for r in runs.values()), 1))
+
+# %% [markdown]
+# ## Where we differ from MiniMind
+# MiniMind's `trainer/train_distillation.py` (at its minimind-3 commit d65ef2c) mixes the two terms half and
+# half (`alpha` 0.5) at temperature 1.5, from a larger teacher into a student, both starting from its SFT
+# model; MiniMind2 as first released (commit 58e3af0) called it with `alpha` 0 and $T = 1$, the KL term alone,
+# which is this chapter's default. Its KL is ours: KL(teacher ‖ student) over the assistant's tokens, times
+# $T^2$. Our student starts from fresh weights rather than from an SFT model, so that what it learns comes
+# from the teacher. MiniMind's reasoning trainer (`train_reason.py`, removed in minimind-3, whose chat template
+# turns thinking on or off instead) weighted the `<think>` tags 10 times; `tag_weight` is that knob here (2).
 
 # %% [markdown]
 # ## Exercises

@@ -519,6 +519,18 @@ record(run_dir, "14_tools", vocab=tool_tokenizer.vocab_size, no_tools=round(with
 #   measured here, not promised.
 
 # %% [markdown]
+# ## Where we differ from MiniMind
+# MiniMind's `trainer/train_agent.py` (at its minimind-3 commit d65ef2c) runs the same kind of episode: up to
+# 3 model turns, tool results in the sequence but masked out of the loss, CISPO by default, KL weight 0.1. It
+# samples 4 episodes per prompt (8 here) and calls six mock tools (a calculator, a unit converter, weather,
+# time, exchange rates, translation) where ours look people up in the course's register and do sums. Its
+# reward is richer: +0.5 when the number of well-formed calls matches the expected one (less for each call
+# off), plus 2.5 times the share of the expected values the final answer contains, minus penalties for
+# unbalanced tags, hitting the turn limit and repetition, clipped to [-3, 3]; episodes that call no tool are
+# scored by a reward model. Ours is 1 for a right final answer, plus 0.1 when every call was well-formed
+# (minus 0.1 for a broken one).
+
+# %% [markdown]
 # ## Exercises
 # Each exercise ends in `check(...)`, which says whether your answer is right and, if it is not, what is
 # wrong and a hint. Try before you look: each solution is in the collapsed cell after its exercise (click
