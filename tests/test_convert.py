@@ -1,6 +1,7 @@
 """`minimind data convert`: other formats in, MiniMind's JSONL out, exactly and valid by construction."""
 import gzip
 import json
+import math
 
 import datasets
 import pyarrow as pa
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from minimind.cli import main
-from minimind.data import convert as convert_module
+from minimind.data import sources
 from minimind.data.convert import convert, detect_format
 from minimind.data.records import DataError, check_file
 
@@ -82,17 +83,120 @@ def test_sharegpt_roles_and_system(tmp_path):
     ]
 
 
-def test_sharegpt_tool_roles_are_named_errors(tmp_path):
-    records = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
-               {"conversations": [{"from": "human", "value": "weather?"},
-                                  {"from": "function_call", "value": "{\"name\": \"weather\"}"},
-                                  {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "sunny"}]}]
-    src = write_jsonl(tmp_path / "tools.jsonl", records)
-    with pytest.raises(DataError, match=r"tools\.jsonl:2: conversations\[1\] has the tool role 'function_call'.*"
-                                        r"not supported yet"):
-        convert(src, tmp_path / "out.jsonl")
-    summary = convert(src, tmp_path / "out.jsonl", skip_bad=True)
-    assert (summary["written"], summary["skipped"]) == (1, 1)
+WEATHER = {"name": "weather", "description": "the weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def _learned(conversation) -> str:
+    """The text minimind-3's template renders for a conversation, inside the spans the model learns."""
+    from minimind.data.datasets import render_record
+    text, spans = render_record(conversation, "minimind3")
+    return "".join(text[a:b] for a, b in spans)
+
+
+def test_llama_factory_tool_calls_convert_and_render_inside_the_learned_span(tmp_path):
+    records = [{"conversations": [{"from": "human", "value": "Weather in Oslo and Rome?"},
+                                  {"from": "function_call", "value": json.dumps(
+                                      [{"name": "weather", "arguments": {"city": "Oslo"}},
+                                       {"name": "weather", "arguments": {"city": "Rome"}}])},
+                                  {"from": "observation", "value": "[\"rain\", \"sun\"]"},
+                                  {"from": "gpt", "value": "Rain in Oslo, sun in Rome."}],
+                "tools": json.dumps([WEATHER])},  # LLaMA-Factory: bare schemas, as a JSON string
+               {"conversations": [{"from": "human", "value": "Oslo?"},
+                                  {"from": "function_call", "value": '{"name": "weather", "arguments": '
+                                                                     '"{\\"city\\": \\"Oslo\\"}"}'},
+                                  {"from": "observation", "value": "rain"}, {"from": "gpt", "value": "Rain."}],
+                "system": "Use the tools.", "tools": [WEATHER]}]
+    got, summary = run(tmp_path, records, "sft")
+    assert summary["format"] == "sharegpt"
+    schema = [{"type": "function", "function": WEATHER}]
+    assert got[0]["conversations"] == [
+        {"role": "system", "content": "", "tools": schema}, msg("user", "Weather in Oslo and Rome?"),
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}},
+                                                            {"name": "weather", "arguments": {"city": "Rome"}}]},
+        msg("tool", '["rain", "sun"]'), msg("assistant", "Rain in Oslo, sun in Rome.")]
+    assert got[1]["conversations"][0] == {"role": "system", "content": "Use the tools.", "tools": schema}
+    assert got[1]["conversations"][2]["tool_calls"] == [{"name": "weather", "arguments": {"city": "Oslo"}}]
+    learned = _learned(got[0]["conversations"])
+    assert '"city": "Rome"' in learned and "Rain in Oslo" in learned and "rain" not in learned.replace("Rain", "")
+
+
+def test_openai_tool_calls_results_and_reasoning_parts_convert(tmp_path):
+    records = [
+        {"messages": [msg("user", "Weather in Oslo?"),
+                      {"role": "assistant", "content": None, "tool_calls": [
+                          {"id": "call_1", "type": "function",
+                           "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]},
+                      {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+                      msg("assistant", "Rain.")],
+         "tools": [{"type": "function", "function": WEATHER}]},
+        # the older function-calling API: function_call on the assistant, role "function" for the result
+        {"messages": [msg("user", "Oslo?"),
+                      {"role": "assistant", "content": None,
+                       "function_call": {"name": "weather", "arguments": '{"city": "Oslo"}'}},
+                      {"role": "function", "name": "weather", "content": "rain"}, msg("assistant", "Rain.")]},
+        # LLaMA-Factory's reasoning-with-tools messages: content parts of type reasoning and text
+        {"messages": [msg("user", "Oslo?"),
+                      {"role": "assistant", "content": [{"type": "reasoning", "reasoning": "I should look."}],
+                       "tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]},
+                      msg("tool", "rain"),
+                      {"role": "assistant", "content": [{"type": "reasoning", "reasoning": "It rains."},
+                                                        {"type": "text", "text": "Rain."}]}],
+         "tools": [WEATHER]},
+    ]
+    got, summary = run(tmp_path, records, "sft")
+    assert summary["format"] == "openai"
+    call = [{"name": "weather", "arguments": {"city": "Oslo"}}]
+    assert got[0]["conversations"] == [
+        {"role": "system", "content": "", "tools": [{"type": "function", "function": WEATHER}]},
+        msg("user", "Weather in Oslo?"), {"role": "assistant", "content": "", "tool_calls": call},
+        msg("tool", "rain"), msg("assistant", "Rain.")]
+    assert got[1]["conversations"] == [msg("user", "Oslo?"), {"role": "assistant", "content": "", "tool_calls": call},
+                                       msg("tool", "rain"), msg("assistant", "Rain.")]
+    assert got[2]["conversations"][2] == {"role": "assistant", "content": "", "tool_calls": call,
+                                          "reasoning_content": "I should look."}
+    assert got[2]["conversations"][4] == {"role": "assistant", "content": "Rain.", "reasoning_content": "It rains."}
+    for record in got:
+        learned = _learned(record["conversations"])
+        assert '"city": "Oslo"' in learned and "Rain." in learned
+
+
+def test_bad_tool_calls_are_named_errors(tmp_path):
+    cases = [({"conversations": [{"from": "human", "value": "q"},
+                                 {"from": "function_call", "value": "{not json"}]}, "sharegpt",
+              r"in\.jsonl:1: conversations\[1\] \"value\" is a string but not valid JSON"),
+             ({"conversations": [{"from": "human", "value": "q"},
+                                 {"from": "function_call", "value": '{"arguments": {}}'}]}, "sharegpt",
+              r"in\.jsonl:1: conversations\[1\] \"value\" is not a tool call"),
+             ({"messages": [msg("user", "q"), {"role": "assistant", "content": None, "tool_calls": [
+                 {"type": "function", "function": {"name": "f", "arguments": "[1, 2]"}}]}]}, "openai",
+              r"messages\[1\] tool_calls\[0\] arguments is list, not an object"),
+             ({"messages": [msg("user", "q"), msg("assistant", "a")], "tools": [{"description": "no name"}]},
+              "openai", r'"tools"\[0\] is not a tool schema')]
+    for record, fmt, pattern in cases:
+        src = write_jsonl(tmp_path / "in.jsonl", [record])
+        with pytest.raises(DataError, match=pattern):
+            convert(src, tmp_path / "out.jsonl", fmt=fmt)
+
+
+def test_a_converted_tool_file_trains_the_tool_sft_stage(tmp_path):
+    from course_helpers import course
+
+    from minimind.data.tokenizer import train_tokenizer
+    from minimind.train import read_metrics, train_stage
+    rows = [{"conversations": [{"from": "human", "value": f"Weather in {city}?"},
+                               {"from": "function_call", "value": json.dumps({"name": "weather",
+                                                                               "arguments": {"city": city}})},
+                               {"from": "observation", "value": weather}, {"from": "gpt", "value": f"{weather}."}],
+             "tools": json.dumps([WEATHER])} for city, weather in [("Oslo", "Rain"), ("Rome", "Sun")] * 8]
+    src = write_jsonl(tmp_path / "glaive.jsonl", rows)
+    convert(src, tmp_path / "tool_sft.jsonl")
+    tok = train_tokenizer([line for line in open(course()["sft"])], vocab_size=400, template="minimind3")
+    tok.save_pretrained(tmp_path / "tok")
+    train_stage("sft", tmp_path / "run", data=tmp_path / "tool_sft.jsonl", tokenizer=tmp_path / "tok", max_steps=3,
+                batch_size=4, seq_len=1024, device="cpu", progress=False, stage_kwargs=dict(shared_prefix=True))
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert losses and all(math.isfinite(x) for x in losses)
 
 
 def test_sharegpt_preference_becomes_dpo(tmp_path):
@@ -121,15 +225,12 @@ def test_openai_messages_content_parts_and_roles(tmp_path):
     ]
 
 
-def test_openai_other_part_types_and_tool_roles_are_errors(tmp_path):
+def test_openai_other_part_types_are_errors(tmp_path):
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
                           msg("assistant", "a")]}
-    tool = {"messages": [msg("user", "q"), msg("tool", "result"), msg("assistant", "a")]}
-    for record, pattern in ((image, r"in\.jsonl:1: messages\[0\] content\[0\] is a 'image_url' part"),
-                            (tool, r"in\.jsonl:1: messages\[1\] has the tool role 'tool'")):
-        src = write_jsonl(tmp_path / "in.jsonl", [record])
-        with pytest.raises(DataError, match=pattern):
-            convert(src, tmp_path / "out.jsonl", fmt="openai")
+    src = write_jsonl(tmp_path / "in.jsonl", [image])
+    with pytest.raises(DataError, match=r"in\.jsonl:1: messages\[0\] content\[0\] is a 'image_url' part"):
+        convert(src, tmp_path / "out.jsonl", fmt="openai")
 
 
 def test_openai_preference_with_prompt(tmp_path):
@@ -253,7 +354,7 @@ def test_output_problems_are_reported_as_errors(tmp_path):
 
 
 def test_json_array_is_streamed_with_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr(convert_module, "_CHUNK", 16)  # records span many reads
+    monkeypatch.setattr(sources, "_CHUNK", 16)  # records span many reads
     records = [{"instruction": f"问题 {i} " + "x" * (i * 7), "output": f"答 {i}"} for i in range(30)]
     records[20] = {"instruction": "no output"}
     text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False, indent=1) for r in records) + "\n]\n"

@@ -4,10 +4,16 @@ Input formats (`fmt`, detected from the first record unless given):
   alpaca    LLaMA-Factory's alpaca: instruction, input (joined to the instruction with "\\n", as LLaMA-Factory's
             converter does), output, system, history [[q, a], ...]; chosen/rejected strings instead of output -> dpo
   sharegpt  conversations (or messages) of {"from", "value"}: human/user, gpt/assistant, system; a "system" field;
-            LLaMA-Factory's preference form (conversations + chosen/rejected message objects) -> dpo
+            LLaMA-Factory's tool calling: function_call turns (a call or a list of calls as JSON), observation
+            turns (the results) and a "tools" field (its bare schemas, often as a JSON string); LLaMA-Factory's
+            preference form (conversations + chosen/rejected message objects) -> dpo
   openai    messages of {"role", "content"}: content a string or a list of {"type": "text", "text"} parts (joined
-            with "\\n"); "developer" is read as system; reasoning_content kept; chosen/rejected (message objects,
-            lists or strings) after the messages, or after a "prompt" (TRL's preference form) -> dpo
+            with "\\n") and {"type": "reasoning"} parts (-> reasoning_content); "developer" is read as system;
+            reasoning_content kept; tool_calls (or the older function_call) on assistant messages, tool (or
+            function) messages, "tools" on the record; chosen/rejected (message objects, lists or strings) after
+            the messages, or after a "prompt" (TRL's preference form) -> dpo
+Tool use comes out as MiniMind writes it: the tools on the system message (one with empty content is made when
+there is none), each call as {"name", "arguments": {...}} on an assistant turn, results as "tool" turns.
   minimind  MiniMind's own records (pretrain, sft, dpo, rl, eval): validated and copied
   text      {"text": ...} or {"content": ...} -> pretrain
 Input files: .jsonl (any other suffix is read as JSONL too), .json (a JSON array, streamed with a small incremental
@@ -23,239 +29,42 @@ skipped. The output is written atomically: a failed conversion leaves no file be
 """
 from __future__ import annotations
 
-import codecs
 import itertools
 import json
 import re
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 from .datasets import PROGRESS_BYTES
 from .files import atomic_path
 from .records import _FIXES, DataError, detect_kind, validate_record
+from .sources import _Bad, _open_source
 
 FORMATS = ("alpaca", "sharegpt", "openai", "minimind", "text")
 TARGETS = ("pretrain", "sft", "dpo", "rl")
 PROGRESS_ROWS = 200_000  # tables with at least this many rows show a progress bar
 REPORT_BAD = 5  # bad records listed in the summary (all are counted)
-_BATCH = 1024  # rows read at a time from Parquet, Arrow and datasets folders
-_CHUNK = 1 << 20  # bytes read at a time from a JSON array
 
 _FORMAT_FIXES = {
     "alpaca": 'each record must be like {"instruction": "...", "input": "..." (optional), "output": "...", '
               '"system": "..." (optional), "history": [["question", "answer"], ...] (optional)}, or with '
               '"chosen" and "rejected" strings instead of "output"',
     "sharegpt": 'each record must be like {"conversations": [{"from": "human", "value": "..."}, '
-                '{"from": "gpt", "value": "..."}]} (roles human/user, gpt/assistant, system)',
+                '{"from": "gpt", "value": "..."}]} (roles human/user, gpt/assistant, system; function_call and '
+                'observation with a "tools" field for tool use)',
     "openai": 'each record must be like {"messages": [{"role": "user", "content": "..."}, '
-              '{"role": "assistant", "content": "..."}]} (roles system/user/assistant; content a string or '
-              'text parts)',
+              '{"role": "assistant", "content": "..."}]} (roles system/user/assistant/tool; content a string or '
+              'text parts; tool_calls on assistant messages)',
     "text": 'each record must be like {"text": "..."} or {"content": "..."}',
 }
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "chatgpt": "assistant", "model": "assistant", "system": "system"}
 _OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_TOOL_ROLES = ("function_call", "observation", "tool", "function", "tool_call", "tool_response", "ipython")
+# tool use: the roles that carry a call (an assistant turn) and those that carry its result (a "tool" turn)
+_CALL_ROLES = ("function_call", "tool_call")
+_RESULT_ROLES = ("observation", "tool", "function", "tool_response", "ipython")
 # cross-kind conversions allowed when the output kind is forced (kind=..., --to)
 _RETARGETS = {("sft", "rl"), ("rl", "sft"), ("dpo", "sft"), ("dpo", "rl")}
-
-
-class NeedsPackage(ImportError, ValueError):
-    """An optional package a file type needs is not installed (a ValueError too: the CLI prints it plainly)."""
-
-
-class _Bad(Exception):
-    """One record's problem: (problem, fix)."""
-
-    def __init__(self, problem: str, fix: Optional[str] = None):
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
-
-
-# -- reading: (where, record or None, bad or None) for every record of a file ------------------------------
-def _iter_jsonl(path: Path, update: Callable[[int], None]) -> Iterator[tuple]:
-    with open(path, "rb") as fh:
-        if fh.read(2) == b"\x1f\x8b":
-            raise DataError(f"{path} is gzip-compressed: unpack it first (gunzip -k {path}) and pass the file")
-        fh.seek(0)
-        for lineno, raw in enumerate(fh, 1):
-            update(len(raw))
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield f"{path}:{lineno}", None, _Bad(
-                    f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)",
-                    "re-encode the file as UTF-8 (e.g. iconv -f GBK -t UTF-8 in > out)")
-                continue
-            if lineno == 1:
-                line = line.lstrip("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line), None
-            except json.JSONDecodeError as err:
-                yield f"{path}:{lineno}", None, _Bad(f"not valid JSON ({err.msg} at column {err.colno})",
-                                                     "each line must hold exactly one JSON object")
-            except RecursionError:
-                yield f"{path}:{lineno}", None, _Bad("JSON nested too deeply to read", "one record per line")
-
-
-def _iter_json(path: Path, update: Callable[[int], None]) -> Iterator[tuple]:
-    """A JSON array, streamed: records are decoded one by one from a sliding buffer (memory: the largest record
-    plus 1 MiB, not the file). A .json file holding JSONL (it starts with "{") is read as JSONL."""
-    with open(path, "rb") as fh:
-        head = fh.read(4096).decode("utf-8", errors="ignore").lstrip("\ufeff \t\r\n")
-    if head.startswith("{"):
-        yield from _iter_jsonl(path, update)
-        return
-    if not head.startswith("["):
-        raise DataError(f"{path}: not a JSON array of records (it starts with {head[:20]!r}); fix: a .json file "
-                        "must hold [{...}, {...}] or one JSON object per line")
-    decoder, utf8 = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as fh:
-        buf, pos, line, eof = "", 0, 1, False
-
-        def more(size: int = _CHUNK) -> None:
-            nonlocal buf, pos, eof
-            raw = fh.read(size)
-            update(len(raw))
-            eof = not raw
-            try:
-                text = utf8.decode(raw, final=eof)
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}: invalid UTF-8 near line {line} ({err.reason}); fix: re-encode the "
-                                "file as UTF-8 (e.g. iconv -f GBK -t UTF-8 in > out)") from None
-            buf, pos = buf[pos:] + text, 0
-
-        def skip_space() -> str:
-            """The next non-space character ("" at the end of the file), counting lines."""
-            nonlocal pos, line
-            while True:
-                while pos < len(buf) and buf[pos] in " \t\r\n\ufeff":
-                    line += buf[pos] == "\n"
-                    pos += 1
-                if pos < len(buf) or eof:
-                    return buf[pos] if pos < len(buf) else ""
-                more()
-
-        def broken(what: str) -> DataError:
-            return DataError(f"{path}:{line}: {what}; fix: the file must be one JSON array of records "
-                             "(a broken array cannot be skipped past: repair the file, or convert it to JSONL)")
-
-        more()
-        skip_space()
-        pos += 1  # "["
-        if skip_space() == "]":
-            return
-        while True:
-            if not skip_space():
-                raise broken("the array is not closed (the file ends early)")
-            while True:
-                try:
-                    record, end = decoder.raw_decode(buf, pos)
-                except json.JSONDecodeError as err:
-                    if eof:
-                        raise broken(f"not valid JSON ({err.msg})") from None
-                    more(max(_CHUNK, len(buf)))  # a record longer than the buffer: read more, doubling
-                    continue
-                except RecursionError:
-                    raise broken("JSON nested too deeply to read") from None
-                if end == len(buf) and not eof:  # a number or a literal may go on in the next chunk
-                    more(max(_CHUNK, len(buf)))
-                    continue
-                break
-            yield f"{path}:{line}", record, None
-            line += buf.count("\n", pos, end)
-            pos = end
-            sep = skip_space()
-            pos += 1
-            if sep == "]":
-                return
-            if sep != ",":
-                raise broken(f"expected , or ] between records, found {sep!r}" if sep else "the array is not "
-                             "closed (the file ends early)")
-
-
-def _rows(table_batches, where: str, update: Callable[[int], None]) -> Iterator[tuple]:
-    row = 0
-    for batch in table_batches:
-        for start in range(0, batch.num_rows, _BATCH):
-            part = batch.slice(start, _BATCH).to_pylist()
-            update(len(part))
-            for record in part:
-                yield f"{where}: row {row}", record, None
-                row += 1
-
-
-def _pyarrow(path: Path):
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401  (loads the submodule)
-    except ImportError:
-        raise NeedsPackage(f"reading {path.name} needs pyarrow: pip install pyarrow") from None
-    return pyarrow
-
-
-def _open_source(path: Path) -> tuple[int, str, Callable]:
-    """(total for a progress bar, its unit, records(update) -> iterator of (where, record, bad))."""
-    if path.is_dir():
-        return _open_hf_folder(path)
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        pa = _pyarrow(path)
-        try:
-            pf = pa.parquet.ParquetFile(path)
-        except pa.ArrowException as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-        return pf.metadata.num_rows, "rows", lambda update: _rows(pf.iter_batches(batch_size=_BATCH), str(path),
-                                                                   update)
-    if suffix == ".arrow":
-        pa = _pyarrow(path)
-
-        def batches():
-            source = pa.memory_map(str(path))
-            try:
-                reader = pa.ipc.open_stream(source)  # what datasets writes
-            except pa.ArrowInvalid:
-                source.seek(0)
-                try:
-                    reader = pa.ipc.open_file(source)
-                except pa.ArrowInvalid as err:
-                    raise DataError(f"{path}: not an Arrow IPC file or stream ({err})") from None
-                yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
-                return
-            yield from reader
-
-        return 0, "rows", lambda update: _rows(batches(), str(path), update)
-    size = path.stat().st_size
-    reader = _iter_json if suffix == ".json" else _iter_jsonl
-    return size, "B", lambda update: reader(path, update)
-
-
-def _open_hf_folder(path: Path) -> tuple[int, str, Callable]:
-    import datasets
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except FileNotFoundError as err:
-        raise DataError(f"{path} is a folder, but not a dataset saved with datasets' save_to_disk ({err}); fix: "
-                        "pass that folder, or a .jsonl, .json, .parquet or .arrow file") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if len(ds) != 1:
-            splits = ", ".join(ds)
-            raise DataError(f"{path} holds several splits ({splits}); fix: convert one at a time, e.g. "
-                            f"{path / next(iter(ds))}")
-        ds = next(iter(ds.values()))
-
-    def records(update):
-        columns = ds.column_names
-        for start in range(0, len(ds), _BATCH):
-            batch = ds[start:start + _BATCH]
-            rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
-            update(len(rows))
-            for i, record in enumerate(rows):
-                yield f"{path}: row {start + i}", record, None
-
-    return len(ds), "rows", records
 
 
 # -- one record of each format -> (its kind, a MiniMind record of that kind) -------------------------------
@@ -278,10 +87,65 @@ def _message_list(value, what: str) -> list:
     return value
 
 
-def _tool_error(what: str, role: str) -> _Bad:
-    return _Bad(f"{what} has the tool role {role!r}: tool calls and results ({', '.join(_TOOL_ROLES[:2])} in "
-                "ShareGPT, tool in OpenAI's format) are not supported yet",
-                "leave tool-use records out (or skip them: --skip-bad)")
+def _json_value(value, what: str):
+    """A value given as itself or as JSON text (tool calls, arguments and schemas often travel as strings)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise _Bad(f"{what} is a string but not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def _tool_call(call, what: str) -> dict:
+    """One call -> {"name", "arguments": {...}}: from {"name", "arguments"} (arguments an object or JSON text),
+    or OpenAI's {"type": "function", "function": {...}}."""
+    call = _json_value(call, what)
+    if isinstance(call, dict) and isinstance(call.get("function"), dict):
+        call = call["function"]
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+        raise _Bad(f'{what} is not a tool call: it needs a "name" and "arguments"')
+    arguments = _json_value(call.get("arguments", {}), f"{what} arguments")
+    if not isinstance(arguments, dict):
+        raise _Bad(f"{what} arguments is {type(arguments).__name__}, not an object of named arguments")
+    return {"name": call["name"], "arguments": arguments}
+
+
+def _tool_calls(value, what: str) -> list:
+    """A call, a list of calls (parallel calls), or either as JSON text -> a list of {"name", "arguments"}."""
+    value = _json_value(value, what)
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        raise _Bad(f"{what} holds no tool call")
+    return [_tool_call(c, f"{what}[{k}]" if isinstance(value, list) else what) for k, c in enumerate(calls)]
+
+
+def _tool_schemas(value, what: str = '"tools"') -> list:
+    """A request's tools -> OpenAI's [{"type": "function", "function": {...}}]; LLaMA-Factory's bare
+    {"name", "description", "parameters"} schemas (often a JSON string) are wrapped."""
+    value = _json_value(value, what)
+    if not isinstance(value, list):
+        raise _Bad(f"{what} is {type(value).__name__}, not a list of tool schemas")
+    out = []
+    for k, tool in enumerate(value):
+        if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
+            out.append({"type": "function", "function": tool["function"]})
+        elif isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            out.append({"type": "function", "function": tool})
+        else:
+            raise _Bad(f"{what}[{k}] is not a tool schema: it needs a \"name\" (and \"parameters\")")
+    return out
+
+
+def _with_tools(record: dict, msgs: list) -> list:
+    """The record's tools, if any, on its system message (a system message with empty content is made for them)."""
+    tools = _value(record, "tools")
+    if tools is None or (isinstance(tools, (str, list)) and not tools):
+        return msgs
+    schemas = _tool_schemas(tools)
+    if msgs and msgs[0]["role"] == "system":
+        return [{**msgs[0], "tools": schemas}] + msgs[1:]
+    return [{"role": "system", "content": "", "tools": schemas}] + msgs
 
 
 def _alpaca(record: dict) -> tuple[str, dict]:
@@ -318,10 +182,13 @@ def _sharegpt_message(m, what: str) -> dict:
     content = m.get("value") if m.get("value") is not None else m.get("content")
     if role is None:
         raise _Bad(f'{what} has no "from" field')
-    if role in _TOOL_ROLES:
-        raise _tool_error(what, role)
+    if role in _CALL_ROLES:  # LLaMA-Factory: the value is the call (or a list of calls) as JSON
+        return {"role": "assistant", "content": "", "tool_calls": _tool_calls(content, f'{what} "value"')}
+    if role in _RESULT_ROLES:
+        return {"role": "tool", "content": _string(content, f'{what} "value"')}
     if role not in _SHAREGPT_ROLES:
-        raise _Bad(f"{what} has unknown role {role!r} (roles: human/user, gpt/assistant, system)")
+        raise _Bad(f"{what} has unknown role {role!r} (roles: human/user, gpt/assistant, system, "
+                   "function_call, observation)")
     return {"role": _SHAREGPT_ROLES[role], "content": _string(content, f'{what} "value"')}
 
 
@@ -346,28 +213,36 @@ def _with_system(record: dict, msgs: list) -> list:
 def _sharegpt(record: dict) -> tuple[str, dict]:
     field = "conversations" if _value(record, "conversations") is not None else "messages"
     msgs = [_sharegpt_message(m, f"{field}[{i}]") for i, m in enumerate(_message_list(_value(record, field), field))]
-    msgs = _with_system(record, msgs)
+    msgs = _with_tools(record, _with_system(record, msgs))
     if _value(record, "chosen") is not None or _value(record, "rejected") is not None:
         return "dpo", {side: msgs + _answer_side(_value(record, side), side, _sharegpt_message)
                        for side in ("chosen", "rejected")}
     return "sft", {"conversations": msgs}
 
 
-def _openai_content(content, what: str) -> str:
+def _openai_content(content, what: str, allow_null: bool = False) -> tuple[str, str]:
+    """(text, reasoning) of a message's content: a string, or parts of type text (joined with "\\n") and
+    reasoning (LLaMA-Factory's reasoning-with-tools messages). allow_null: an assistant turn that only calls."""
+    if content is None and allow_null:
+        return "", ""
     if isinstance(content, str):
-        return content
+        return content, ""
     if isinstance(content, list):
-        texts = []
+        texts, reasoning = [], []
         for i, part in enumerate(content):
             if isinstance(part, str):
                 texts.append(part)
                 continue
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
-                raise _Bad(f"{what} content[{i}] is a {kind!r} part: only text parts are supported",
+            key = {"text": "text", "reasoning": "reasoning"}.get(kind)
+            value = part.get(key) if key else None
+            if kind == "reasoning" and value is None:
+                value = part.get("text")  # {"type": "reasoning", "text": ...} too
+            if key is None or not isinstance(value, str):
+                raise _Bad(f"{what} content[{i}] is a {kind!r} part: only text and reasoning parts are supported",
                            "keep text-only records (or skip the others: --skip-bad)")
-            texts.append(part["text"])
-        return "\n".join(texts)
+            (reasoning if kind == "reasoning" else texts).append(value)
+        return "\n".join(texts), "\n".join(reasoning)
     raise _Bad(f"{what} content is {'missing' if content is None else type(content).__name__}, not a string "
                "or a list of text parts")
 
@@ -378,13 +253,22 @@ def _openai_message(m, what: str) -> dict:
     role = m.get("role")
     if role is None:
         raise _Bad(f'{what} has no "role" field')
-    if role in _TOOL_ROLES or m.get("tool_calls") or m.get("function_call"):
-        raise _tool_error(what, role if role in _TOOL_ROLES else "assistant with tool_calls")
+    if role in _RESULT_ROLES:  # a tool's result ("function": the older function-calling API)
+        return {"role": "tool", "content": _openai_content(m.get("content"), what)[0]}
+    if role in _CALL_ROLES:
+        role = "assistant"
     if role not in _OPENAI_ROLES:
-        raise _Bad(f"{what} has unknown role {role!r} (roles: system, user, assistant)")
-    out = {"role": _OPENAI_ROLES[role], "content": _openai_content(m.get("content"), what)}
-    if isinstance(m.get("reasoning_content"), str) and m["reasoning_content"]:
-        out["reasoning_content"] = m["reasoning_content"]
+        raise _Bad(f"{what} has unknown role {role!r} (roles: system, user, assistant, tool)")
+    calls = m.get("tool_calls") or (m.get("function_call") and [m["function_call"]])  # older API: one call
+    text, reasoning = _openai_content(m.get("content"), what, allow_null=bool(calls))
+    out = {"role": _OPENAI_ROLES[role], "content": text}
+    if calls:
+        if out["role"] != "assistant":
+            raise _Bad(f"{what} is a {role} message with tool calls: only an assistant calls tools")
+        out["tool_calls"] = _tool_calls(calls, f"{what} tool_calls")
+    reasoning = m["reasoning_content"] if isinstance(m.get("reasoning_content"), str) else reasoning
+    if reasoning:
+        out["reasoning_content"] = reasoning
     return out
 
 
@@ -397,7 +281,7 @@ def _openai(record: dict) -> tuple[str, dict]:
         msgs = [{"role": "user", "content": prefix}]
     else:
         msgs = [_openai_message(m, f"{field}[{i}]") for i, m in enumerate(_message_list(prefix, field))]
-    msgs = _with_system(record, msgs)
+    msgs = _with_tools(record, _with_system(record, msgs))
     if preference:
         return "dpo", {side: msgs + _answer_side(_value(record, side), side, _openai_message)
                        for side in ("chosen", "rejected")}
