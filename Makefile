@@ -48,6 +48,7 @@ book: install  # the book from the committed reference notebooks, into _build/ht
 refresh: install  # re-execute every notebook in place, in course order, from an empty runs/tiny: new nbval references (review the diff!)
 	rm -rf runs/tiny
 	for nb in $(NOTEBOOKS); do $(PY) -m jupytext --sync --execute $$nb || exit 1; done
+	$(PY) -m minimind course --report-page book/report.md
 
 sync: install  # re-pair .py and .ipynb after editing either (keeps outputs)
 	$(PY) -m jupytext --sync $(NOTEBOOKS)

@@ -90,34 +90,19 @@ def test_nbval_comparison_bites(tmp_path):
     assert result.returncode != 0 and "25.9M" in result.stdout
 
 
-def _record_output(notebook: Path) -> tuple[str, dict] | None:
-    """(chapter, its record) as the committed notebook printed it (the output of its `record(...)` cell)."""
-    import ast
-    nb = nbformat.read(notebook, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code" and cell.source.lstrip().startswith("record(run_dir"):
-            for out in cell.outputs:
-                text = out.get("data", {}).get("text/plain")
-                if text:
-                    entry = ast.literal_eval(text)
-                    entry.pop("time", None)
-                    return entry.pop("chapter"), entry
-    return None
-
-
 def test_the_report_card_in_chapter_13_is_the_committed_chapters_records():
     """Chapter 13's report card shows what chapters 00-12 recorded in the same run: a chapter re-executed after
     it (or out of course order) leaves it stale. Fix: `make refresh` (every chapter, in order)."""
     import re
 
-    from minimind.course.report import _fmt
+    from minimind.course.report import _fmt, notebook_record
     nb = nbformat.read(ROOT / "notebooks" / "13_eval_serve.ipynb", as_version=4)
     table = next(out.get("data", {}).get("text/markdown", "") for cell in nb.cells if cell.cell_type == "code"
                  and "report_table" in cell.source for out in cell.outputs if "text/markdown" in out.get("data", {}))
     rows = dict(re.findall(r"^\| (\d\d_\w+) \| (.*) \|$", table, flags=re.M))
     stale = []
     for notebook in sorted((ROOT / "notebooks").glob("[0-1][0-9]_*.ipynb")):
-        found = _record_output(notebook)
+        found = notebook_record(notebook)
         if found is None or found[0] >= "13":
             continue
         chapter, entry = found
@@ -125,3 +110,12 @@ def test_the_report_card_in_chapter_13_is_the_committed_chapters_records():
         if rows.get(chapter) != shown:
             stale.append(f"{chapter}: chapter 13 shows {rows.get(chapter)!r}, the chapter recorded {shown!r}")
     assert not stale, "chapter 13's report card is stale (run `make refresh`):\n" + "\n".join(stale)
+
+
+def test_the_books_report_card_is_the_committed_notebooks():
+    """book/report.md is written from the committed notebooks' records and timings (`make refresh` writes it)."""
+    from minimind.course.report import book_report
+    page = (ROOT / "book" / "report.md").read_text()
+    assert page == book_report(ROOT / "notebooks"), "book/report.md is stale: run `make refresh` (or " \
+        "`minimind course --report-page book/report.md`)"
+    assert "| 07_pretrain |" in page and "## 14_tools" in page

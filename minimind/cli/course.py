@@ -46,6 +46,9 @@ def add_course(sub):
     p.add_argument("--robustness", nargs="+", default=None, metavar="RUN",
                    help="run nothing: check every chapter's lesson in finished runs of other seeds and kernels "
                         "(mean gain above the spread across seeds); exits 1 when one does not hold")
+    p.add_argument("--report-page", default=None, metavar="MD",
+                   help="run nothing: write the book's report card (book/report.md) from the committed notebooks' "
+                        "records and cell timings")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="with --compare, --times or --robustness: write the result as JSON")
     p.add_argument("--page", default=None, metavar="MD",
@@ -60,6 +63,11 @@ def add_course(sub):
             print(format_robustness(result))
             if not result["all_hold"]:
                 raise SystemExit(1)
+            return
+        if args.report_page:
+            from ..course.report import book_report
+            Path(args.report_page).write_text(book_report())
+            print(f"wrote {args.report_page}")
             return
         if args.times:
             from ..course.report import TIMES_BEGIN, TIMES_END, course_times, format_course_times

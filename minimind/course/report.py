@@ -206,3 +206,67 @@ def format_comparison(result: dict) -> str:
             faster = b / a if any(w in r["measure"] for w in ("per_s", "speedup")) else a / b
             lines.append(f"| {r['chapter']} | {r['measure']} | {_time(a)} | {_time(b)} | {faster:.2f}x |")
     return "\n".join(lines)
+
+
+# -- the book's report card: what the committed notebooks recorded ------------------------------------------
+def notebook_record(notebook: str | Path) -> tuple[str, dict] | None:
+    """(chapter, its record) as an executed notebook printed it (the output of its `record(run_dir, ...)` cell),
+    the time left out; None when it has none."""
+    import ast
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    for cell in cells:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "code" and source.lstrip().startswith("record(run_dir"):
+            for out in cell.get("outputs", []):
+                text = out.get("data", {}).get("text/plain")
+                if text:
+                    entry = ast.literal_eval("".join(text) if isinstance(text, list) else text)
+                    entry.pop("time", None)
+                    return entry.pop("chapter"), entry
+    return None
+
+
+def notebook_seconds(notebook: str | Path) -> float | None:
+    """Seconds an executed notebook's code cells ran, from the timings nbclient writes into each cell's metadata
+    (None when it has none)."""
+    from datetime import datetime
+
+    def at(stamp: str) -> datetime:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+    total, found = 0.0, False
+    for cell in json.loads(Path(notebook).read_text())["cells"]:
+        timing = cell.get("metadata", {}).get("execution", {})
+        if cell["cell_type"] == "code" and "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+            total += (at(timing["shell.execute_reply"]) - at(timing["iopub.execute_input"])).total_seconds()
+            found = True
+    return total if found else None
+
+
+REPORT_PAGE_INTRO = """# Report card
+
+The report card of the run this book shows: what each chapter measured (`record(...)`, the chapter's last
+cell) when `make refresh` executed the committed notebooks, in course order, and how long each chapter's
+cells ran. `make course` writes your own run's card into `runs/tiny/report.md` and puts it
+here in the book it builds. Written by `minimind course --report-page book/report.md` from the notebooks; a
+test checks that it matches them.
+"""
+
+
+def book_report(notebooks_dir: str | Path | None = None) -> str:
+    """The book's report-card page from the executed notebooks in notebooks_dir (default: the course's)."""
+    folder = Path(notebooks_dir) if notebooks_dir else find_root() / "notebooks"
+    lines, times = [REPORT_PAGE_INTRO], []
+    sections = []
+    for notebook in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+        found, seconds = notebook_record(notebook), notebook_seconds(notebook)
+        times.append((notebook.stem, seconds))
+        if found:
+            chapter, entry = found
+            sections += [f"## {chapter}", "", "| measure | value |", "| --- | --- |"]
+            sections += [f"| {k} | {_fmt(v).replace('|', '/')} |" for k, v in entry.items()] + [""]
+    known = [s for _, s in times if s is not None]
+    lines += ["## Time", "", "| chapter | seconds its cells ran |", "| --- | ---: |"]
+    lines += [f"| {name} | {'' if s is None else f'{s:.0f}'} |" for name, s in times]
+    lines += [f"| all | {sum(known):.0f} ({sum(known) / 60:.1f} min) |", ""]
+    return "\n".join(lines + sections)
