@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -213,17 +214,23 @@ def notebook_record(notebook: str | Path) -> tuple[str, dict] | None:
     """(chapter, its record) as an executed notebook printed it (the output of its `record(run_dir, ...)` cell),
     the time left out; None when it has none."""
     import ast
-    cells = json.loads(Path(notebook).read_text())["cells"]
-    for cell in cells:
+    found = None
+    for cell in json.loads(Path(notebook).read_text())["cells"]:
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        if cell["cell_type"] == "code" and source.lstrip().startswith("record(run_dir"):
-            for out in cell.get("outputs", []):
-                text = out.get("data", {}).get("text/plain")
-                if text:
-                    entry = ast.literal_eval("".join(text) if isinstance(text, list) else text)
-                    entry.pop("time", None)
-                    return entry.pop("chapter"), entry
-    return None
+        if cell["cell_type"] != "code" or "record(run_dir" not in source:
+            continue
+        for out in cell.get("outputs", []):
+            text = out.get("data", {}).get("text/plain")
+            text = "".join(text) if isinstance(text, list) else text
+            text = re.sub(r"np\.(?:float|int|bool_)\w*\(([^()]*)\)", r"\1", text or "")  # numpy 2's repr
+            try:
+                entry = ast.literal_eval(text) if text else None
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(entry, dict) and "chapter" in entry:
+                entry.pop("time", None)
+                found = entry.pop("chapter"), entry
+    return found
 
 
 def notebook_seconds(notebook: str | Path) -> float | None:
