@@ -330,9 +330,9 @@ print(f"k3, pi = 0.5, ref = 0.25: {k3_kl(torch.tensor(math.log(0.5)), torch.tens
 # reference and loses what SFT taught it; within the range swept, the KL weight changes the drift more than
 # the accuracy. GRPO's gradient is the noisiest of the three: it comes from 4 prompts a step (PPO and SPO
 # see 32), and at SPO's rate one of its runs in one course run lost reward halfway and ended inside its
-# seeds' spread; at PPO's rate, 1e-4, its gain cleared its seeds' spread in each of the six course runs
-# tried (book/robustness.md). A short warm-up matters for the same reason: Adam's first steps are as large
-# as the learning rate whatever the gradient's noise.
+# seeds' spread; at PPO's rate, 1e-4, its gain clears its seeds' spread in every course run on the
+# robustness page (book/robustness.md). A short warm-up matters for the same reason: Adam's first steps are
+# as large as the learning rate whatever the gradient's noise.
 
 # %%
 has_answers = bool(val_records) and any(r.get("answer") for r in val_records)
