@@ -210,12 +210,17 @@ def format_comparison(result: dict) -> str:
 
 
 # -- the book's report card: what the committed notebooks recorded ------------------------------------------
-def notebook_record(notebook: str | Path) -> tuple[str, dict] | None:
+def _cells(notebook: str | Path | list) -> list:
+    """An executed notebook's cells: read from its file, or given already read."""
+    return notebook if isinstance(notebook, list) else json.loads(Path(notebook).read_text())["cells"]
+
+
+def notebook_record(notebook: str | Path | list) -> tuple[str, dict] | None:
     """(chapter, its record) as an executed notebook printed it (the output of its `record(run_dir, ...)` cell),
     the time left out; None when it has none."""
     import ast
     found = None
-    for cell in json.loads(Path(notebook).read_text())["cells"]:
+    for cell in _cells(notebook):
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] != "code" or "record(run_dir" not in source:
             continue
@@ -233,7 +238,7 @@ def notebook_record(notebook: str | Path) -> tuple[str, dict] | None:
     return found
 
 
-def notebook_seconds(notebook: str | Path) -> float | None:
+def notebook_seconds(notebook: str | Path | list) -> float | None:
     """Seconds an executed notebook's code cells ran, from the timings nbclient writes into each cell's metadata
     (None when it has none)."""
     from datetime import datetime
@@ -242,7 +247,7 @@ def notebook_seconds(notebook: str | Path) -> float | None:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
     total, found = 0.0, False
-    for cell in json.loads(Path(notebook).read_text())["cells"]:
+    for cell in _cells(notebook):
         timing = cell.get("metadata", {}).get("execution", {})
         if cell["cell_type"] == "code" and "iopub.execute_input" in timing and "shell.execute_reply" in timing:
             total += (at(timing["shell.execute_reply"]) - at(timing["iopub.execute_input"])).total_seconds()
@@ -266,7 +271,8 @@ def book_report(notebooks_dir: str | Path | None = None) -> str:
     lines, times = [REPORT_PAGE_INTRO], []
     sections = []
     for notebook in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
-        found, seconds = notebook_record(notebook), notebook_seconds(notebook)
+        cells = _cells(notebook)  # read once for both
+        found, seconds = notebook_record(cells), notebook_seconds(cells)
         times.append((notebook.stem, seconds))
         if found:
             chapter, entry = found
