@@ -30,12 +30,15 @@ def test_grpo_runs_side_by_side_equal_the_same_runs_alone(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()  # the progress: a head line, then at most one per tenth
     assert lines[0].startswith("2 runs, 6 steps in all, 2 at a time") and 2 <= len(lines) <= 8
     assert lines[-1].startswith("6/6 steps, 2/2 runs done")
-    torch.set_num_threads(1)
-    try:
-        for seed in (0, 1):
-            train_stage(**job(seed, "alone"), progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    # each run alone, in a fresh one-thread process (as the docstring promises; the test process's own torch
+    # settings, which other tests may have changed, play no part)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from minimind.train.parallel import _run_job
+    for seed in (0, 1):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_run_job, job(seed, "alone")).result()
     for seed in (0, 1):
         a, b = _weights(tmp_path / "together" / f"seed{seed}"), _weights(tmp_path / "alone" / f"seed{seed}")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
